@@ -1,0 +1,110 @@
+//! Sets the schema up and keeps checking it; writers wait until it is right.
+//!
+//! A failed or mismatching probe never degrades into writing fewer columns: the
+//! collector stays unready, says exactly what is wrong, and tries again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::schema::{create_statements, probe, SchemaOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    Pending(String),
+    Ready,
+}
+
+#[derive(Clone)]
+pub struct SchemaGate {
+    state: watch::Sender<SchemaState>,
+    recheck: Arc<Notify>,
+}
+
+impl SchemaGate {
+    pub fn new() -> SchemaGate {
+        SchemaGate {
+            state: watch::Sender::new(SchemaState::Pending("schema not checked yet".into())),
+            recheck: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn state(&self) -> SchemaState {
+        self.state.borrow().clone()
+    }
+
+    /// Resolves once the schema is known to be right.
+    pub async fn ready(&self) {
+        let mut rx = self.state.subscribe();
+        // The sender lives in self, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|s| *s == SchemaState::Ready).await;
+    }
+
+    /// An INSERT hit a missing table or column: check again before more writes.
+    pub fn invalidate(&self, why: String) {
+        self.state.send_replace(SchemaState::Pending(why));
+        self.recheck.notify_one();
+    }
+
+    /// Creates (if asked) and probes the schema until it is right, then waits for an
+    /// invalidation and starts over. Runs for the collector's lifetime.
+    pub async fn run(self, client: clickhouse::Client, opts: SchemaOptions, create: bool) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match check(&client, &opts, create).await {
+                Ok(()) => {
+                    if self.state() != SchemaState::Ready {
+                        tracing::info!(database = %opts.database, "ClickHouse schema ready");
+                    }
+                    self.state.send_replace(SchemaState::Ready);
+                    delay = Duration::from_millis(200);
+                    self.recheck.notified().await;
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "ClickHouse schema not ready");
+                    self.state.send_replace(SchemaState::Pending(why));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.recheck.notified() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+impl Default for SchemaGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn check(
+    client: &clickhouse::Client,
+    opts: &SchemaOptions,
+    create: bool,
+) -> Result<(), String> {
+    if create {
+        for sql in create_statements(opts) {
+            client
+                .query(&sql)
+                .execute()
+                .await
+                .map_err(|e| format!("creating the schema failed: {e}"))?;
+        }
+    }
+    let problems = probe(client, &opts.database)
+        .await
+        .map_err(|e| format!("schema probe failed: {e}"))?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}

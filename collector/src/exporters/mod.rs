@@ -1,0 +1,3 @@
+//! Exporters: where batches leave the collector.
+
+pub mod clickhouse;

@@ -1,0 +1,100 @@
+//! OTLP requests → encoded rows of the OpenTelemetry ClickHouse layout.
+//!
+//! The pipeline is written once for all signals; what differs per signal is a
+//! [`Signal`] implementation: its request and response types and how one request
+//! becomes rows.
+
+mod attributes;
+mod ids;
+mod logs;
+mod metrics;
+mod traces;
+
+pub use logs::Logs;
+pub use metrics::Metrics;
+pub use traces::Traces;
+
+use crate::part::TablePart;
+use crate::schema::{Row, TableId, ALL_TABLES};
+
+pub trait Signal: Send + Sync + 'static {
+    /// `traces`, `logs` or `metrics`: the URL path segment and the metrics label.
+    const NAME: &'static str;
+    /// What one item is called in messages: spans, log records, data points.
+    const ITEMS: &'static str;
+    /// The OTLP gRPC service, e.g. `opentelemetry.proto.collector.trace.v1.TraceService`.
+    const GRPC_SERVICE: &'static str;
+    type Request: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static;
+    type Response: prost::Message + serde::Serialize + Default + Send + 'static;
+
+    fn map(request: &Self::Request) -> Mapped;
+    /// The export response, with `partial_success` set when items were rejected.
+    fn response(mapped: &Mapped) -> Self::Response;
+}
+
+/// The outcome of mapping one request.
+#[derive(Debug, Default)]
+pub struct Mapped {
+    pub parts: Vec<TablePart>,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Why the first rejected item was rejected (and how many were).
+    pub error_message: String,
+}
+
+/// Collects encoded rows per table while a request is mapped.
+struct Output {
+    tables: Vec<(u32, Vec<u8>)>,
+    accepted: u64,
+    rejected: u64,
+    first_error: Option<String>,
+}
+
+impl Output {
+    fn new() -> Self {
+        Output {
+            tables: ALL_TABLES.iter().map(|_| (0, Vec::new())).collect(),
+            accepted: 0,
+            rejected: 0,
+            first_error: None,
+        }
+    }
+
+    fn push<R: Row>(&mut self, table: TableId, row: &R) {
+        let (rows, buf) = &mut self.tables[table as usize];
+        *rows += 1;
+        row.encode(buf);
+        self.accepted += 1;
+    }
+
+    fn reject(&mut self, why: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(why());
+        }
+    }
+
+    fn finish(self, items: &str) -> Mapped {
+        let parts = self
+            .tables
+            .into_iter()
+            .zip(ALL_TABLES)
+            .filter(|((rows, _), _)| *rows > 0)
+            .map(|((rows, data), t)| TablePart {
+                table: t.id,
+                rows,
+                data,
+            })
+            .collect();
+        let error_message = match self.first_error {
+            Some(e) => format!("{} {items} rejected; first: {e}", self.rejected),
+            None => String::new(),
+        };
+        Mapped {
+            parts,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            error_message,
+        }
+    }
+}

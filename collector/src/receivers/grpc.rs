@@ -1,0 +1,174 @@
+//! OTLP/gRPC: the trace, logs and metrics `Export` services, gzip accepted.
+//!
+//! The services are written here instead of taking the generated servers so that we
+//! decode the protobuf ourselves: a malformed message is the client's fault
+//! (INVALID_ARGUMENT), where the generated code answers INTERNAL.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tonic::body::Body;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{NamedService, UnaryService};
+use tonic::{Code, Status};
+
+use super::IngestError;
+use crate::mapping::Signal;
+use crate::pipeline::Pipeline;
+use crate::telemetry::Outcome;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+pub struct OtlpCodec<S>(PhantomData<fn() -> S>);
+
+impl<S: Signal> Codec for OtlpCodec<S> {
+    type Encode = S::Response;
+    type Decode = S::Request;
+    type Encoder = OtlpEncoder<S>;
+    type Decoder = OtlpDecoder<S>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OtlpEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        OtlpDecoder(PhantomData)
+    }
+}
+
+pub struct OtlpEncoder<S>(PhantomData<fn() -> S>);
+
+impl<S: Signal> Encoder for OtlpEncoder<S> {
+    type Item = S::Response;
+    type Error = Status;
+
+    fn encode(&mut self, item: S::Response, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+pub struct OtlpDecoder<S>(PhantomData<fn() -> S>);
+
+impl<S: Signal> Decoder for OtlpDecoder<S> {
+    type Item = S::Request;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<S::Request>, Status> {
+        <S::Request as prost::Message>::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("invalid protobuf message: {e}")))
+    }
+}
+
+pub fn to_status(err: &IngestError) -> Status {
+    Status::new(err.grpc_code(), err.to_string())
+}
+
+/// One signal's `Export` service.
+pub struct ExportService<S> {
+    pipeline: Arc<Pipeline>,
+    max_bytes: usize,
+    _signal: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for ExportService<S> {
+    fn clone(&self) -> Self {
+        ExportService {
+            pipeline: self.pipeline.clone(),
+            max_bytes: self.max_bytes,
+            _signal: PhantomData,
+        }
+    }
+}
+
+impl<S: Signal> ExportService<S> {
+    pub fn new(pipeline: Arc<Pipeline>, max_bytes: usize) -> Self {
+        ExportService {
+            pipeline,
+            max_bytes,
+            _signal: PhantomData,
+        }
+    }
+}
+
+impl<S: Signal> NamedService for ExportService<S> {
+    const NAME: &'static str = S::GRPC_SERVICE;
+}
+
+struct Export<S>(Arc<Pipeline>, PhantomData<fn() -> S>);
+
+impl<S: Signal> UnaryService<S::Request> for Export<S> {
+    type Response = S::Response;
+    type Future = BoxFuture<Result<tonic::Response<S::Response>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<S::Request>) -> Self::Future {
+        let pipeline = self.0.clone();
+        Box::pin(async move {
+            pipeline
+                .accept::<S>(request.into_inner())
+                .await
+                .map(tonic::Response::new)
+                .map_err(|e| to_status(&e))
+        })
+    }
+}
+
+impl<S: Signal, B> tower::Service<http::Request<B>> for ExportService<S>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if !req.uri().path().ends_with("/Export") {
+                return Ok(Status::unimplemented("only Export is served").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S>(PhantomData))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(this.max_bytes);
+            let export = Export::<S>(this.pipeline.clone(), PhantomData);
+            let mut response = grpc.unary(export, req).await;
+            count_framing_refusals::<S>(&this.pipeline, &mut response);
+            Ok(response)
+        })
+    }
+}
+
+/// Tonic refuses an oversized message before our code runs, as OUT_OF_RANGE; OTLP
+/// says a payload that is too large is RESOURCE_EXHAUSTED. Refusals made before the
+/// pipeline saw the request are counted here.
+fn count_framing_refusals<S: Signal>(pipeline: &Pipeline, response: &mut http::Response<Body>) {
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from);
+    let outcome = match code {
+        Some(Code::OutOfRange) => {
+            response.headers_mut().insert(
+                "grpc-status",
+                HeaderValue::from(Code::ResourceExhausted as i32),
+            );
+            Outcome::TooLarge
+        }
+        Some(Code::InvalidArgument) => Outcome::Malformed,
+        _ => return,
+    };
+    pipeline.metrics().request(S::NAME, outcome, 0, 0, 0);
+}

@@ -1,0 +1,169 @@
+//! CREATE statements derived from the table definitions.
+
+use super::{quote_ident, Column, Engine, Table, ALL_TABLES, TRACES, TRACE_ID_TS};
+
+/// How the schema is laid out on the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaOptions {
+    pub database: String,
+    /// Rows older than this many days are dropped (0 keeps everything).
+    pub ttl_days: u32,
+    /// `ON CLUSTER` name; tables then use Replicated engines.
+    pub cluster: Option<String>,
+    /// How many recent insert blocks a non-replicated table remembers to drop repeats
+    /// (`non_replicated_deduplication_window`); replicated tables deduplicate anyway.
+    pub dedup_window: u32,
+}
+
+impl SchemaOptions {
+    fn on_cluster(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!(" ON CLUSTER {}", quote_ident(c)),
+            None => String::new(),
+        }
+    }
+
+    fn qualified(&self, table: &str) -> String {
+        format!("{}.{}", quote_ident(&self.database), quote_ident(table))
+    }
+}
+
+/// Every statement that sets the schema up, in order; each is idempotent.
+pub fn create_statements(opts: &SchemaOptions) -> Vec<String> {
+    let mut out = vec![format!(
+        "CREATE DATABASE IF NOT EXISTS {}{}",
+        quote_ident(&opts.database),
+        opts.on_cluster()
+    )];
+    out.extend(ALL_TABLES.iter().map(|t| create_table(t, opts)));
+    out.push(create_trace_id_view(opts));
+    out
+}
+
+fn create_table(t: &Table, opts: &SchemaOptions) -> String {
+    let mut body: Vec<String> = column_definitions(t.columns);
+    body.extend(t.indexes.iter().map(|i| format!("INDEX {i}")));
+    let engine = if opts.cluster.is_some() {
+        "ReplicatedMergeTree"
+    } else {
+        "MergeTree"
+    };
+    let ttl = if opts.ttl_days > 0 {
+        format!("\nTTL {} + toIntervalDay({})", t.ttl_from, opts.ttl_days)
+    } else {
+        String::new()
+    };
+    let mut settings = String::from("index_granularity = 8192, ttl_only_drop_parts = 1");
+    if opts.cluster.is_none() && opts.dedup_window > 0 && t.engine == Engine::MergeTree {
+        settings.push_str(&format!(
+            ", non_replicated_deduplication_window = {}",
+            opts.dedup_window
+        ));
+    }
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}{} (\n    {}\n)\nENGINE = {engine}\nPARTITION BY {}\nORDER BY {}{ttl}\nSETTINGS {settings}",
+        opts.qualified(t.name),
+        opts.on_cluster(),
+        body.join(",\n    "),
+        t.partition_by,
+        t.order_by,
+    )
+}
+
+/// Flattened `Events.Name Array(T)` columns are declared as one `Events Nested(Name T, …)`.
+fn column_definitions(columns: &[Column]) -> Vec<String> {
+    let mut defs = Vec::new();
+    let mut i = 0;
+    while i < columns.len() {
+        let c = &columns[i];
+        match c.name.split_once('.') {
+            None => {
+                defs.push(format!(
+                    "{} {} CODEC({})",
+                    quote_ident(c.name),
+                    c.ty,
+                    c.codec
+                ));
+                i += 1;
+            }
+            Some((group, _)) => {
+                let members: Vec<&Column> = columns[i..]
+                    .iter()
+                    .take_while(|m| m.name.split_once('.').map(|(g, _)| g) == Some(group))
+                    .collect();
+                let fields: Vec<String> = members
+                    .iter()
+                    .map(|m| {
+                        let (_, field) = m.name.split_once('.').expect("dotted");
+                        let inner =
+                            m.ty.strip_prefix("Array(")
+                                .and_then(|t| t.strip_suffix(')'))
+                                .expect("nested columns are arrays");
+                        format!("{} {inner}", quote_ident(field))
+                    })
+                    .collect();
+                defs.push(format!(
+                    "{} Nested({}) CODEC({})",
+                    quote_ident(group),
+                    fields.join(", "),
+                    c.codec
+                ));
+                i += members.len();
+            }
+        }
+    }
+    defs
+}
+
+fn create_trace_id_view(opts: &SchemaOptions) -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {}{} TO {} AS \
+         SELECT TraceId, min(Timestamp) AS Start, max(Timestamp) AS End \
+         FROM {} WHERE TraceId != '' GROUP BY TraceId",
+        opts.qualified(&format!("{}_mv", TRACE_ID_TS.name)),
+        opts.on_cluster(),
+        opts.qualified(TRACE_ID_TS.name),
+        opts.qualified(TRACES.name),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> SchemaOptions {
+        SchemaOptions {
+            database: "otel".into(),
+            ttl_days: 0,
+            cluster: None,
+            dedup_window: 1000,
+        }
+    }
+
+    #[test]
+    fn nested_columns_become_one_nested_declaration() {
+        let ddl = create_table(&TRACES, &opts());
+        assert!(ddl.contains(
+            "`Events` Nested(`Timestamp` DateTime64(9), `Name` LowCardinality(String), `Attributes` Map(LowCardinality(String), String)) CODEC(ZSTD(1))"
+        ), "{ddl}");
+        assert!(ddl.contains("`Timestamp` DateTime64(9) CODEC(Delta, ZSTD(1))"));
+        assert!(ddl.contains("non_replicated_deduplication_window = 1000"));
+        assert!(!ddl.contains("TTL"));
+    }
+
+    #[test]
+    fn cluster_and_ttl_options() {
+        let o = SchemaOptions {
+            cluster: Some("main".into()),
+            ttl_days: 7,
+            ..opts()
+        };
+        let ddl = create_table(&TRACES, &o);
+        assert!(ddl.contains("ON CLUSTER `main`"));
+        assert!(ddl.contains("ENGINE = ReplicatedMergeTree"));
+        assert!(ddl.contains("TTL toDateTime(Timestamp) + toIntervalDay(7)"));
+        assert!(!ddl.contains("non_replicated_deduplication_window"));
+        assert!(create_trace_id_view(&o)
+            .contains("ON CLUSTER `main` TO `otel`.`otel_traces_trace_id_ts`"));
+    }
+}

@@ -1,0 +1,243 @@
+//! Counters and histograms, rendered as Prometheus text.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::schema::{Table, ALL_TABLES};
+
+pub const SIGNALS: [&str; 3] = ["traces", "logs", "metrics"];
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Partial,
+    Malformed,
+    Unsupported,
+    TooLarge,
+    Overloaded,
+    Unavailable,
+}
+
+const OUTCOMES: [(Outcome, &str); 7] = [
+    (Outcome::Accepted, "accepted"),
+    (Outcome::Partial, "partial"),
+    (Outcome::Malformed, "malformed"),
+    (Outcome::Unsupported, "unsupported"),
+    (Outcome::TooLarge, "too_large"),
+    (Outcome::Overloaded, "overloaded"),
+    (Outcome::Unavailable, "unavailable"),
+];
+
+struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    sum_bits: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_bits: AtomicU64::new(0f64.to_bits()),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let _ = self.sum_bits.fetch_update(Relaxed, Relaxed, |bits| {
+            Some((f64::from_bits(bits) + v).to_bits())
+        });
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            f64::from_bits(self.sum_bits.load(Relaxed))
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+const ROW_BOUNDS: &[f64] = &[1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
+const SECONDS_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+struct SignalCounters {
+    requests: [AtomicU64; OUTCOMES.len()],
+    received: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+struct TableCounters {
+    exported_rows: AtomicU64,
+    failed_rows: AtomicU64,
+    retries: AtomicU64,
+    batch_rows: Histogram,
+    insert_seconds: Histogram,
+}
+
+pub struct Metrics {
+    signals: [SignalCounters; 3],
+    tables: Vec<TableCounters>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            signals: Default::default(),
+            tables: ALL_TABLES
+                .iter()
+                .map(|_| TableCounters {
+                    exported_rows: AtomicU64::new(0),
+                    failed_rows: AtomicU64::new(0),
+                    retries: AtomicU64::new(0),
+                    batch_rows: Histogram::new(ROW_BOUNDS),
+                    insert_seconds: Histogram::new(SECONDS_BOUNDS),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn signal_index(signal: &str) -> usize {
+    SIGNALS.iter().position(|s| *s == signal).unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn request(
+        &self,
+        signal: &str,
+        outcome: Outcome,
+        received: u64,
+        accepted: u64,
+        rejected: u64,
+    ) {
+        let s = &self.signals[signal_index(signal)];
+        let i = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == outcome)
+            .unwrap_or(0);
+        s.requests[i].fetch_add(1, Relaxed);
+        s.received.fetch_add(received, Relaxed);
+        s.accepted.fetch_add(accepted, Relaxed);
+        s.rejected.fetch_add(rejected, Relaxed);
+    }
+
+    pub fn exported(&self, table: &Table, rows: u64, took: Duration) {
+        let t = &self.tables[table.id as usize];
+        t.exported_rows.fetch_add(rows, Relaxed);
+        t.batch_rows.observe(rows as f64);
+        t.insert_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, table: &Table, rows: u64) {
+        self.tables[table.id as usize]
+            .failed_rows
+            .fetch_add(rows, Relaxed);
+    }
+
+    pub fn retried(&self, table: &Table) {
+        self.tables[table.id as usize].retries.fetch_add(1, Relaxed);
+    }
+
+    pub fn exported_rows(&self, table: &Table) -> u64 {
+        self.tables[table.id as usize].exported_rows.load(Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# TYPE collector_requests_total counter\n");
+        for (sig, s) in SIGNALS.iter().zip(&self.signals) {
+            for ((_, name), c) in OUTCOMES.iter().zip(&s.requests) {
+                let _ = writeln!(
+                    out,
+                    "collector_requests_total{{signal=\"{sig}\",outcome=\"{name}\"}} {}",
+                    c.load(Relaxed)
+                );
+            }
+        }
+        for (metric, pick) in [
+            ("collector_items_received_total", 0),
+            ("collector_items_accepted_total", 1),
+            ("collector_items_rejected_total", 2),
+        ] {
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (sig, s) in SIGNALS.iter().zip(&self.signals) {
+                let c = [&s.received, &s.accepted, &s.rejected][pick];
+                let _ = writeln!(out, "{metric}{{signal=\"{sig}\"}} {}", c.load(Relaxed));
+            }
+        }
+        for (metric, pick) in [
+            ("collector_exported_rows_total", 0),
+            ("collector_failed_rows_total", 1),
+            ("collector_insert_retries_total", 2),
+        ] {
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
+                let c = [&t.exported_rows, &t.failed_rows, &t.retries][pick];
+                let _ = writeln!(
+                    out,
+                    "{metric}{{table=\"{}\"}} {}",
+                    table.name,
+                    c.load(Relaxed)
+                );
+            }
+        }
+        out.push_str("# TYPE collector_batch_rows histogram\n");
+        for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
+            t.batch_rows.render(
+                &mut out,
+                "collector_batch_rows",
+                &format!("table=\"{}\"", table.name),
+            );
+        }
+        out.push_str("# TYPE collector_insert_duration_seconds histogram\n");
+        for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
+            t.insert_seconds.render(
+                &mut out,
+                "collector_insert_duration_seconds",
+                &format!("table=\"{}\"", table.name),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::TRACES;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.request("logs", Outcome::Partial, 5, 4, 1);
+        m.exported(&TRACES, 250, Duration::from_millis(20));
+        let text = m.render();
+        assert!(text.contains("collector_requests_total{signal=\"logs\",outcome=\"partial\"} 1"));
+        assert!(text.contains("collector_items_rejected_total{signal=\"logs\"} 1"));
+        assert!(text.contains("collector_exported_rows_total{table=\"otel_traces\"} 250"));
+        assert!(text.contains("collector_batch_rows_bucket{table=\"otel_traces\",le=\"100\"} 0"));
+        assert!(text.contains("collector_batch_rows_bucket{table=\"otel_traces\",le=\"1000\"} 1"));
+        assert!(text.contains("collector_batch_rows_sum{table=\"otel_traces\"} 250"));
+    }
+}
