@@ -6,8 +6,24 @@ library). Test and embedded-mode infrastructure; production talks to a real
 ClickHouse server.
 
 Usage: python chdb_front.py --data-dir DIR [--host 127.0.0.1] [--port 0]
+                            [--exit-on-stdin-close] [--log-requests]
 After binding it prints exactly one line `LISTENING <port>` to stdout. Logs go
-to stderr. SIGTERM/SIGINT stop it cleanly.
+to stderr (errors only, unless --log-requests). SIGTERM/SIGINT stop it cleanly.
+
+How requests map onto chdb:
+- URL parameters other than the HTTP interface's own (RESERVED_PARAMS,
+  param_*) are settings, applied with SET on a pooled connection that is then
+  discarded, so unknown ones fail with Code 115 and nothing leaks.
+- `INSERT ... FORMAT X` in the `query` parameter streams the body (chunked,
+  Content-Encoding, `decompress=1` native LZ4 blocks) into chdb's streaming
+  inserter piece by piece.
+- SELECTs in formats that concatenate stream block by block (repeated
+  per-block headers stripped); everything else is buffered. A failure after
+  the 200 was sent is reported with ClickHouse's X-ClickHouse-Exception-Tag
+  trailer.
+- `compress=1` answers native LZ4 blocks; Accept-Encoding is ignored (plain
+  responses, as a server without enable_http_compression answers).
+- session_id, query_id, user/password and roles are accepted and ignored.
 """
 
 import argparse
@@ -782,8 +798,10 @@ class Execution:
             raise
         finally:
             self.engine.release(pooled)
-        summary = summary_header(written_rows=result.rows_written,
-                                 written_bytes=result.bytes_written, elapsed=result.elapsed)
+        summary = summary_header(result.elapsed, written_rows=result.rows_written,
+                                 written_bytes=result.bytes_written,
+                                 result_rows=result.rows_written,
+                                 result_bytes=result.bytes_written)
         self.handler._reply(b"", "text/plain; charset=UTF-8", self._common_headers(summary))
 
     def _stream_insert(self, pooled, prefix, fmt):
@@ -830,10 +848,14 @@ class Execution:
 
     def _can_stream(self, keyword, masked, fmt):
         # chdb streams only SELECTs, drops TOTALS/extremes rows when streaming,
-        # and each streamed block is a standalone document.
+        # and each streamed block is a standalone document (a JSON array of
+        # rows per block would not concatenate).
+        settings = self.request.settings
         return (keyword in ("SELECT", "WITH") and streamable(fmt)
-                and not re.search(r"\bTOTALS\b|\bINTO\s+OUTFILE\b", masked, re.I)
-                and self.request.settings.get("extremes", "0") in ("0", "false", "")
+                and not re.search(r"\bTOTALS\b|\bINTO\s+OUTFILE\b|\bextremes\b"
+                                  r"|\boutput_format_json_array_of_rows\b", masked, re.I)
+                and settings.get("extremes", "0") in ("0", "false")
+                and settings.get("output_format_json_array_of_rows", "0") in ("0", "false")
                 and not self.request.compress)
 
     def _buffered(self, pooled, sql, fmt):
@@ -847,8 +869,10 @@ class Execution:
         if self.request.compress:
             data = b"".join(native_compress(data[i:i + RESPONSE_BLOCK])
                             for i in range(0, len(data), RESPONSE_BLOCK))
-        summary = summary_header(read_rows=result.rows_read(), read_bytes=result.bytes_read(),
-                                 elapsed=result.elapsed()) if result is not None else None
+        summary = summary_header(result.elapsed(), read_rows=result.storage_rows_read(),
+                                 read_bytes=result.storage_bytes_read(),
+                                 result_rows=result.rows_read(),
+                                 result_bytes=len(data)) if result is not None else None
         headers = self._common_headers(summary) + [("X-ClickHouse-Format", fmt)]
         self.handler._reply(data, content_type_for(fmt), headers)
 
@@ -881,6 +905,7 @@ class Execution:
                 try:
                     block = stream.fetch()
                 except Exception as exc:
+                    pooled.reusable = False
                     self._write_stream_exception(engine_error(exc), tag)
                     break
                 if block is None:
@@ -888,10 +913,13 @@ class Execution:
                 block = block.bytes()
                 handler.write_chunk(block[skip:] if skip and block.startswith(header) else block)
             handler.end_chunked()
-        except OSError:
+        except OSError:  # the client went away mid-result
             handler.close_connection = True
             pooled.reusable = False
-            stream.cancel()
+            try:
+                stream.cancel()
+            except Exception:  # noqa: BLE001 - the connection is discarded anyway
+                pass
         return True
 
     def _write_stream_exception(self, error, tag):
@@ -914,13 +942,13 @@ class Execution:
         return headers
 
 
-def summary_header(read_rows=0, read_bytes=0, written_rows=0, written_bytes=0, elapsed=0.0):
-    return json.dumps({
-        "read_rows": str(read_rows), "read_bytes": str(read_bytes),
-        "written_rows": str(written_rows), "written_bytes": str(written_bytes),
-        "total_rows_to_read": "0", "result_rows": str(written_rows), "result_bytes": str(written_bytes),
-        "elapsed_ns": str(int(elapsed * 1e9)),
-    }, separators=(",", ":"))
+def summary_header(elapsed=0.0, **counts):
+    """X-ClickHouse-Summary: a JSON object of decimal strings, as ClickHouse sends."""
+    fields = {name: str(counts.get(name, 0)) for name in (
+        "read_rows", "read_bytes", "written_rows", "written_bytes", "total_rows_to_read",
+        "result_rows", "result_bytes")}
+    fields["elapsed_ns"] = str(int(elapsed * 1e9))
+    return json.dumps(fields, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------

@@ -146,6 +146,7 @@ class Front:
         try:
             return self.proc.wait(30)
         finally:
+            self.proc.stdout.close()
             self.stderr.close()
 
 
@@ -483,6 +484,16 @@ class FrontTest(unittest.TestCase):
         self.assertEqual(lines[1:-1], [f"{i}\t{i * 3}" for i in range(300000)])
         self.assertEqual(lines[-1], "")
 
+    def test_results_that_do_not_concatenate_are_whole(self):
+        body = self.front.query("SELECT number FROM numbers(200000)", default_format="JSONEachRow",
+                                output_format_json_array_of_rows="1")
+        self.assertEqual(json.loads(body), [{"number": i} for i in range(200000)])
+        body = self.front.query("SELECT number % 2 AS k, count() AS c FROM numbers(200000) "
+                                "GROUP BY k WITH TOTALS ORDER BY k FORMAT JSONCompact")
+        parsed = json.loads(body)
+        self.assertEqual((parsed["data"], parsed["totals"]), ([[0, 100000], [1, 100000]],
+                                                              [0, 200000]))
+
     def test_compress_1_answers_native_lz4_blocks(self):
         status, _, body = self.front.request(
             params={"compress": "1", "default_format": "RowBinary"},
@@ -607,6 +618,28 @@ class FrontTest(unittest.TestCase):
                   "decompress": "1"}
         return self.front.request(params=params, body=iter(chunks), conn=conn, chunked=True,
                                   headers={"Transfer-Encoding": "chunked"})
+
+
+class LifecycleTest(unittest.TestCase):
+    def test_exit_on_stdin_close(self):
+        tmp = tempfile.mkdtemp(prefix="chdb-front-life-")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, FRONT, "--data-dir", os.path.join(tmp, "data"),
+                 "--exit-on-stdin-close"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            ready, _, _ = select.select([proc.stdout], [], [], 90)
+            self.assertTrue(ready, "front did not start")
+            port = int(proc.stdout.readline().split()[1])
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/?query=SELECT+41%2B1")
+            self.assertEqual(conn.getresponse().read(), b"42\n")
+            conn.close()
+            proc.stdin.close()
+            self.assertEqual(proc.wait(30), 0)
+            proc.stdout.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

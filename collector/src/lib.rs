@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod receivers;
 pub mod schema;
 pub mod telemetry;
+pub mod testing;
 
 pub use app::Collector;
 pub use config::Config;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 
 const FRONT_SCRIPT: &str = include_str!("../../embedded/chdb_front.py");
 const REQUIREMENTS: &str = include_str!("../../embedded/requirements.txt");
@@ -60,6 +60,8 @@ fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError
 /// A running front; stopped when dropped.
 pub struct EmbeddedClickHouse {
     child: Child,
+    /// Held open for the front's lifetime; see `--exit-on-stdin-close`.
+    _stdin: ChildStdin,
     url: String,
 }
 
@@ -83,12 +85,16 @@ impl EmbeddedClickHouse {
             .arg(&script)
             .args(["--data-dir", &config.data_dir, "--host", "127.0.0.1"])
             .args(["--port", &config.port.to_string()])
-            .stdin(Stdio::null())
+            // The front exits when this pipe closes: it cannot outlive us, even
+            // after a SIGKILL.
+            .arg("--exit-on-stdin-close")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .map_err(io(format!("running {}", python.display())))?;
+        let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
@@ -108,7 +114,11 @@ impl EmbeddedClickHouse {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let url = format!("http://127.0.0.1:{port}");
         tracing::info!(%url, data_dir = %config.data_dir, "embedded ClickHouse started");
-        Ok(EmbeddedClickHouse { child, url })
+        Ok(EmbeddedClickHouse {
+            child,
+            _stdin: stdin,
+            url,
+        })
     }
 
     /// Asks the front to stop and waits for it.

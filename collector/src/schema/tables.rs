@@ -14,9 +14,10 @@ macro_rules! row {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Default, PartialEq)]
+        /// Deserialize and `clickhouse::Row` let tests and tools read rows back.
+        #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, clickhouse::Row)]
         pub struct $row {
-            $( pub $field: $fty, )*
+            $( #[serde(rename = $col)] pub $field: $fty, )*
         }
 
         impl Row for $row {

@@ -1,0 +1,159 @@
+//! Test support for this crate's and other crates' integration tests: a real
+//! collector on free loopback ports, writing into its own database of a real
+//! ClickHouse (`CLICKHOUSE_URL`, or one embedded engine shared by the test process).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::embedded::{EmbeddedClickHouse, EmbeddedConfig};
+use crate::{Collector, Config};
+
+/// The ClickHouse every test of this process uses.
+pub fn clickhouse_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match std::env::var("CLICKHOUSE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => start_shared_embedded(),
+    })
+    .clone()
+}
+
+/// Starts one embedded engine on a thread of its own, so it outlives any single
+/// test's runtime; it exits with the test process (the front watches its parent).
+fn start_shared_embedded() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let data = tempfile::tempdir().expect("temp dir");
+            let config = EmbeddedConfig {
+                home: workspace_local("embedded-clickhouse"),
+                data_dir: data.path().display().to_string(),
+                ..EmbeddedConfig::default()
+            };
+            match EmbeddedClickHouse::start(&config).await {
+                Ok(ch) => {
+                    let _ = tx.send(Ok(ch.url().to_string()));
+                    std::future::pending::<()>().await;
+                    drop((ch, data));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        });
+    });
+    rx.recv()
+        .expect("embedded ClickHouse thread")
+        .unwrap_or_else(|e| panic!("embedded ClickHouse: {e}"))
+}
+
+/// `<workspace>/.local/<name>`, shared by every crate's tests (one install).
+pub fn workspace_local(name: &str) -> String {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join(".local")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A database name no other test of any process uses.
+pub fn unique_database(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "test_{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A collector for tests: loopback ports, short batching delay, its own database.
+pub fn test_config(database: &str) -> Config {
+    let mut config = Config::default();
+    config.receivers.grpc_addr = "127.0.0.1:0".into();
+    config.receivers.http_addr = "127.0.0.1:0".into();
+    config.admin.addr = "127.0.0.1:0".into();
+    config.clickhouse.url = clickhouse_url();
+    config.clickhouse.database = database.into();
+    config.batching.max_delay_ms = 100;
+    config
+}
+
+pub struct TestCollector {
+    pub collector: Collector,
+    pub database: String,
+    /// A client whose default database is the test's.
+    pub client: clickhouse::Client,
+}
+
+impl TestCollector {
+    pub async fn start(prefix: &str) -> TestCollector {
+        let database = unique_database(prefix);
+        Self::start_with(test_config(&database)).await
+    }
+
+    /// Starts with a config (typically from [`test_config`]) and waits until the
+    /// schema is ready.
+    pub async fn start_with(config: Config) -> TestCollector {
+        let database = config.clickhouse.database.clone();
+        let collector = Collector::start(config).await.expect("collector starts");
+        let client = clickhouse::Client::default()
+            .with_url(collector.clickhouse_url())
+            .with_database(&database);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !collector.is_ready() {
+            assert!(Instant::now() < deadline, "schema not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        TestCollector {
+            collector,
+            database,
+            client,
+        }
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.collector.grpc_addr)
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.collector.http_addr)
+    }
+
+    pub fn admin_endpoint(&self) -> String {
+        format!("http://{}", self.collector.admin_addr)
+    }
+
+    /// Polls `SELECT count() FROM table [WHERE …]` until it reaches `at_least` (or
+    /// 30 s pass) and returns the last count.
+    pub async fn wait_for_rows(&self, table: &str, filter: &str, at_least: u64) -> u64 {
+        let sql = if filter.is_empty() {
+            format!("SELECT count() FROM {table}")
+        } else {
+            format!("SELECT count() FROM {table} WHERE {filter}")
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: u64 = self.client.query(&sql).fetch_one().await.unwrap_or(0);
+            if n >= at_least || Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.collector.shutdown(Duration::from_secs(10)).await;
+    }
+}
