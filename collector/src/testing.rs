@@ -106,21 +106,49 @@ impl TestCollector {
     /// Starts with a config (typically from [`test_config`]) and waits until the
     /// schema is ready.
     pub async fn start_with(config: Config) -> TestCollector {
+        let c = Self::launch(config).await;
+        assert!(
+            c.wait_ready(Duration::from_secs(60)).await,
+            "schema not ready within 60 s"
+        );
+        c
+    }
+
+    /// Starts without waiting for the schema.
+    pub async fn launch(config: Config) -> TestCollector {
         let database = config.clickhouse.database.clone();
         let collector = Collector::start(config).await.expect("collector starts");
         let client = clickhouse::Client::default()
             .with_url(collector.clickhouse_url())
             .with_database(&database);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !collector.is_ready() {
-            assert!(Instant::now() < deadline, "schema not ready within 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         TestCollector {
             collector,
             database,
             client,
         }
+    }
+
+    /// Whether the collector became ready within `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.collector.is_ready() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// Status and body of an admin endpoint such as `/health/ready`.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("{}{path}", self.admin_endpoint()))
+            .await
+            .expect("admin endpoint answers");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
     }
 
     pub fn grpc_endpoint(&self) -> String {

@@ -227,3 +227,71 @@ pub async fn send_grpc(endpoint: &str, req: AnyRequest, gzipped: bool) {
         AnyRequest::Metrics(r) => export!(MetricsServiceClient, r),
     }
 }
+
+/// A gRPC client that sends arbitrary bytes as the request message, to test what
+/// the server does with input no well-behaved client would produce.
+pub mod raw_grpc {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    pub struct RawCodec;
+    pub struct RawEncoder;
+    pub struct RespDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = ExportTraceServiceResponse;
+        type Encoder = RawEncoder;
+        type Decoder = RespDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RespDecoder {
+            RespDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RespDecoder {
+        type Item = ExportTraceServiceResponse;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+            prost::Message::decode(src)
+                .map(Some)
+                .map_err(|e| Status::internal(e.to_string()))
+        }
+    }
+
+    /// Sends `body` to the trace Export method.
+    pub async fn export_traces(
+        endpoint: &str,
+        body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<ExportTraceServiceResponse, Status> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+        if gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        );
+        grpc.unary(tonic::Request::new(body), path, RawCodec)
+            .await
+            .map(|r| r.into_inner())
+    }
+}
