@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: ./scripts/test.sh
+# Installs what it needs (the embedded ClickHouse) and starts the local services the
+# tests use when they are not answering. CLICKHOUSE_URL=http://host:8123 makes every
+# test use that ClickHouse server instead of the embedded engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for PORT NAME: up to 60 s for a service to answer on 127.0.0.1:PORT.
+wait_for() {
+  for _ in $(seq 1 120); do answers "$1" && return 0; sleep 0.5; done
+  echo "$2 did not answer on 127.0.0.1:$1" >&2
+  return 1
+}
+
+ensure_service() {
+  local port=$1 name=$2
+  shift 2
+  if answers "$port"; then return 0; fi
+  echo "$name is not answering on 127.0.0.1:$port; starting it"
+  "$@" || true
+  wait_for "$port" "$name"
+}
+
+step "local services"
+ensure_service 5432 PostgreSQL sh -c 'pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start'
+ensure_service 6379 Redis redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+ensure_service 5672 RabbitMQ rabbitmq-server -detached
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets
+
+front_pid=""
+cleanup() { [ -n "$front_pid" ] && kill "$front_pid" 2>/dev/null || true; }
+trap cleanup EXIT
+
+if [ -z "${CLICKHOUSE_URL:-}" ]; then
+  step "embedded ClickHouse (installs chdb-core into .local/ on first use)"
+  cargo run --quiet -p collector -- embedded-clickhouse --install-only
+  data=$(mktemp -d)
+  url_file="$data/url"
+  COLLECTOR__EMBEDDED__DATA_DIR="$data/db" target/debug/collector embedded-clickhouse >"$url_file" &
+  front_pid=$!
+  for _ in $(seq 1 240); do [ -s "$url_file" ] && break; sleep 0.5; done
+  CLICKHOUSE_URL=$(head -n1 "$url_file")
+  [ -n "$CLICKHOUSE_URL" ] || { echo "the embedded ClickHouse did not start" >&2; exit 1; }
+  export CLICKHOUSE_URL
+  echo "using $CLICKHOUSE_URL"
+
+  step "embedded ClickHouse front tests"
+  "$root/.local/embedded-clickhouse/venv/bin/python" -m unittest discover -s collector/embedded -p 'test_*.py'
+fi
+
+step "tests"
+cargo test --workspace
