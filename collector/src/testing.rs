@@ -185,3 +185,113 @@ impl TestCollector {
         self.collector.shutdown(Duration::from_secs(10)).await;
     }
 }
+
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The collector binary as a separate process, for tests that kill it, measure
+/// its memory or need its real signal handling.
+pub struct CollectorProcess {
+    pub child: std::process::Child,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub admin_port: u16,
+}
+
+impl CollectorProcess {
+    /// Runs `binary` (the test's `env!("CARGO_BIN_EXE_collector")`) with loopback
+    /// ports, `--set` overrides and extra arguments, and waits until it is ready.
+    pub fn spawn(binary: &str, sets: &[(&str, String)], extra_args: &[&str]) -> CollectorProcess {
+        let (grpc_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .env("RUST_LOG", "warn");
+        for (k, v) in sets {
+            cmd.args(["--set", &format!("{k}={v}")]);
+        }
+        cmd.args(extra_args);
+        let child = cmd.spawn().expect("collector binary starts");
+        let p = CollectorProcess {
+            child,
+            grpc_port,
+            http_port,
+            admin_port,
+        };
+        p.wait_ready(Duration::from_secs(60));
+        p
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.admin_port));
+        loop {
+            if let Ok(mut s) =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /health/ready HTTP/1.0\r\n\r\n");
+                let mut resp = String::new();
+                let _ = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector process not ready within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn admin_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// Resident memory of the process now, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// SIGKILL: no chance to flush.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        self.child.wait().expect("collector exits")
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
