@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::batching;
@@ -15,6 +15,7 @@ use crate::exporters::clickhouse::{self as ch, ClickHouseExporter, SchemaGate, S
 use crate::pipeline::Pipeline;
 use crate::receivers::{self, Receivers};
 use crate::schema::ALL_TABLES;
+use crate::spool::Spool;
 use crate::telemetry::{admin_router, Health, Metrics};
 
 /// How many recent INSERT blocks each table remembers to drop repeats.
@@ -34,11 +35,22 @@ pub struct Collector {
     stop_background: CancellationToken,
     batchers: Vec<tokio::task::JoinHandle<()>>,
     exporter: Arc<ClickHouseExporter>,
+    spool: Arc<Spool>,
     embedded: Option<EmbeddedClickHouse>,
 }
 
 impl Collector {
     pub async fn start(config: Config) -> anyhow::Result<Collector> {
+        let (spool, recovered) = Spool::open(&config.spool)
+            .with_context(|| format!("opening the spool in {}", config.spool.dir))?;
+        if !recovered.batches.is_empty() || !recovered.parts.is_empty() {
+            tracing::info!(
+                batches = recovered.batches.len(),
+                parts = recovered.parts.len(),
+                bytes = spool.used_bytes(),
+                "replaying the spool"
+            );
+        }
         let (embedded, url) = if config.clickhouse.url.is_empty() {
             let e = EmbeddedClickHouse::start(&config.embedded)
                 .await
@@ -71,6 +83,7 @@ impl Collector {
             client,
             &config.clickhouse,
             gate.clone(),
+            spool.clone(),
             metrics.clone(),
         ));
         let stop_batchers = CancellationToken::new();
@@ -83,15 +96,24 @@ impl Collector {
                 table.id,
                 config.batching.clone(),
                 rx,
+                spool.clone(),
                 exporter.clone(),
                 stop_batchers.clone(),
             )));
         }
-        let pipeline = Arc::new(Pipeline::new(
-            config.batching.max_memory_bytes,
-            senders,
-            metrics.clone(),
-        ));
+        // Batches recorded before a restart go first, exactly as they were; parts
+        // never batched join the new batches in their original order.
+        for part in recovered.parts {
+            let table = part.table as usize;
+            let _ = senders[table].send(batching::Queued { part, permit: None });
+        }
+        let replay_spool = spool.clone();
+        let replay_sink = exporter.clone();
+        tokio::spawn(async move {
+            batching::replay(&replay_spool, recovered.batches, replay_sink.as_ref()).await;
+        });
+        let memory = Arc::new(Semaphore::new(config.batching.max_memory_bytes));
+        let pipeline = Arc::new(Pipeline::new(spool.clone(), memory, senders, metrics.clone()));
 
         let stop_receivers = CancellationToken::new();
         let receivers = Receivers::start(&config.receivers, pipeline, stop_receivers.clone())
@@ -102,6 +124,8 @@ impl Collector {
         let admin_addr = admin.local_addr()?;
         let app = admin_router(Health {
             gate: gate.clone(),
+            inserts: exporter.health(),
+            spool: spool.clone(),
             metrics: metrics.clone(),
         });
         let stop = stop_background.clone();
@@ -124,6 +148,7 @@ impl Collector {
             stop_background,
             batchers,
             exporter,
+            spool,
             embedded,
         })
     }
@@ -140,7 +165,12 @@ impl Collector {
         self.gate.state() == SchemaState::Ready
     }
 
-    /// Stops accepting, flushes what is queued to ClickHouse within `deadline`.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Stops accepting and writes what is queued to ClickHouse within `deadline`;
+    /// whatever is left stays in the spool for the next start.
     pub async fn shutdown(self, deadline: Duration) {
         self.stop_receivers.cancel();
         self.receivers.stopped().await;
@@ -158,6 +188,12 @@ impl Collector {
             );
         }
         self.stop_background.cancel();
+        if let Err(e) = self.spool.flush() {
+            tracing::error!(error = %e, "flushing the spool at shutdown failed");
+        }
+        if self.spool.used_bytes() > 0 {
+            tracing::info!(bytes = self.spool.used_bytes(), "rows left in the spool for the next start");
+        }
         if let Some(e) = self.embedded {
             e.stop().await;
         }

@@ -9,11 +9,13 @@ use crate::batching::BatchingConfig;
 use crate::embedded::EmbeddedConfig;
 use crate::exporters::clickhouse::ClickHouseConfig;
 use crate::receivers::ReceiversConfig;
+use crate::spool::SpoolConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub receivers: ReceiversConfig,
+    pub spool: SpoolConfig,
     pub batching: BatchingConfig,
     pub clickhouse: ClickHouseConfig,
     pub embedded: EmbeddedConfig,

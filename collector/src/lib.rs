@@ -14,6 +14,7 @@ pub mod part;
 pub mod pipeline;
 pub mod receivers;
 pub mod schema;
+pub mod spool;
 pub mod synthetic;
 pub mod telemetry;
 pub mod testing;

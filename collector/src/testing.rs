@@ -86,6 +86,10 @@ pub fn test_config(database: &str) -> Config {
     config.admin.addr = "127.0.0.1:0".into();
     config.clickhouse.url = clickhouse_url();
     config.clickhouse.database = database.into();
+    config.spool.dir = std::env::temp_dir()
+        .join(format!("{database}-spool"))
+        .display()
+        .to_string();
     config.batching.max_delay_ms = 100;
     config
 }
@@ -182,7 +186,9 @@ impl TestCollector {
     }
 
     pub async fn stop(self) {
+        let spool_dir = std::env::temp_dir().join(format!("{}-spool", self.database));
         self.collector.shutdown(Duration::from_secs(10)).await;
+        let _ = std::fs::remove_dir_all(spool_dir);
     }
 }
 

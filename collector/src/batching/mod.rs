@@ -1,10 +1,13 @@
 //! Batching: many requests' rows become one INSERT per table.
 //!
-//! One task per table collects parts until the batch reaches `max_rows` or
-//! `max_bytes`, or `max_delay` has passed since its first part, then hands it to the
+//! One task per table collects spooled parts until the batch reaches `max_rows` or
+//! `max_bytes`, or `max_delay` has passed since its first part. It then records the
+//! batch in the spool (which fixes its deduplication token) and hands it to the
 //! exporter. The exporter bounds concurrent INSERTs; while all are busy the batcher
-//! keeps collecting, so batches grow under load instead of piling up as requests.
+//! waits, parts queue up (their bytes spill to disk past the memory budget), and the
+//! next batch is bigger — batches grow under load instead of piling up as requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,8 +15,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::part::TablePart;
 use crate::schema::TableId;
+use crate::spool::{BatchRecord, Spool, SpoolError, SpooledPart};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -21,8 +24,8 @@ pub struct BatchingConfig {
     pub max_rows: u64,
     pub max_bytes: usize,
     pub max_delay_ms: u64,
-    /// Encoded rows held in memory between the receivers and ClickHouse; past it,
-    /// requests are refused with 429 / RESOURCE_EXHAUSTED.
+    /// Encoded rows kept in memory between the receivers and ClickHouse; past it,
+    /// parts wait in the spool only and are read back when their batch is built.
     pub max_memory_bytes: usize,
 }
 
@@ -37,11 +40,12 @@ impl Default for BatchingConfig {
     }
 }
 
-/// A part on its way to an INSERT, holding its share of the memory budget.
+/// A spooled part on its way to an INSERT; `permit` is its share of the memory
+/// budget when its bytes are held in memory.
 #[derive(Debug)]
 pub struct Queued {
-    pub part: TablePart,
-    pub permit: OwnedSemaphorePermit,
+    pub part: SpooledPart,
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The rows of one INSERT.
@@ -49,32 +53,8 @@ pub struct Queued {
 pub struct Batch {
     pub table: TableId,
     pub rows: u64,
-    pub parts: usize,
     pub data: Vec<u8>,
-    pub permits: Vec<OwnedSemaphorePermit>,
-}
-
-impl Batch {
-    fn new(table: TableId) -> Batch {
-        Batch {
-            table,
-            rows: 0,
-            parts: 0,
-            data: Vec::new(),
-            permits: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, q: Queued) {
-        self.rows += u64::from(q.part.rows);
-        self.parts += 1;
-        if self.data.is_empty() {
-            self.data = q.part.data;
-        } else {
-            self.data.extend_from_slice(&q.part.data);
-        }
-        self.permits.push(q.permit);
-    }
+    pub record: BatchRecord,
 }
 
 /// Where finished batches go. `send` may wait: that is the back-pressure from
@@ -83,38 +63,115 @@ pub trait BatchSink: Send + Sync + 'static {
     fn send(&self, batch: Batch) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// A batch being filled.
+struct Open {
+    rows: u64,
+    seqs: Vec<u64>,
+    data: Vec<u8>,
+    _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Open {
+    fn new() -> Open {
+        Open {
+            rows: 0,
+            seqs: Vec::new(),
+            data: Vec::new(),
+            _permits: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, q: Queued, spool: &Spool) -> Result<(), SpoolError> {
+        let bytes = match q.part.data {
+            Some(d) => d,
+            None => spool.read(q.part.seq)?,
+        };
+        if self.data.is_empty() {
+            self.data = bytes;
+        } else {
+            self.data.extend_from_slice(&bytes);
+        }
+        self.rows += u64::from(q.part.rows);
+        self.seqs.push(q.part.seq);
+        if let Some(p) = q.permit {
+            self._permits.push(p);
+        }
+        Ok(())
+    }
+}
+
 /// Runs the batcher of one table until its input closes or `stop` fires; then
 /// flushes what is left, without waiting for `max_delay`.
 pub async fn run<K: BatchSink>(
     table: TableId,
     config: BatchingConfig,
     mut input: mpsc::UnboundedReceiver<Queued>,
-    sink: std::sync::Arc<K>,
+    spool: Arc<Spool>,
+    sink: Arc<K>,
     stop: CancellationToken,
 ) {
     let max_delay = Duration::from_millis(config.max_delay_ms);
     while let Some(first) = next(&mut input, &stop).await {
-        let mut batch = Batch::new(table);
-        batch.add(first);
+        let mut open = Open::new();
+        add(&mut open, first, &spool);
         let deadline = Instant::now() + max_delay;
-        while batch.rows < config.max_rows && batch.data.len() < config.max_bytes {
+        while open.rows < config.max_rows && open.data.len() < config.max_bytes {
             tokio::select! {
                 next = next(&mut input, &stop) => match next {
-                    Some(q) => batch.add(q),
+                    Some(q) => add(&mut open, q, &spool),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline), if !stop.is_cancelled() => break,
             }
         }
-        sink.send(batch).await;
+        if open.seqs.is_empty() {
+            continue;
+        }
+        let record = match spool.record_batch(table, open.seqs).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The parts stay in the spool; a restart batches them again.
+                tracing::error!(error = %e, "cannot record a batch in the spool");
+                continue;
+            }
+        };
+        sink.send(Batch {
+            table,
+            rows: open.rows,
+            data: open.data,
+            record,
+        })
+        .await;
+    }
+}
+
+fn add(open: &mut Open, q: Queued, spool: &Spool) {
+    let seq = q.part.seq;
+    if let Err(e) = open.add(q, spool) {
+        // Leaves the part in the spool, where a restart finds it again.
+        tracing::error!(seq, error = %e, "cannot read a part back from the spool");
+    }
+}
+
+/// Re-sends the batches a restart found recorded, exactly as they were recorded.
+pub async fn replay<K: BatchSink>(spool: &Spool, batches: Vec<(BatchRecord, Vec<SpooledPart>)>, sink: &K) {
+    for (record, parts) in batches {
+        let mut open = Open::new();
+        for part in parts {
+            add(&mut open, Queued { part, permit: None }, spool);
+        }
+        sink.send(Batch {
+            table: record.table,
+            rows: open.rows,
+            data: open.data,
+            record,
+        })
+        .await;
     }
 }
 
 /// The next part; once `stop` fired, only what was already queued.
-async fn next(
-    input: &mut mpsc::UnboundedReceiver<Queued>,
-    stop: &CancellationToken,
-) -> Option<Queued> {
+async fn next(input: &mut mpsc::UnboundedReceiver<Queued>, stop: &CancellationToken) -> Option<Queued> {
     if stop.is_cancelled() {
         input.close();
         return input.recv().await;
@@ -132,32 +189,29 @@ async fn next(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::part::TablePart;
+    use crate::spool::SpoolConfig;
+    use std::sync::Mutex;
     use tokio::sync::Semaphore;
 
     #[derive(Default)]
-    struct Collect(Mutex<Vec<(u64, usize, Vec<u8>)>>);
+    struct Collect(Mutex<Vec<(u64, Vec<u64>, Vec<u8>)>>);
 
     impl BatchSink for Collect {
         async fn send(&self, b: Batch) {
-            self.0.lock().unwrap().push((b.rows, b.parts, b.data));
+            self.0.lock().unwrap().push((b.rows, b.record.seqs, b.data));
         }
     }
 
-    fn part(budget: &Arc<Semaphore>, rows: u32, byte: u8) -> Queued {
-        Queued {
-            part: TablePart {
-                table: TableId::Logs,
-                rows,
-                data: vec![byte; rows as usize],
-            },
-            permit: budget.clone().try_acquire_many_owned(rows).unwrap(),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn batches_by_rows_then_by_delay() {
-        let budget = Arc::new(Semaphore::new(1000));
+    #[tokio::test]
+    async fn batches_by_rows_then_by_delay_reading_spilled_parts_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&SpoolConfig {
+            dir: dir.path().display().to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+        let budget = Arc::new(Semaphore::new(6));
         let sink = Arc::new(Collect::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let config = BatchingConfig {
@@ -165,30 +219,29 @@ mod tests {
             max_delay_ms: 100,
             ..Default::default()
         };
-        let task = tokio::spawn(run(
-            TableId::Logs,
-            config,
-            rx,
-            sink.clone(),
-            CancellationToken::new(),
-        ));
-        for i in 0..5 {
-            tx.send(part(&budget, 3, i)).unwrap();
+        let task = tokio::spawn(run(TableId::Logs, config, rx, spool.clone(), sink.clone(), CancellationToken::new()));
+        for i in 0..5u8 {
+            let parts = vec![TablePart {
+                table: TableId::Logs,
+                rows: 3,
+                data: vec![i; 3],
+            }];
+            let mut spooled = spool.append(parts).await.unwrap().pop().unwrap();
+            // The first two fit the memory budget; the rest spill.
+            let permit = budget.clone().try_acquire_many_owned(3).ok();
+            if permit.is_none() {
+                spooled.data = None;
+            }
+            tx.send(Queued { part: spooled, permit }).unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         drop(tx);
         task.await.unwrap();
         let got = sink.0.lock().unwrap().clone();
         // 4 parts reach 12 rows ≥ 10; the fifth leaves after the delay.
-        assert_eq!(
-            got.iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(),
-            [(12, 4), (3, 1)]
-        );
+        assert_eq!(got.iter().map(|b| (b.0, b.1.len())).collect::<Vec<_>>(), [(12, 4), (3, 1)]);
         assert_eq!(got[0].2, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]);
-        assert_eq!(
-            budget.available_permits(),
-            1000,
-            "permits return with the batch"
-        );
+        assert_eq!(got[1].2, [4, 4, 4]);
+        assert_eq!(budget.available_permits(), 6, "permits return with the batch");
     }
 }

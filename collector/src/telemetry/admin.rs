@@ -9,11 +9,14 @@ use axum::routing::get;
 use axum::Router;
 
 use super::Metrics;
-use crate::exporters::clickhouse::{SchemaGate, SchemaState};
+use crate::exporters::clickhouse::{InsertHealth, SchemaGate, SchemaState};
+use crate::spool::Spool;
 
 #[derive(Clone)]
 pub struct Health {
     pub gate: SchemaGate,
+    pub inserts: InsertHealth,
+    pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -38,6 +41,11 @@ async fn ready(State(h): State<Health>) -> impl IntoResponse {
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        h.metrics.render(),
+        format!(
+            "{}# TYPE collector_spool_bytes gauge\ncollector_spool_bytes {}\n# TYPE collector_spool_budget_bytes gauge\ncollector_spool_budget_bytes {}\n",
+            h.metrics.render(),
+            h.spool.used_bytes(),
+            h.spool.budget_bytes()
+        ),
     )
 }

@@ -16,8 +16,10 @@ pub use config::ClickHouseConfig;
 pub use retry::Backoff;
 pub use schema_gate::{SchemaGate, SchemaState};
 
+
 use crate::batching::{Batch, BatchSink};
 use crate::schema::{quote_ident, SchemaOptions, Table};
+use crate::spool::Spool;
 use crate::telemetry::Metrics;
 use retry::{classify, Failure};
 
@@ -52,7 +54,25 @@ pub struct ClickHouseExporter {
     inflight: Arc<Semaphore>,
     tasks: TaskTracker,
     gate: SchemaGate,
+    spool: Arc<Spool>,
+    health: InsertHealth,
     metrics: Arc<Metrics>,
+}
+
+/// Whether the latest INSERT failed, and why: readiness reports it as degraded.
+#[derive(Clone, Default)]
+pub struct InsertHealth(Arc<std::sync::Mutex<Option<String>>>);
+
+impl InsertHealth {
+    pub fn failing(&self) -> Option<String> {
+        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    fn set(&self, failure: Option<String>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = failure;
+        }
+    }
 }
 
 impl ClickHouseExporter {
@@ -60,6 +80,7 @@ impl ClickHouseExporter {
         client: clickhouse::Client,
         config: &ClickHouseConfig,
         gate: SchemaGate,
+        spool: Arc<Spool>,
         metrics: Arc<Metrics>,
     ) -> ClickHouseExporter {
         ClickHouseExporter {
@@ -74,8 +95,14 @@ impl ClickHouseExporter {
             inflight: Arc::new(Semaphore::new(config.insert_concurrency.max(1))),
             tasks: TaskTracker::new(),
             gate,
+            spool,
+            health: InsertHealth::default(),
             metrics,
         }
+    }
+
+    pub fn health(&self) -> InsertHealth {
+        self.health.clone()
     }
 
     /// Waits for the INSERTs in flight.
@@ -84,25 +111,33 @@ impl ClickHouseExporter {
         self.tasks.wait().await;
     }
 
-    /// Inserts one batch, retrying until ClickHouse takes it or refuses the data itself.
+    /// Inserts one batch, retrying until ClickHouse takes it or refuses the data
+    /// itself; then its rows leave the spool.
     async fn insert_until_done(&self, batch: &Batch, data: Bytes) {
         let table = Table::by_id(batch.table);
+        let token = self.spool.token(&batch.record);
         let mut attempt = 0;
         loop {
             self.gate.ready().await;
             let started = Instant::now();
-            match self.insert_once(table, data.clone()).await {
+            match self.insert_once(table, data.clone(), &token).await {
                 Ok(()) => {
+                    self.health.set(None);
                     self.metrics.exported(table, batch.rows, started.elapsed());
+                    self.confirm(batch, data.len());
                     return;
                 }
                 Err(e) => {
                     let failure = classify(&e);
                     if failure == Failure::BadData {
+                        // The one path that gives up on accepted rows: retrying cannot
+                        // make ClickHouse take them, and holding them would stop the table.
                         tracing::error!(table = table.name, rows = batch.rows, error = %e, "ClickHouse refused the batch as invalid data; dropping it");
                         self.metrics.failed(table, batch.rows);
+                        self.confirm(batch, data.len());
                         return;
                     }
+                    self.health.set(Some(format!("INSERT into {} failing: {e}", table.name)));
                     if failure == Failure::SchemaChanged {
                         self.gate
                             .invalidate(format!("insert into {} failed: {e}", table.name));
@@ -117,21 +152,35 @@ impl ClickHouseExporter {
         }
     }
 
-    async fn insert_once(&self, table: &Table, data: Bytes) -> clickhouse::error::Result<()> {
+    fn confirm(&self, batch: &Batch, bytes: usize) {
+        if let Err(e) = self.spool.confirm(&batch.record, bytes as u64) {
+            // The rows stay spooled; after a restart the same token makes their
+            // re-insert a no-op.
+            tracing::error!(error = %e, "cannot remove an inserted batch from the spool");
+        }
+    }
+
+    async fn insert_once(&self, table: &Table, data: Bytes, token: &str) -> clickhouse::error::Result<()> {
         let sql = format!(
             "INSERT INTO {}.{} ({}) FORMAT RowBinary",
             quote_ident(&self.database),
             quote_ident(table.name),
             table.insert_columns()
         );
+        // The token makes a retry of an INSERT that did land (timeout, crash, restart)
+        // a no-op; the view feeding the trace-id table must deduplicate as well.
         let mut insert = self
             .client
             .insert_formatted_with(sql)
-            .with_timeouts(Some(self.timeout), Some(self.timeout));
+            .with_timeouts(Some(self.timeout), Some(self.timeout))
+            .with_setting("insert_deduplicate", "1")
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         if self.async_insert {
             insert = insert
                 .with_setting("async_insert", "1")
-                .with_setting("wait_for_async_insert", "1");
+                .with_setting("wait_for_async_insert", "1")
+                .with_setting("async_insert_deduplicate", "1");
         }
         let mut offset = 0;
         while offset < data.len() {

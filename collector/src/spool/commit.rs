@@ -1,0 +1,87 @@
+//! Group commit: one fsync serves every append made while the previous one ran.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::SpoolError;
+
+pub struct GroupCommit {
+    /// Incremented just before each flush starts.
+    generation: AtomicU64,
+    /// The newest generation whose flush completed (Err: the flush failed).
+    flushed: watch::Sender<Result<u64, String>>,
+    pending: Notify,
+    stopping: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    pub fn start(db: sled::Db, interval: Duration) -> Arc<GroupCommit> {
+        let gc = Arc::new(GroupCommit {
+            generation: AtomicU64::new(1),
+            flushed: watch::Sender::new(Ok(0)),
+            pending: Notify::new(),
+            stopping: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let this = gc.clone();
+        // A thread of its own: fsync blocks, and must not stall the async workers.
+        let handle = std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || this.run(db, interval))
+            .expect("spawn the spool commit thread");
+        *gc.thread.lock().expect("not poisoned") = Some(handle);
+        gc
+    }
+
+    /// Ends the commit thread (it holds the database open) and waits for it.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.pending.notify_one();
+        if let Some(t) = self.thread.lock().expect("not poisoned").take() {
+            let _ = t.join();
+        }
+    }
+
+    fn run(self: Arc<Self>, db: sled::Db, interval: Duration) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("commit runtime");
+        rt.block_on(async {
+            loop {
+                self.pending.notified().await;
+                if self.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel);
+                let result = db.flush().map(|_| generation).map_err(|e| e.to_string());
+                let _ = self.flushed.send_replace(result);
+            }
+        });
+    }
+
+    /// Returns once an fsync that started after this call's writes has completed.
+    pub async fn wait(&self) -> Result<(), SpoolError> {
+        // Read after our writes were applied: the flush of this generation starts
+        // later, so it covers them.
+        let mine = self.generation.load(Ordering::Acquire);
+        let mut rx = self.flushed.subscribe();
+        self.pending.notify_one();
+        let state = rx
+            .wait_for(|r| match r {
+                Ok(g) => *g >= mine,
+                Err(_) => true,
+            })
+            .await
+            .map_err(|_| SpoolError::Storage(sled::Error::ReportableBug("commit thread gone".into())))?;
+        match &*state {
+            Ok(_) => Ok(()),
+            Err(e) => Err(SpoolError::Storage(sled::Error::Io(std::io::Error::other(e.clone())))),
+        }
+    }
+}

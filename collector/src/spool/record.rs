@@ -1,0 +1,77 @@
+//! How parts and batch records are laid out in sled.
+
+use super::SpoolError;
+use crate::part::TablePart;
+use crate::schema::TableId;
+
+/// A part in the spool. `data` is `None` when its bytes were left on disk to keep
+/// memory within budget; batching reads them back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledPart {
+    pub seq: u64,
+    pub table: TableId,
+    pub rows: u32,
+    pub len: u32,
+    pub data: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub id: u64,
+    pub table: TableId,
+    pub seqs: Vec<u64>,
+}
+
+/// `[table u8][rows u32 LE][rows bytes]`
+pub fn encode_part(p: &TablePart) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + p.data.len());
+    v.push(p.table as u8);
+    v.extend_from_slice(&p.rows.to_le_bytes());
+    v.extend_from_slice(&p.data);
+    v
+}
+
+pub fn decode_part(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
+    let mut part = decode_meta(seq, v)?;
+    part.data = Some(v[5..].to_vec());
+    Ok(part)
+}
+
+/// A part's table and size, without copying its rows.
+pub fn decode_meta(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
+    if v.len() < 5 {
+        return Err(SpoolError::Corrupt(seq));
+    }
+    Ok(SpooledPart {
+        seq,
+        table: TableId::from_u8(v[0]).ok_or(SpoolError::Corrupt(seq))?,
+        rows: u32::from_le_bytes(v[1..5].try_into().expect("4 bytes")),
+        len: (v.len() - 5) as u32,
+        data: None,
+    })
+}
+
+/// `[table u8][seq u64 BE]*`
+pub fn encode_batch(b: &BatchRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + 8 * b.seqs.len());
+    v.push(b.table as u8);
+    for s in &b.seqs {
+        v.extend_from_slice(&s.to_be_bytes());
+    }
+    v
+}
+
+pub fn decode_batch(id: u64, v: &[u8]) -> Result<BatchRecord, SpoolError> {
+    let (&table, seqs) = v.split_first().ok_or(SpoolError::Corrupt(id))?;
+    if seqs.len() % 8 != 0 {
+        return Err(SpoolError::Corrupt(id));
+    }
+    Ok(BatchRecord {
+        id,
+        table: TableId::from_u8(table).ok_or(SpoolError::Corrupt(id))?,
+        seqs: seqs
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+    })
+}
