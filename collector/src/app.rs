@@ -113,7 +113,12 @@ impl Collector {
             batching::replay(&replay_spool, recovered.batches, replay_sink.as_ref()).await;
         });
         let memory = Arc::new(Semaphore::new(config.batching.max_memory_bytes));
-        let pipeline = Arc::new(Pipeline::new(spool.clone(), memory, senders, metrics.clone()));
+        let pipeline = Arc::new(Pipeline::new(
+            spool.clone(),
+            memory,
+            senders,
+            metrics.clone(),
+        ));
 
         let stop_receivers = CancellationToken::new();
         let receivers = Receivers::start(&config.receivers, pipeline, stop_receivers.clone())
@@ -192,7 +197,10 @@ impl Collector {
             tracing::error!(error = %e, "flushing the spool at shutdown failed");
         }
         if self.spool.used_bytes() > 0 {
-            tracing::info!(bytes = self.spool.used_bytes(), "rows left in the spool for the next start");
+            tracing::info!(
+                bytes = self.spool.used_bytes(),
+                "rows left in the spool for the next start"
+            );
         }
         if let Some(e) = self.embedded {
             e.stop().await;

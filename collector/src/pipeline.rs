@@ -80,7 +80,8 @@ impl Pipeline {
         } else {
             Outcome::Accepted
         };
-        self.metrics.request(S::NAME, outcome, received, accepted, rejected);
+        self.metrics
+            .request(S::NAME, outcome, received, accepted, rejected);
         Ok(response)
     }
 }

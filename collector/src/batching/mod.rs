@@ -154,7 +154,11 @@ fn add(open: &mut Open, q: Queued, spool: &Spool) {
 }
 
 /// Re-sends the batches a restart found recorded, exactly as they were recorded.
-pub async fn replay<K: BatchSink>(spool: &Spool, batches: Vec<(BatchRecord, Vec<SpooledPart>)>, sink: &K) {
+pub async fn replay<K: BatchSink>(
+    spool: &Spool,
+    batches: Vec<(BatchRecord, Vec<SpooledPart>)>,
+    sink: &K,
+) {
     for (record, parts) in batches {
         let mut open = Open::new();
         for part in parts {
@@ -171,7 +175,10 @@ pub async fn replay<K: BatchSink>(spool: &Spool, batches: Vec<(BatchRecord, Vec<
 }
 
 /// The next part; once `stop` fired, only what was already queued.
-async fn next(input: &mut mpsc::UnboundedReceiver<Queued>, stop: &CancellationToken) -> Option<Queued> {
+async fn next(
+    input: &mut mpsc::UnboundedReceiver<Queued>,
+    stop: &CancellationToken,
+) -> Option<Queued> {
     if stop.is_cancelled() {
         input.close();
         return input.recv().await;
@@ -219,7 +226,14 @@ mod tests {
             max_delay_ms: 100,
             ..Default::default()
         };
-        let task = tokio::spawn(run(TableId::Logs, config, rx, spool.clone(), sink.clone(), CancellationToken::new()));
+        let task = tokio::spawn(run(
+            TableId::Logs,
+            config,
+            rx,
+            spool.clone(),
+            sink.clone(),
+            CancellationToken::new(),
+        ));
         for i in 0..5u8 {
             let parts = vec![TablePart {
                 table: TableId::Logs,
@@ -232,16 +246,27 @@ mod tests {
             if permit.is_none() {
                 spooled.data = None;
             }
-            tx.send(Queued { part: spooled, permit }).unwrap();
+            tx.send(Queued {
+                part: spooled,
+                permit,
+            })
+            .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(tx);
         task.await.unwrap();
         let got = sink.0.lock().unwrap().clone();
         // 4 parts reach 12 rows ≥ 10; the fifth leaves after the delay.
-        assert_eq!(got.iter().map(|b| (b.0, b.1.len())).collect::<Vec<_>>(), [(12, 4), (3, 1)]);
+        assert_eq!(
+            got.iter().map(|b| (b.0, b.1.len())).collect::<Vec<_>>(),
+            [(12, 4), (3, 1)]
+        );
         assert_eq!(got[0].2, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]);
         assert_eq!(got[1].2, [4, 4, 4]);
-        assert_eq!(budget.available_permits(), 6, "permits return with the batch");
+        assert_eq!(
+            budget.available_permits(),
+            6,
+            "permits return with the batch"
+        );
     }
 }

@@ -78,10 +78,14 @@ impl GroupCommit {
                 Err(_) => true,
             })
             .await
-            .map_err(|_| SpoolError::Storage(sled::Error::ReportableBug("commit thread gone".into())))?;
+            .map_err(|_| {
+                SpoolError::Storage(sled::Error::ReportableBug("commit thread gone".into()))
+            })?;
         match &*state {
             Ok(_) => Ok(()),
-            Err(e) => Err(SpoolError::Storage(sled::Error::Io(std::io::Error::other(e.clone())))),
+            Err(e) => Err(SpoolError::Storage(sled::Error::Io(std::io::Error::other(
+                e.clone(),
+            )))),
         }
     }
 }

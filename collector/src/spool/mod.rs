@@ -130,8 +130,12 @@ impl Spool {
             .chain(recovered.parts.iter())
             .map(|p| p.len as u64)
             .sum();
-        let commit = (config.sync == SyncMode::Fsync)
-            .then(|| GroupCommit::start(db.clone(), std::time::Duration::from_millis(config.flush_interval_ms)));
+        let commit = (config.sync == SyncMode::Fsync).then(|| {
+            GroupCommit::start(
+                db.clone(),
+                std::time::Duration::from_millis(config.flush_interval_ms),
+            )
+        });
         let spool = Spool {
             db,
             parts,
@@ -165,7 +169,9 @@ impl Spool {
                 budget: self.budget,
             });
         }
-        let first = self.next_seq.fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let first = self
+            .next_seq
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
         let mut batch = sled::Batch::default();
         let spooled: Vec<SpooledPart> = parts
             .into_iter()
@@ -199,12 +205,19 @@ impl Spool {
 
     /// The rows of a part whose bytes were not kept in memory.
     pub fn read(&self, seq: u64) -> Result<Vec<u8>, SpoolError> {
-        let v = self.parts.get(seq.to_be_bytes())?.ok_or(SpoolError::Corrupt(seq))?;
+        let v = self
+            .parts
+            .get(seq.to_be_bytes())?
+            .ok_or(SpoolError::Corrupt(seq))?;
         record::decode_part(seq, &v).map(|p| p.data.expect("decoded with data"))
     }
 
     /// Records a batch before its first INSERT; returns once the record is durable.
-    pub async fn record_batch(&self, table: TableId, seqs: Vec<u64>) -> Result<BatchRecord, SpoolError> {
+    pub async fn record_batch(
+        &self,
+        table: TableId,
+        seqs: Vec<u64>,
+    ) -> Result<BatchRecord, SpoolError> {
         let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
         let record = BatchRecord { id, table, seqs };
         self.batches
@@ -264,7 +277,11 @@ fn recover(parts: &sled::Tree, batches: &sled::Tree) -> Result<Recovered, SpoolE
         let (k, v) = item?;
         let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| SpoolError::Corrupt(0))?);
         let record = record::decode_batch(id, &v)?;
-        let members: Vec<SpooledPart> = record.seqs.iter().filter_map(|s| by_seq.remove(s)).collect();
+        let members: Vec<SpooledPart> = record
+            .seqs
+            .iter()
+            .filter_map(|s| by_seq.remove(s))
+            .collect();
         if members.is_empty() {
             // Confirmed, but the process died before the record was removed.
             batches.remove(k)?;
@@ -308,7 +325,10 @@ mod tests {
                 .append(vec![part(TableId::Traces, 2, 1), part(TableId::Logs, 1, 2)])
                 .await
                 .unwrap();
-            let b = spool.append(vec![part(TableId::Traces, 4, 3)]).await.unwrap();
+            let b = spool
+                .append(vec![part(TableId::Traces, 4, 3)])
+                .await
+                .unwrap();
             assert_eq!(spool.used_bytes(), 21);
             let record = spool
                 .record_batch(TableId::Traces, vec![a[0].seq, b[0].seq])
@@ -335,7 +355,10 @@ mod tests {
         assert_eq!(rec.parts.len(), 1);
         assert_eq!(spool.used_bytes(), 3);
         // New sequence numbers continue after the old ones.
-        let c = spool.append(vec![part(TableId::Gauge, 1, 9)]).await.unwrap();
+        let c = spool
+            .append(vec![part(TableId::Gauge, 1, 9)])
+            .await
+            .unwrap();
         assert!(c[0].seq > rec.parts[0].seq);
     }
 
@@ -348,8 +371,20 @@ mod tests {
         })
         .unwrap();
         spool.append(vec![part(TableId::Logs, 3, 1)]).await.unwrap();
-        let e = spool.append(vec![part(TableId::Logs, 1, 1)]).await.unwrap_err();
-        assert!(matches!(e, SpoolError::Full { used: 9, budget: 10 }), "{e}");
+        let e = spool
+            .append(vec![part(TableId::Logs, 1, 1)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SpoolError::Full {
+                    used: 9,
+                    budget: 10
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(spool.used_bytes(), 9);
     }
 }

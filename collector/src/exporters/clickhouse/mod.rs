@@ -16,7 +16,6 @@ pub use config::ClickHouseConfig;
 pub use retry::Backoff;
 pub use schema_gate::{SchemaGate, SchemaState};
 
-
 use crate::batching::{Batch, BatchSink};
 use crate::schema::{quote_ident, SchemaOptions, Table};
 use crate::spool::Spool;
@@ -137,7 +136,8 @@ impl ClickHouseExporter {
                         self.confirm(batch, data.len());
                         return;
                     }
-                    self.health.set(Some(format!("INSERT into {} failing: {e}", table.name)));
+                    self.health
+                        .set(Some(format!("INSERT into {} failing: {e}", table.name)));
                     if failure == Failure::SchemaChanged {
                         self.gate
                             .invalidate(format!("insert into {} failed: {e}", table.name));
@@ -160,7 +160,12 @@ impl ClickHouseExporter {
         }
     }
 
-    async fn insert_once(&self, table: &Table, data: Bytes, token: &str) -> clickhouse::error::Result<()> {
+    async fn insert_once(
+        &self,
+        table: &Table,
+        data: Bytes,
+        token: &str,
+    ) -> clickhouse::error::Result<()> {
         let sql = format!(
             "INSERT INTO {}.{} ({}) FORMAT RowBinary",
             quote_ident(&self.database),

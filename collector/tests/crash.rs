@@ -1,0 +1,191 @@
+//! Crash test: the collector process is SIGKILLed twice under load and restarted on
+//! the same spool. Every acknowledged span must end up in ClickHouse exactly once,
+//! and a request whose answer was lost with the process is stored whole or not at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use collector::synthetic::traces_request;
+use collector::testing::{clickhouse_url, unique_database, CollectorProcess};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+const CLIENTS: u32 = 4;
+const SPANS_PER_REQUEST: u16 = 500;
+/// Kill points and the total, in acknowledged spans.
+const KILL_AT: [u64; 2] = [50_000, 120_000];
+const TOTAL: u64 = 200_000;
+
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeSet<(u32, u32)>,
+    /// Sent, but the answer was lost (the process died): stored whole or not at all.
+    unknown: BTreeSet<(u32, u32)>,
+}
+
+fn spawn(database: &str, spool: &str) -> CollectorProcess {
+    CollectorProcess::spawn(
+        env!("CARGO_BIN_EXE_collector"),
+        &[
+            ("clickhouse.url", clickhouse_url()),
+            ("clickhouse.database", database.to_string()),
+            ("spool.dir", spool.to_string()),
+            ("batching.max_delay_ms", "200".to_string()),
+        ],
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_and_duplicates_nothing() {
+    let database = unique_database("crash");
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = spool_dir.path().display().to_string();
+    let mut process = spawn(&database, &spool);
+
+    let endpoint = Arc::new(RwLock::new(process.grpc_endpoint()));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let acked_spans = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (endpoint, ledger, acked_spans, done) = (
+            endpoint.clone(),
+            ledger.clone(),
+            acked_spans.clone(),
+            done.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !done.load(SeqCst) {
+                let ep = endpoint.read().unwrap().clone();
+                let Ok(mut grpc) = TraceServiceClient::connect(ep).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                while !done.load(SeqCst) {
+                    let request = traces_request(client, n, SPANS_PER_REQUEST, now);
+                    let outcome = grpc.export(request).await;
+                    let mut l = ledger.lock().unwrap();
+                    match outcome {
+                        Ok(_) => {
+                            l.acked.insert((client, n));
+                            acked_spans.fetch_add(u64::from(SPANS_PER_REQUEST), SeqCst);
+                            n += 1;
+                        }
+                        Err(_) => {
+                            l.unknown.insert((client, n));
+                            n += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let wait_for = |target: u64| {
+        let acked_spans = acked_spans.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while acked_spans.load(SeqCst) < target {
+                assert!(
+                    Instant::now() < deadline,
+                    "load stalled at {}",
+                    acked_spans.load(SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for kill_at in KILL_AT {
+        wait_for(kill_at).await;
+        let killed_at = acked_spans.load(SeqCst);
+        process.kill();
+        println!("SIGKILL at {killed_at} acknowledged spans");
+        process = tokio::task::spawn_blocking({
+            let (database, spool) = (database.clone(), spool.clone());
+            move || spawn(&database, &spool)
+        })
+        .await
+        .unwrap();
+        *endpoint.write().unwrap() = process.grpc_endpoint();
+    }
+    wait_for(TOTAL).await;
+    done.store(true, SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    let acked = ledger.acked.len() as u64 * u64::from(SPANS_PER_REQUEST);
+    let client = clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_database(&database);
+    // Wait for the spool to drain: all acknowledged rows present.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let distinct: u64 = client
+            .query("SELECT uniqExact(SpanId) FROM otel_traces")
+            .fetch_one()
+            .await
+            .unwrap();
+        if distinct >= acked || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The request a span came from is encoded in the first 6 bytes of its id.
+    let per_request: Vec<(String, u64, u64)> = client
+        .query("SELECT substring(SpanId, 1, 12) AS r, count(), uniqExact(SpanId) FROM otel_traces GROUP BY r")
+        .fetch_all()
+        .await
+        .unwrap();
+    let stored: BTreeMap<(u32, u32), (u64, u64)> = per_request
+        .into_iter()
+        .map(|(r, count, distinct)| {
+            let client = u32::from_str_radix(&r[..6], 16).unwrap() - 1;
+            let n = u32::from_str_radix(&r[6..], 16).unwrap();
+            ((client, n), (count, distinct))
+        })
+        .collect();
+    let whole = (u64::from(SPANS_PER_REQUEST), u64::from(SPANS_PER_REQUEST));
+    for req in &ledger.acked {
+        assert_eq!(
+            stored.get(req),
+            Some(&whole),
+            "acknowledged request {req:?}"
+        );
+    }
+    let mut unknown_stored = 0;
+    for (req, counts) in &stored {
+        if ledger.acked.contains(req) {
+            continue;
+        }
+        assert!(
+            ledger.unknown.contains(req),
+            "row from request {req:?} that was never sent"
+        );
+        assert_eq!(
+            *counts, whole,
+            "request {req:?} with a lost answer is stored partly"
+        );
+        unknown_stored += 1;
+    }
+    let total: u64 = stored.values().map(|(c, _)| c).sum();
+    let distinct: u64 = stored.values().map(|(_, d)| d).sum();
+    println!(
+        "acknowledged {acked} spans in {} requests; rows {total}, distinct {distinct}; {} requests lost their answer at a kill, {unknown_stored} of them stored whole",
+        ledger.acked.len(),
+        ledger.unknown.len()
+    );
+    assert!(acked >= TOTAL);
+    assert_eq!(total, distinct, "duplicated rows");
+    process.terminate();
+}
