@@ -641,10 +641,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # Not StreamRequestHandler.setup(): its makefile() reader would hold a
         # reference that delays the socket's close.
         self.connection = self.request
+        self.server.track(self.connection)
         self.connection.settimeout(self.timeout)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.rfile = io.BufferedReader(QuickAckReader(self.connection), self.rbufsize)
         self.wfile = SocketWriter(self.connection)
+
+    def finish(self):
+        self.server.untrack(self.connection)
+        super().finish()
 
     def version_string(self):
         return f"chdb-front (ClickHouse {ENGINE_VERSION})"
@@ -986,6 +991,27 @@ class Server(http.server.ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.engine = engine
         self.activity = Activity()
+        self._connections = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, sock):
+        with self._connections_lock:
+            self._connections.add(sock)
+
+    def untrack(self, sock):
+        with self._connections_lock:
+            self._connections.discard(sock)
+
+    def close_connections(self):
+        """Ends kept-alive connections, so clients see the server gone instead of
+        sending requests a stopping engine would never answer."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
@@ -1045,10 +1071,15 @@ def main(argv=None):
     server.server_close()
     if not server.activity.wait_idle(10):
         log("requests still running after 10 s; exiting anyway")
-        sys.stderr.flush()
-        os._exit(0)
-    engine.close()
-    return 0
+    server.close_connections()
+    # Closing the engine can stall on background work; never longer than 10 s.
+    closer = threading.Thread(target=engine.close, name="close", daemon=True)
+    closer.start()
+    closer.join(10)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # Skips interpreter teardown, which can hang in the engine's own threads.
+    os._exit(0)
 
 
 if __name__ == "__main__":

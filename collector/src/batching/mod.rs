@@ -201,8 +201,11 @@ mod tests {
     use std::sync::Mutex;
     use tokio::sync::Semaphore;
 
+    /// (rows, spool sequence numbers, bytes) of each batch.
+    type Sent = (u64, Vec<u64>, Vec<u8>);
+
     #[derive(Default)]
-    struct Collect(Mutex<Vec<(u64, Vec<u64>, Vec<u8>)>>);
+    struct Collect(Mutex<Vec<Sent>>);
 
     impl BatchSink for Collect {
         async fn send(&self, b: Batch) {

@@ -28,13 +28,20 @@ pub fn router(health: Health) -> Router {
         .with_state(health)
 }
 
+/// 503 while the schema is not right, or while INSERTs fail (degraded: data waits in
+/// the spool), so load balancers prefer another collector.
 async fn ready(State(h): State<Health>) -> impl IntoResponse {
-    match h.gate.state() {
-        SchemaState::Ready => (StatusCode::OK, "ready\n".to_string()),
-        SchemaState::Pending(why) => (
+    let spooled = h.spool.used_bytes();
+    match (h.gate.state(), h.inserts.failing()) {
+        (SchemaState::Pending(why), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
+        (SchemaState::Ready, Some(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {why}; {spooled} bytes wait in the spool\n"),
+        ),
+        (SchemaState::Ready, None) => (StatusCode::OK, "ready\n".to_string()),
     }
 }
 
