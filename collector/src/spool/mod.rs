@@ -85,6 +85,8 @@ pub struct Spool {
     /// Random per spool directory, so tokens never repeat even if the directory is
     /// recreated and sequence numbers start over.
     instance: u64,
+    /// Random per process start; see [`BatchRecord::epoch`].
+    epoch: u64,
     next_seq: AtomicU64,
     next_batch: AtomicU64,
     used_bytes: AtomicU64,
@@ -141,6 +143,7 @@ impl Spool {
             parts,
             batches,
             instance,
+            epoch: rand::random(),
             next_seq: AtomicU64::new(next_seq),
             next_batch: AtomicU64::new(next_batch),
             used_bytes: AtomicU64::new(used),
@@ -219,7 +222,12 @@ impl Spool {
         seqs: Vec<u64>,
     ) -> Result<BatchRecord, SpoolError> {
         let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
-        let record = BatchRecord { id, table, seqs };
+        let record = BatchRecord {
+            id,
+            epoch: self.epoch,
+            table,
+            seqs,
+        };
         self.batches
             .insert(id.to_be_bytes(), record::encode_batch(&record))?;
         self.durable().await?;
@@ -228,7 +236,7 @@ impl Spool {
 
     /// The INSERT deduplication token of a batch: the same after any restart.
     pub fn token(&self, record: &BatchRecord) -> String {
-        format!("{:016x}-{}", self.instance, record.id)
+        format!("{:016x}-{:016x}-{}", self.instance, record.epoch, record.id)
     }
 
     /// ClickHouse confirmed the batch (or refused it for good): its rows leave.

@@ -18,6 +18,9 @@ pub struct SpooledPart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRecord {
     pub id: u64,
+    /// The process start that recorded the batch: ids restart when the spool empties,
+    /// so the token needs this to stay unique.
+    pub epoch: u64,
     pub table: TableId,
     pub seqs: Vec<u64>,
 }
@@ -51,10 +54,11 @@ pub fn decode_meta(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
     })
 }
 
-/// `[table u8][seq u64 BE]*`
+/// `[table u8][epoch u64 BE][seq u64 BE]*`
 pub fn encode_batch(b: &BatchRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + 8 * b.seqs.len());
+    let mut v = Vec::with_capacity(9 + 8 * b.seqs.len());
     v.push(b.table as u8);
+    v.extend_from_slice(&b.epoch.to_be_bytes());
     for s in &b.seqs {
         v.extend_from_slice(&s.to_be_bytes());
     }
@@ -62,12 +66,14 @@ pub fn encode_batch(b: &BatchRecord) -> Vec<u8> {
 }
 
 pub fn decode_batch(id: u64, v: &[u8]) -> Result<BatchRecord, SpoolError> {
-    let (&table, seqs) = v.split_first().ok_or(SpoolError::Corrupt(id))?;
-    if seqs.len() % 8 != 0 {
+    let (&table, rest) = v.split_first().ok_or(SpoolError::Corrupt(id))?;
+    if rest.len() < 8 || rest.len() % 8 != 0 {
         return Err(SpoolError::Corrupt(id));
     }
+    let (epoch, seqs) = rest.split_at(8);
     Ok(BatchRecord {
         id,
+        epoch: u64::from_be_bytes(epoch.try_into().expect("8 bytes")),
         table: TableId::from_u8(table).ok_or(SpoolError::Corrupt(id))?,
         seqs: seqs
             .chunks_exact(8)
