@@ -20,7 +20,8 @@ for _ in $(seq 1 240); do [ -s "$work/url" ] && break; sleep 0.5; done
 url=$(head -n1 "$work/url")
 
 run() { # mode round → spans/s
-  local mode=$1 round=$2 port=$((24000 + round * 10))
+  local mode=$1 round=$2
+  local port=$((24000 + round * 10))
   RUST_LOG=warn "$bin" --clickhouse-url "$url" --grpc-addr 127.0.0.1:$port --http-addr 127.0.0.1:$((port + 1)) \
     --admin-addr 127.0.0.1:$((port + 2)) --set spool.sync="$mode" --set spool.dir="$work/spool-$mode-$round" \
     --set clickhouse.database="bench_${mode}_$round" 2>>"$work/collector.log" &
