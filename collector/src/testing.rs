@@ -212,12 +212,19 @@ pub struct CollectorProcess {
 impl CollectorProcess {
     /// Runs `binary` (the test's `env!("CARGO_BIN_EXE_collector")`) with loopback
     /// ports, `--set` overrides and extra arguments, and waits until it is ready.
+    /// Without a `spool.dir` in `sets`, each process gets a fresh one of its own
+    /// (two processes cannot share a spool).
     pub fn spawn(binary: &str, sets: &[(&str, String)], extra_args: &[&str]) -> CollectorProcess {
         let (grpc_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+        let spool = std::env::temp_dir().join(format!(
+            "collector-process-spool-{}-{grpc_port}",
+            std::process::id()
+        ));
         let mut cmd = std::process::Command::new(binary);
         cmd.args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--set", &format!("spool.dir={}", spool.display())])
             .env("RUST_LOG", "warn");
         for (k, v) in sets {
             cmd.args(["--set", &format!("{k}={v}")]);

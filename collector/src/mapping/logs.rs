@@ -64,6 +64,13 @@ impl Signal for Logs {
             }),
         }
     }
+
+    fn add_note(response: &mut Self::Response, note: &str) {
+        let partial = response
+            .partial_success
+            .get_or_insert_with(ExportLogsPartialSuccess::default);
+        super::with_note(&mut partial.error_message, note);
+    }
 }
 
 /// The record's own time, or when it was observed if the source gave none.

@@ -53,6 +53,13 @@ impl Signal for Metrics {
             }),
         }
     }
+
+    fn add_note(response: &mut Self::Response, note: &str) {
+        let partial = response
+            .partial_success
+            .get_or_insert_with(ExportMetricsPartialSuccess::default);
+        super::with_note(&mut partial.error_message, note);
+    }
 }
 
 /// What every data point of one scope shares.

@@ -30,6 +30,17 @@ pub trait Signal: Send + Sync + 'static {
     fn map(request: &Self::Request) -> Mapped;
     /// The export response, with `partial_success` set when items were rejected.
     fn response(mapped: &Mapped) -> Self::Response;
+    /// Adds a note for the client to `partial_success.error_message` without
+    /// counting any item as rejected (e.g. "12 attributes dropped (limit 256)").
+    fn add_note(response: &mut Self::Response, note: &str);
+}
+
+/// `message` with `note` appended, `; `-separated.
+fn with_note(message: &mut String, note: &str) {
+    if !message.is_empty() {
+        message.push_str("; ");
+    }
+    message.push_str(note);
 }
 
 /// The outcome of mapping one request.

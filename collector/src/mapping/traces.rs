@@ -57,6 +57,13 @@ impl Signal for Traces {
             }),
         }
     }
+
+    fn add_note(response: &mut Self::Response, note: &str) {
+        let partial = response
+            .partial_success
+            .get_or_insert_with(ExportTracePartialSuccess::default);
+        super::with_note(&mut partial.error_message, note);
+    }
 }
 
 fn check_ids(span: &Span) -> Result<(), String> {

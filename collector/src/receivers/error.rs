@@ -18,6 +18,9 @@ pub enum IngestError {
         message: String,
         retry_after: Duration,
     },
+    /// No or a wrong bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// Not ready to take data (shutting down).
     #[error("{0}")]
     Unavailable(String),
@@ -32,6 +35,7 @@ impl IngestError {
             IngestError::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
             IngestError::Overloaded { .. } => S::TOO_MANY_REQUESTS,
             IngestError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
         }
     }
 
@@ -44,6 +48,7 @@ impl IngestError {
                 tonic::Code::ResourceExhausted
             }
             IngestError::Unavailable(_) => tonic::Code::Unavailable,
+            IngestError::Unauthenticated(_) => tonic::Code::Unauthenticated,
         }
     }
 

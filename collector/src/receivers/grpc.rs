@@ -17,6 +17,9 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
+use super::ingest::{Caller, Ingest};
+use super::limits::Limitable;
+use super::status::retry_info_details;
 use super::IngestError;
 use crate::mapping::Signal;
 use crate::pipeline::Pipeline;
@@ -65,32 +68,37 @@ impl<S: Signal> Decoder for OtlpDecoder<S> {
     }
 }
 
+/// The status for a refusal; an overload carries `RetryInfo`, as OTLP asks.
 pub fn to_status(err: &IngestError) -> Status {
-    Status::new(err.grpc_code(), err.to_string())
+    match err.retry_after() {
+        Some(after) => Status::with_details(
+            err.grpc_code(),
+            err.to_string(),
+            retry_info_details(err.grpc_code() as i32, &err.to_string(), after).into(),
+        ),
+        None => Status::new(err.grpc_code(), err.to_string()),
+    }
 }
 
 /// One signal's `Export` service.
 pub struct ExportService<S> {
-    pipeline: Arc<Pipeline>,
-    max_bytes: usize,
+    ingest: Arc<Ingest>,
     _signal: PhantomData<fn() -> S>,
 }
 
 impl<S> Clone for ExportService<S> {
     fn clone(&self) -> Self {
         ExportService {
-            pipeline: self.pipeline.clone(),
-            max_bytes: self.max_bytes,
+            ingest: self.ingest.clone(),
             _signal: PhantomData,
         }
     }
 }
 
 impl<S: Signal> ExportService<S> {
-    pub fn new(pipeline: Arc<Pipeline>, max_bytes: usize) -> Self {
+    pub fn new(ingest: Arc<Ingest>) -> Self {
         ExportService {
-            pipeline,
-            max_bytes,
+            ingest,
             _signal: PhantomData,
         }
     }
@@ -100,17 +108,20 @@ impl<S: Signal> NamedService for ExportService<S> {
     const NAME: &'static str = S::GRPC_SERVICE;
 }
 
-struct Export<S>(Arc<Pipeline>, PhantomData<fn() -> S>);
+struct Export<S>(Arc<Ingest>, Caller, PhantomData<fn() -> S>);
 
-impl<S: Signal> UnaryService<S::Request> for Export<S> {
+impl<S: Signal> UnaryService<S::Request> for Export<S>
+where
+    S::Request: Limitable,
+{
     type Response = S::Response;
     type Future = BoxFuture<Result<tonic::Response<S::Response>, Status>>;
 
     fn call(&mut self, request: tonic::Request<S::Request>) -> Self::Future {
-        let pipeline = self.0.clone();
+        let (ingest, caller) = (self.0.clone(), self.1);
         Box::pin(async move {
-            pipeline
-                .accept::<S>(request.into_inner())
+            ingest
+                .accept::<S>(caller, request.into_inner())
                 .await
                 .map(tonic::Response::new)
                 .map_err(|e| to_status(&e))
@@ -120,6 +131,7 @@ impl<S: Signal> UnaryService<S::Request> for Export<S> {
 
 impl<S: Signal, B> tower::Service<http::Request<B>> for ExportService<S>
 where
+    S::Request: Limitable,
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
@@ -137,13 +149,18 @@ where
             if !req.uri().path().ends_with("/Export") {
                 return Ok(Status::unimplemented("only Export is served").into_http());
             }
+            // Before tonic reads the message: metadata are HTTP/2 headers.
+            let caller = match this.ingest.authenticate::<S>(req.headers()) {
+                Ok(c) => c,
+                Err(e) => return Ok(to_status(&e).into_http()),
+            };
             let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S>(PhantomData))
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(this.max_bytes);
-            let export = Export::<S>(this.pipeline.clone(), PhantomData);
+                .max_decoding_message_size(this.ingest.max_request_bytes);
+            let export = Export::<S>(this.ingest.clone(), caller, PhantomData);
             let mut response = grpc.unary(export, req).await;
-            count_framing_refusals::<S>(&this.pipeline, &mut response);
+            count_framing_refusals::<S>(this.ingest.pipeline(), &mut response);
             Ok(response)
         })
     }

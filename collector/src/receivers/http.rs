@@ -11,70 +11,81 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::decode::{decode, decompress, encode, too_large, Encoding};
+use super::ingest::Ingest;
+use super::limits::Limitable;
 use super::status::error_body;
 use super::IngestError;
 use crate::mapping::{Logs, Metrics, Signal, Traces};
-use crate::pipeline::Pipeline;
-use crate::telemetry::Outcome;
 
-#[derive(Clone)]
-struct Ctx {
-    pipeline: Arc<Pipeline>,
-    max_bytes: usize,
-}
-
-pub fn router(pipeline: Arc<Pipeline>, max_bytes: usize) -> Router {
+pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(export::<Metrics>))
         // We enforce our own limit, before and after decompression.
         .layer(DefaultBodyLimit::disable())
-        .with_state(Ctx {
-            pipeline,
-            max_bytes,
-        })
+        .with_state(ingest)
 }
 
-async fn export<S: Signal>(State(ctx): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
+async fn export<S: Signal>(
+    State(ingest): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response
+where
+    S::Request: Limitable,
+{
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    // Errors about the content type itself are answered in JSON, the only guess left.
-    let encoding = match Encoding::from_content_type(content_type) {
-        Ok(e) => e,
-        Err(e) => return refuse::<S>(&ctx, e, Encoding::Json),
+    let encoding = Encoding::from_content_type(content_type);
+    // First, and before the body is read: an unauthenticated client learns nothing
+    // else and costs us no decoding.
+    let caller = match ingest.authenticate::<S>(&headers) {
+        Ok(c) => c,
+        Err(e) => return refuse(e, *encoding.as_ref().unwrap_or(&Encoding::Json)),
     };
-    match handle::<S>(&ctx, &headers, body, encoding).await {
+    // Errors about the content type itself are answered in JSON, the only guess left.
+    let encoding = match encoding {
+        Ok(e) => e,
+        Err(e) => return refuse(ingest.refused::<S>(e), Encoding::Json),
+    };
+    let request = match read::<S>(&ingest, &headers, body, encoding).await {
+        Ok(r) => r,
+        Err(e) => return refuse(ingest.refused::<S>(e), encoding),
+    };
+    match ingest.accept::<S>(caller, request).await {
         Ok(response) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, encoding.content_type())],
             encode(&response, encoding),
         )
             .into_response(),
-        Err(e) => refuse::<S>(&ctx, e, encoding),
+        Err(e) => refuse(e, encoding),
     }
 }
 
-async fn handle<S: Signal>(
-    ctx: &Ctx,
+/// The body, within the size limits, decompressed and decoded.
+async fn read<S: Signal>(
+    ingest: &Ingest,
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
-) -> Result<S::Response, IngestError> {
+) -> Result<S::Request, IngestError> {
+    let max = ingest.max_request_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ctx.max_bytes as u64) {
-        return Err(too_large("request body", ctx.max_bytes));
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large("request body", max));
     }
-    let raw = Limited::new(body, ctx.max_bytes)
+    let raw = Limited::new(body, max)
         .collect()
         .await
         .map_err(|e| {
             if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large("request body", ctx.max_bytes)
+                too_large("request body", max)
             } else {
                 IngestError::Malformed(format!("could not read the request body: {e}"))
             }
@@ -83,22 +94,12 @@ async fn handle<S: Signal>(
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let body = decompress(raw, content_encoding, ctx.max_bytes)?;
-    let request: S::Request = decode(&body, encoding)?;
-    ctx.pipeline.accept::<S>(request).await
+    let body = decompress(raw, content_encoding, max)?;
+    decode(&body, encoding)
 }
 
-fn refuse<S: Signal>(ctx: &Ctx, err: IngestError, encoding: Encoding) -> Response {
-    let outcome = match &err {
-        IngestError::Malformed(_) => Some(Outcome::Malformed),
-        IngestError::UnsupportedMediaType(_) => Some(Outcome::Unsupported),
-        IngestError::TooLarge(_) => Some(Outcome::TooLarge),
-        // The pipeline counted these itself.
-        IngestError::Overloaded { .. } | IngestError::Unavailable(_) => None,
-    };
-    if let Some(o) = outcome {
-        ctx.pipeline.metrics().request(S::NAME, o, 0, 0, 0);
-    }
+/// Renders a refusal; counting it is the job of whoever made it.
+fn refuse(err: IngestError, encoding: Encoding) -> Response {
     let mut response = (
         err.http_status(),
         [(header::CONTENT_TYPE, encoding.content_type())],
@@ -110,6 +111,11 @@ fn refuse<S: Signal>(ctx: &Ctx, err: IngestError, encoding: Encoding) -> Respons
         if let Ok(v) = HeaderValue::from_str(&secs) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
+    }
+    if matches!(err, IngestError::Unauthenticated(_)) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }

@@ -1,10 +1,15 @@
 //! Receivers: OTLP over gRPC and HTTP, into the [`Pipeline`](crate::pipeline::Pipeline).
 
+mod auth;
 mod decode;
 mod error;
 mod grpc;
 mod http;
+mod ingest;
+mod limits;
+mod rate_limit;
 mod status;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +21,13 @@ use tokio_util::sync::CancellationToken;
 pub use decode::Encoding;
 pub use error::IngestError;
 
-use crate::mapping::{Logs, Metrics, Traces};
+use crate::mapping::{Logs, Mapped, Metrics, Signal, Traces};
 use crate::pipeline::Pipeline;
+use auth::Auth;
+use ingest::Ingest;
+use limits::{Limitable, Limits};
+use rate_limit::RateLimiter;
+use tls::TlsFiles;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +36,28 @@ pub struct ReceiversConfig {
     pub http_addr: String,
     /// Largest request body, before and after decompression.
     pub max_request_bytes: usize,
+    /// Spans, log records or data points in one request; more is refused whole
+    /// (413 / RESOURCE_EXHAUSTED). 0: no limit.
+    pub max_items_per_request: u64,
+    /// Attributes kept per list (an item's, resource's, scope's, event's, link's, and
+    /// the entries of a kvlist or array); the rest are dropped and reported. 0: no limit.
+    pub max_attributes_per_item: usize,
+    /// Strings and bytes values (and keys) are cut to this many bytes, at a UTF-8
+    /// boundary, and reported. 0: no limit.
+    pub max_attribute_value_bytes: usize,
+    /// Levels of nested kvlists/arrays kept in a value; deeper ones become a marker
+    /// string. 0: no limit (the decoders still stop at their recursion limits).
+    pub max_attribute_depth: usize,
+    /// Items per second per token (one bucket for all when auth is off); over it,
+    /// 429 with Retry-After / RESOURCE_EXHAUSTED. 0: off.
+    pub rate_limit_items_per_second: u64,
+    /// Items a token may send at once; 0: one second's worth.
+    pub rate_limit_burst: u64,
+    /// Bearer tokens, one per line, `#` comments. Empty: no authentication.
+    pub auth_tokens_file: String,
+    /// PEM certificate chain and private key; both set: TLS on both receivers.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 impl Default for ReceiversConfig {
@@ -34,6 +66,15 @@ impl Default for ReceiversConfig {
             grpc_addr: "0.0.0.0:4317".into(),
             http_addr: "0.0.0.0:4318".into(),
             max_request_bytes: 16 << 20,
+            max_items_per_request: 100_000,
+            max_attributes_per_item: 256,
+            max_attribute_value_bytes: 64 << 10,
+            max_attribute_depth: 8,
+            rate_limit_items_per_second: 0,
+            rate_limit_burst: 0,
+            auth_tokens_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -52,16 +93,31 @@ impl Receivers {
         pipeline: Arc<Pipeline>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Receivers> {
+        tls::install_crypto_provider();
+        let ingest = Arc::new(ingest(config, pipeline)?);
+        let tls = TlsFiles::load(&config.tls_cert_file, &config.tls_key_file)
+            .map_err(std::io::Error::other)?;
         let grpc = bind(&config.grpc_addr).await?;
         let http = bind(&config.http_addr).await?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
-        let max = config.max_request_bytes;
 
-        let grpc_server = tonic::transport::Server::builder()
-            .add_service(grpc::ExportService::<Traces>::new(pipeline.clone(), max))
-            .add_service(grpc::ExportService::<Logs>::new(pipeline.clone(), max))
-            .add_service(grpc::ExportService::<Metrics>::new(pipeline.clone(), max));
+        // Everything that can fail is done before the first server task starts.
+        let http_acceptor = tls
+            .as_ref()
+            .map(TlsFiles::http_acceptor)
+            .transpose()
+            .map_err(std::io::Error::other)?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(files) = &tls {
+            builder = builder
+                .tls_config(files.grpc_config())
+                .map_err(std::io::Error::other)?;
+        }
+        let grpc_server = builder
+            .add_service(grpc::ExportService::<Traces>::new(ingest.clone()))
+            .add_service(grpc::ExportService::<Logs>::new(ingest.clone()))
+            .add_service(grpc::ExportService::<Metrics>::new(ingest.clone()));
         let stop = shutdown.clone();
         let grpc_task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
@@ -73,16 +129,35 @@ impl Receivers {
             }
         });
 
-        let app = http::router(pipeline, max);
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP receiver stopped");
+        let app = http::router(ingest);
+        let http_task = match http_acceptor {
+            None => tokio::spawn(async move {
+                let served = axum::serve(http, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "HTTP receiver stopped");
+                }
+            }),
+            Some(acceptor) => {
+                let listener = tls::TlsListener::new(http, acceptor, shutdown.clone())?;
+                tokio::spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "HTTP receiver stopped");
+                    }
+                })
             }
-        });
-        tracing::info!(%grpc_addr, %http_addr, "OTLP receivers listening");
+        };
+        tracing::info!(
+            %grpc_addr,
+            %http_addr,
+            tls = tls.is_some(),
+            auth = !config.auth_tokens_file.is_empty(),
+            "OTLP receivers listening"
+        );
         Ok(Receivers {
             grpc_addr,
             http_addr,
@@ -102,4 +177,56 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// The shared gate of both receivers, from the config (reads the tokens file).
+fn ingest(config: &ReceiversConfig, pipeline: Arc<Pipeline>) -> std::io::Result<Ingest> {
+    let auth = match config.auth_tokens_file.as_str() {
+        "" => None,
+        path => Some(Auth::load(std::path::Path::new(path)).map_err(std::io::Error::other)?),
+    };
+    let rate = (config.rate_limit_items_per_second > 0)
+        .then(|| RateLimiter::new(config.rate_limit_items_per_second, config.rate_limit_burst));
+    Ok(Ingest::new(
+        pipeline,
+        auth,
+        rate,
+        Limits::from_config(config),
+        config.max_request_bytes,
+    ))
+}
+
+/// What a receiver does to a request body before the pipeline — decode, item and
+/// attribute limits, mapping to encoded RowBinary rows — without network, auth or
+/// pipeline; for fuzz and property tests. `signal` is `traces`, `logs` or `metrics`.
+/// Returns the mapped rows and the note the limits would add to the response.
+#[doc(hidden)]
+pub fn decode_for_tests(
+    signal: &str,
+    body: &[u8],
+    encoding: Encoding,
+    config: &ReceiversConfig,
+) -> Result<(Mapped, String), IngestError> {
+    fn run<S: Signal>(
+        body: &[u8],
+        encoding: Encoding,
+        config: &ReceiversConfig,
+    ) -> Result<(Mapped, String), IngestError>
+    where
+        S::Request: Limitable,
+    {
+        let limits = Limits::from_config(config);
+        let mut request: S::Request = decode::decode(body, encoding)?;
+        if request.items() > limits.max_items {
+            return Err(IngestError::TooLarge("too many items".into()));
+        }
+        let report = limits::apply(&mut request, &limits);
+        Ok((S::map(&request), report.note(&limits)))
+    }
+    match signal {
+        "traces" => run::<Traces>(body, encoding, config),
+        "logs" => run::<Logs>(body, encoding, config),
+        "metrics" => run::<Metrics>(body, encoding, config),
+        other => Err(IngestError::Malformed(format!("unknown signal {other}"))),
+    }
 }

@@ -87,6 +87,16 @@ struct SignalCounters {
     rejected: AtomicU64,
 }
 
+/// What the receivers' limits and auth did, per signal.
+#[derive(Default)]
+struct LimitCounters {
+    attributes_dropped: AtomicU64,
+    values_truncated: AtomicU64,
+    values_too_deep: AtomicU64,
+    unauthenticated: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
 struct TableCounters {
     exported_rows: AtomicU64,
     failed_rows: AtomicU64,
@@ -97,6 +107,7 @@ struct TableCounters {
 
 pub struct Metrics {
     signals: [SignalCounters; 3],
+    limits: [LimitCounters; 3],
     tables: Vec<TableCounters>,
 }
 
@@ -104,6 +115,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             signals: Default::default(),
+            limits: Default::default(),
             tables: ALL_TABLES
                 .iter()
                 .map(|_| TableCounters {
@@ -140,6 +152,28 @@ impl Metrics {
         s.received.fetch_add(received, Relaxed);
         s.accepted.fetch_add(accepted, Relaxed);
         s.rejected.fetch_add(rejected, Relaxed);
+    }
+
+    /// Attributes dropped, values truncated and values nested too deep in one request.
+    pub fn limited(&self, signal: &str, dropped: u64, truncated: u64, too_deep: u64) {
+        let l = &self.limits[signal_index(signal)];
+        l.attributes_dropped.fetch_add(dropped, Relaxed);
+        l.values_truncated.fetch_add(truncated, Relaxed);
+        l.values_too_deep.fetch_add(too_deep, Relaxed);
+    }
+
+    /// A request refused for a missing or wrong bearer token.
+    pub fn unauthenticated(&self, signal: &str) {
+        self.limits[signal_index(signal)]
+            .unauthenticated
+            .fetch_add(1, Relaxed);
+    }
+
+    /// A request refused by the per-token rate limit.
+    pub fn rate_limited(&self, signal: &str) {
+        self.limits[signal_index(signal)]
+            .rate_limited
+            .fetch_add(1, Relaxed);
     }
 
     pub fn exported(&self, table: &Table, rows: u64, took: Duration) {
@@ -183,6 +217,25 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {metric} counter");
             for (sig, s) in SIGNALS.iter().zip(&self.signals) {
                 let c = [&s.received, &s.accepted, &s.rejected][pick];
+                let _ = writeln!(out, "{metric}{{signal=\"{sig}\"}} {}", c.load(Relaxed));
+            }
+        }
+        for (metric, pick) in [
+            ("collector_attributes_dropped_total", 0),
+            ("collector_values_truncated_total", 1),
+            ("collector_values_too_deep_total", 2),
+            ("collector_unauthenticated_requests_total", 3),
+            ("collector_rate_limited_requests_total", 4),
+        ] {
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (sig, l) in SIGNALS.iter().zip(&self.limits) {
+                let c = [
+                    &l.attributes_dropped,
+                    &l.values_truncated,
+                    &l.values_too_deep,
+                    &l.unauthenticated,
+                    &l.rate_limited,
+                ][pick];
                 let _ = writeln!(out, "{metric}{{signal=\"{sig}\"}} {}", c.load(Relaxed));
             }
         }
@@ -239,5 +292,19 @@ mod tests {
         assert!(text.contains("collector_batch_rows_bucket{table=\"otel_traces\",le=\"100\"} 0"));
         assert!(text.contains("collector_batch_rows_bucket{table=\"otel_traces\",le=\"1000\"} 1"));
         assert!(text.contains("collector_batch_rows_sum{table=\"otel_traces\"} 250"));
+    }
+
+    #[test]
+    fn renders_limit_and_auth_counters() {
+        let m = Metrics::default();
+        m.limited("traces", 99_744, 2, 1);
+        m.unauthenticated("logs");
+        m.rate_limited("metrics");
+        let text = m.render();
+        assert!(text.contains("collector_attributes_dropped_total{signal=\"traces\"} 99744"));
+        assert!(text.contains("collector_values_truncated_total{signal=\"traces\"} 2"));
+        assert!(text.contains("collector_values_too_deep_total{signal=\"traces\"} 1"));
+        assert!(text.contains("collector_unauthenticated_requests_total{signal=\"logs\"} 1"));
+        assert!(text.contains("collector_rate_limited_requests_total{signal=\"metrics\"} 1"));
     }
 }
