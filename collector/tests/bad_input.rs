@@ -8,18 +8,10 @@ use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 const LIMIT: usize = 64 * 1024;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
 
 fn span(name: &str, trace_id: Vec<u8>, span_id: Vec<u8>) -> Span {
     Span {
@@ -33,21 +25,8 @@ fn span(name: &str, trace_id: Vec<u8>, span_id: Vec<u8>) -> Span {
     }
 }
 
-fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: resource(service),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 fn valid(service: &str) -> ExportTraceServiceRequest {
-    request(service, vec![span("ok", TRACE.to_vec(), SPAN.to_vec())])
+    traces_request(service, vec![span("ok", TRACE.to_vec(), SPAN.to_vec())])
 }
 
 async fn start() -> TestCollector {
@@ -137,7 +116,7 @@ async fn http_bad_input() {
     assert_eq!(status, 415);
     assert!(msg.contains("text/plain"), "{msg}");
 
-    let big = request(
+    let big = traces_request(
         "big",
         vec![Span {
             name: "x".repeat(LIMIT + 1),
@@ -159,7 +138,7 @@ async fn http_bad_input() {
     );
 
     // Compresses to about 1 KiB, inflates to 16 times the limit.
-    let bomb = request(
+    let bomb = traces_request(
         "bomb",
         vec![Span {
             name: "0".repeat(LIMIT * 16),
@@ -189,7 +168,7 @@ async fn http_bad_input() {
     still_serves(&c, "bad-gzip").await;
 
     // Invalid ids: those spans are rejected and counted, the valid one is stored.
-    let mixed = request(
+    let mixed = traces_request(
         "mixed-http",
         vec![
             span("short-trace", vec![1; 8], SPAN.to_vec()),
@@ -222,7 +201,7 @@ async fn http_bad_input() {
     );
 
     // The same in JSON: the partial success comes back as JSON.
-    let json = serde_json::to_vec(&request(
+    let json = serde_json::to_vec(&traces_request(
         "mixed-json",
         vec![
             span("short-span", TRACE.to_vec(), vec![1; 4]),
@@ -289,7 +268,7 @@ async fn grpc_bad_input() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     still_serves(&c, "grpc-utf8").await;
 
-    let big = request(
+    let big = traces_request(
         "big",
         vec![Span {
             name: "x".repeat(LIMIT + 1),
@@ -302,7 +281,7 @@ async fn grpc_bad_input() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     still_serves(&c, "grpc-oversized").await;
 
-    let bomb = request(
+    let bomb = traces_request(
         "bomb",
         vec![Span {
             name: "0".repeat(LIMIT * 16),
@@ -315,7 +294,7 @@ async fn grpc_bad_input() {
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     still_serves(&c, "grpc-bomb").await;
 
-    let mixed = request(
+    let mixed = traces_request(
         "mixed-grpc",
         vec![
             span("short-parent", TRACE.to_vec(), SPAN.to_vec()),

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValueList};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -30,14 +30,6 @@ const RSS_BOUND: u64 = 200 << 20;
 /// inflation buffer and slack, well short of inflating it.
 const BOMB_GROWTH: u64 = 40 << 20;
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
 fn span(name: &str, attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>) -> Span {
     Span {
         trace_id: TRACE.to_vec(),
@@ -48,19 +40,6 @@ fn span(name: &str, attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyV
         end_time_unix_nano: T0 + 10,
         attributes,
         ..Default::default()
-    }
-}
-
-fn traces(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: resource(service),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
     }
 }
 
@@ -210,7 +189,7 @@ impl Harness {
         );
         let service = format!("after-{case}");
         let reply = self
-            .post_protobuf(traces(&service, vec![span("ok", vec![])]).encode_to_vec())
+            .post_protobuf(traces_request(&service, vec![span("ok", vec![])]).encode_to_vec())
             .await;
         assert_eq!(reply.status, 200, "{case}: {}", reply.text());
         self.served.push(service);
@@ -291,7 +270,7 @@ fn start(extra: &[(&str, String)]) -> (Harness, tempfile::TempDir) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
     let (mut h, _dir) = tokio::task::block_in_place(|| start(&[]));
-    let valid = || traces("valid", vec![span("ok", vec![])]).encode_to_vec();
+    let valid = || traces_request("valid", vec![span("ok", vec![])]).encode_to_vec();
 
     // Missing and wrong tokens: 401 with a challenge, before the body is looked at.
     let r = h
@@ -323,12 +302,15 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
         .await;
     assert_eq!(r.status, 401);
     let e = h
-        .grpc(None, traces("no-token", vec![span("x", vec![])]))
+        .grpc(None, traces_request("no-token", vec![span("x", vec![])]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     let e = h
-        .grpc(Some("wrong"), traces("bad-token", vec![span("x", vec![])]))
+        .grpc(
+            Some("wrong"),
+            traces_request("bad-token", vec![span("x", vec![])]),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
@@ -336,7 +318,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
     let ok = h
         .grpc(
             Some("another-token"),
-            traces("grpc-ok", vec![span("x", vec![])]),
+            traces_request("grpc-ok", vec![span("x", vec![])]),
         )
         .await;
     assert!(ok.is_ok(), "{ok:?}");
@@ -403,7 +385,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
         reply.contains("request body exceeds the limit of 16777216 bytes"),
         "{reply}"
     );
-    let big = traces("big", vec![span(&"x".repeat(MAX_REQUEST + 10), vec![])]);
+    let big = traces_request("big", vec![span(&"x".repeat(MAX_REQUEST + 10), vec![])]);
     let e = h.grpc(Some(TOKEN), big).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     h.still_up("oversized").await;
@@ -411,7 +393,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
     // Too many items: refused whole, the message names the limit.
     let many: Vec<Span> = (0..100_001).map(|_| span("s", vec![])).collect();
     let r = h
-        .post_protobuf(traces("many", many.clone()).encode_to_vec())
+        .post_protobuf(traces_request("many", many.clone()).encode_to_vec())
         .await;
     assert_eq!(r.status, 413, "{}", r.text());
     let msg = r.status_message();
@@ -419,7 +401,10 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
         msg.contains("100001 spans") && msg.contains("receivers.max_items_per_request"),
         "{msg}"
     );
-    let e = h.grpc(Some(TOKEN), traces("many", many)).await.unwrap_err();
+    let e = h
+        .grpc(Some(TOKEN), traces_request("many", many))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     assert!(e.message().contains("100001 spans"));
     h.still_up("too-many-items").await;
@@ -429,7 +414,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
         .map(|i| kv(&format!("attr.{i:06}"), s("v")))
         .collect();
     let r = h
-        .post_protobuf(traces("wide", vec![span("wide", wide.clone())]).encode_to_vec())
+        .post_protobuf(traces_request("wide", vec![span("wide", wide.clone())]).encode_to_vec())
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let (rejected, note) = r.partial_success();
@@ -439,7 +424,10 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
         "{note}"
     );
     let g = h
-        .grpc(Some(TOKEN), traces("wide-grpc", vec![span("wide", wide)]))
+        .grpc(
+            Some(TOKEN),
+            traces_request("wide-grpc", vec![span("wide", wide)]),
+        )
         .await
         .expect("accepted over gRPC");
     let p = g.partial_success.expect("a note");
@@ -452,7 +440,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
     let long = format!("a{}", "é".repeat(500_000));
     let r = h
         .post_protobuf(
-            traces("long", vec![span("long", vec![kv("big", s(&long))])]).encode_to_vec(),
+            traces_request("long", vec![span("long", vec![kv("big", s(&long))])]).encode_to_vec(),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -464,7 +452,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
     h.still_up("long-value").await;
 
     // Invalid UTF-8 in a string, in protobuf and in JSON.
-    let mut bad = traces("utf8", vec![span("MARKER", vec![])]).encode_to_vec();
+    let mut bad = traces_request("utf8", vec![span("MARKER", vec![])]).encode_to_vec();
     let at = bad.windows(6).position(|w| w == b"MARKER").unwrap();
     bad[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
     let r = h.post_protobuf(bad).await;
@@ -474,7 +462,8 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
         "{}",
         r.text()
     );
-    let mut bad = serde_json::to_vec(&traces("utf8", vec![span("MARKER", vec![])])).unwrap();
+    let mut bad =
+        serde_json::to_vec(&traces_request("utf8", vec![span("MARKER", vec![])])).unwrap();
     let at = bad.windows(6).position(|w| w == b"MARKER").unwrap();
     bad[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
     let r = h.post_json(bad).await;
@@ -483,7 +472,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
     h.still_up("invalid-utf8").await;
 
     // Truncated protobuf, over HTTP and gRPC.
-    let whole = traces(
+    let whole = traces_request(
         "cut",
         (0..50).map(|i| span(&format!("s{i}"), vec![])).collect(),
     )
@@ -518,7 +507,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
             }
         };
         let service = format!("deep-{encoding}");
-        let req = traces(&service, vec![span("deep", vec![kv("deep", nested(20))])]);
+        let req = traces_request(&service, vec![span("deep", vec![kv("deep", nested(20))])]);
         let r = send(encode(&req)).await;
         assert_eq!(r.status, 200, "{encoding}: {}", r.text());
         let note = if encoding == "json" {
@@ -534,7 +523,7 @@ async fn hostile_input_is_refused_or_repaired_and_the_process_stays_up() {
             note.starts_with("1 value nested too deep"),
             "{encoding}: {note}"
         );
-        let req = traces("deeper", vec![span("deep", vec![kv("deep", nested(50))])]);
+        let req = traces_request("deeper", vec![span("deep", vec![kv("deep", nested(50))])]);
         let r = send(encode(&req)).await;
         assert_eq!(r.status, 400, "{encoding}: {}", r.text());
         assert!(
@@ -639,7 +628,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
             ("receivers.rate_limit_burst", "10".into()),
         ])
     });
-    let ten = |service: &str| traces(service, (0..10).map(|_| span("s", vec![])).collect());
+    let ten = |service: &str| traces_request(service, (0..10).map(|_| span("s", vec![])).collect());
     let r = h.post_protobuf(ten("rate-1").encode_to_vec()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = h.post_protobuf(ten("rate-2").encode_to_vec()).await;
