@@ -1,1 +1,57 @@
-//! Placeholder until the agent issue lands.
+//! One-call OpenTelemetry instrumentation for tokio/axum services.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Reads OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, RUST_LOG, …
+//!     let guard = agent::init()?;
+//!     let app = Router::new()
+//!         .route("/hello/{name}", get(|| async { "hi" }))
+//!         .route("/metrics", agent::metrics::prometheus::route(guard.agent()))
+//!         .layer(guard.agent().http_layer());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(()) // dropping `guard` flushes within 5 s
+//! }
+//! ```
+//!
+//! Spans, log events and metrics are recorded in the agent's own structures and
+//! exported as OTLP by a background thread ([`export`] is private); the request
+//! path never waits on the network. See `README.md` for the full picture.
+
+mod agent;
+pub mod config;
+pub mod context;
+mod export;
+pub mod http;
+mod intern;
+pub mod logs;
+pub mod messaging;
+pub mod metrics;
+pub mod propagation;
+mod queue;
+pub mod sampler;
+pub mod span;
+
+pub use agent::{
+    Agent, AgentBuilder, AgentGuard, AgentStats, InitError, LogWriter, ShutdownError, SignalStats,
+};
+pub use config::{Compression, Config, ConfigError, Protocol, Signal};
+pub use context::{Context, FutureExt, SpanContext, SpanId, TraceId};
+pub use http::client::SendTraced;
+pub use messaging::Destination;
+pub use propagation::{Extractor, Injector, Propagators};
+pub use sampler::Sampler;
+pub use span::{Span, SpanKind, Status, Str, Value};
+
+/// Configures from the environment and installs globally (see [`AgentBuilder::init`]).
+pub fn init() -> Result<AgentGuard, InitError> {
+    AgentBuilder::from_env().init()
+}
+
+/// A builder starting from the environment, to override settings in code.
+pub fn builder() -> AgentBuilder {
+    AgentBuilder::from_env()
+}

@@ -1,0 +1,343 @@
+//! The agent's records turned into the generated OTLP types, off the request path.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, summary_data_point, AggregationTemporality, Histogram,
+    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary,
+    SummaryDataPoint,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
+
+use crate::agent::AgentStats;
+use crate::config::Config;
+use crate::logs::{is_transport_target, severity_number, FieldValue, LogEvent};
+use crate::metrics::{SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES};
+use crate::span::{SpanData, SpanKind, Status as SpanStatus, Value};
+
+pub const SCOPE_NAME: &str = "agent";
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const DURATION_METRIC: &str = "http.server.request.duration";
+/// The hdrhistogram quantiles of the same durations.
+pub const DURATION_SUMMARY_METRIC: &str = "http.server.request.duration.summary";
+pub const DROPPED_METRIC: &str = "agent.telemetry.dropped";
+
+fn kv(key: impl Into<String>, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn str_kv(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.into()))
+}
+
+fn scope(name: &str) -> Option<InstrumentationScope> {
+    Some(InstrumentationScope {
+        name: name.to_string(),
+        version: SCOPE_VERSION.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Built once at start and cloned into each request.
+pub(crate) fn resource(config: &Config) -> Resource {
+    let mut attributes = vec![
+        str_kv("service.name", config.service_name.clone()),
+        str_kv("telemetry.sdk.name", "agent"),
+        str_kv("telemetry.sdk.language", "rust"),
+        str_kv("telemetry.sdk.version", SCOPE_VERSION),
+    ];
+    attributes.extend(
+        config
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| str_kv(k.clone(), v.clone())),
+    );
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn value(v: Value) -> any_value::Value {
+    match v {
+        Value::Str(s) => any_value::Value::StringValue(s.into_string()),
+        Value::I64(i) => any_value::Value::IntValue(i),
+        Value::F64(f) => any_value::Value::DoubleValue(f),
+        Value::Bool(b) => any_value::Value::BoolValue(b),
+    }
+}
+
+fn kind(k: SpanKind) -> span::SpanKind {
+    match k {
+        SpanKind::Internal => span::SpanKind::Internal,
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+        SpanKind::Producer => span::SpanKind::Producer,
+        SpanKind::Consumer => span::SpanKind::Consumer,
+    }
+}
+
+pub(crate) fn traces_request(
+    resource: &Resource,
+    spans: impl Iterator<Item = Box<SpanData>>,
+) -> ExportTraceServiceRequest {
+    let spans = spans
+        .map(|s| {
+            let s = *s;
+            let status = match s.status {
+                SpanStatus::Unset => None,
+                SpanStatus::Ok => Some(Status {
+                    code: status::StatusCode::Ok as i32,
+                    message: String::new(),
+                }),
+                SpanStatus::Error(message) => Some(Status {
+                    code: status::StatusCode::Error as i32,
+                    message: message.into_owned(),
+                }),
+            };
+            Span {
+                trace_id: s.trace_id.0.to_vec(),
+                span_id: s.span_id.0.to_vec(),
+                trace_state: s.trace_state.map(|t| t.to_string()).unwrap_or_default(),
+                parent_span_id: s.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+                flags: u32::from(s.flags),
+                name: s.name.into_string(),
+                kind: kind(s.kind) as i32,
+                start_time_unix_nano: s.start_unix_nanos,
+                end_time_unix_nano: s.end_unix_nanos,
+                attributes: s
+                    .attributes
+                    .into_iter()
+                    .map(|(k, v)| kv(k.into_owned(), value(v)))
+                    .collect(),
+                status,
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: scope(SCOPE_NAME),
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Log records grouped by target, which becomes the instrumentation scope (as the
+/// OpenTelemetry tracing appender does). Transport crates are left out here too.
+pub(crate) fn logs_request(
+    resource: &Resource,
+    events: impl Iterator<Item = LogEvent>,
+) -> (ExportLogsServiceRequest, u64) {
+    let mut by_target: BTreeMap<&'static str, Vec<LogRecord>> = BTreeMap::new();
+    let mut count = 0;
+    for e in events {
+        if is_transport_target(e.target) {
+            continue;
+        }
+        count += 1;
+        let attributes = e
+            .fields
+            .into_iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    FieldValue::Str(s) => any_value::Value::StringValue(s),
+                    FieldValue::I64(i) => any_value::Value::IntValue(i),
+                    // OTLP has no unsigned integers; beyond i64 keep the digits.
+                    FieldValue::U64(u) => i64::try_from(u)
+                        .map(any_value::Value::IntValue)
+                        .unwrap_or_else(|_| any_value::Value::StringValue(u.to_string())),
+                    FieldValue::F64(f) => any_value::Value::DoubleValue(f),
+                    FieldValue::Bool(b) => any_value::Value::BoolValue(b),
+                };
+                kv(name, v)
+            })
+            .collect();
+        let (trace_id, span_id, flags) = match e.span {
+            Some(s) => (
+                s.trace_id.0.to_vec(),
+                s.span_id.0.to_vec(),
+                u32::from(s.flags),
+            ),
+            None => (Vec::new(), Vec::new(), 0),
+        };
+        by_target.entry(e.target).or_default().push(LogRecord {
+            time_unix_nano: e.time_unix_nanos,
+            observed_time_unix_nano: e.time_unix_nanos,
+            severity_number: severity_number(e.level),
+            severity_text: e.level.as_str().to_string(),
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(e.message)),
+            }),
+            attributes,
+            flags,
+            trace_id,
+            span_id,
+            ..Default::default()
+        });
+    }
+    let scope_logs = by_target
+        .into_iter()
+        .map(|(target, log_records)| ScopeLogs {
+            scope: scope(target),
+            log_records,
+            ..Default::default()
+        })
+        .collect();
+    (
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(resource.clone()),
+                scope_logs,
+                ..Default::default()
+            }],
+        },
+        count,
+    )
+}
+
+fn series_attributes(s: &SeriesSnapshot) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        str_kv("http.request.method", s.method),
+        str_kv("http.response.status_class", s.status_class.as_str()),
+    ];
+    if !s.route.is_empty() {
+        attributes.push(str_kv("http.route", &*s.route));
+    }
+    if s.is_overflow() {
+        attributes.push(kv(
+            "otel.metric.overflow",
+            any_value::Value::BoolValue(true),
+        ));
+    }
+    attributes
+}
+
+/// Cumulative since `start`: each export carries everything since the agent
+/// started, so a lost export loses nothing but freshness.
+pub(crate) fn metrics_request(
+    resource: &Resource,
+    series: &[SeriesSnapshot],
+    stats: &AgentStats,
+    start_unix_nanos: u64,
+    now_unix_nanos: u64,
+) -> (ExportMetricsServiceRequest, u64) {
+    let histogram_points: Vec<HistogramDataPoint> = series
+        .iter()
+        .map(|s| HistogramDataPoint {
+            attributes: series_attributes(s),
+            start_time_unix_nano: start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            count: s.requests,
+            sum: Some(s.sum_seconds),
+            bucket_counts: s.bucket_counts.clone(),
+            explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
+            min: Some(s.min_seconds),
+            max: Some(s.quantile_seconds(QUANTILES.len() - 1)),
+            ..Default::default()
+        })
+        .collect();
+    let summary_points: Vec<SummaryDataPoint> = series
+        .iter()
+        .map(|s| SummaryDataPoint {
+            attributes: series_attributes(s),
+            start_time_unix_nano: start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            count: s.requests,
+            sum: s.sum_seconds,
+            quantile_values: QUANTILES
+                .iter()
+                .enumerate()
+                .map(|(i, q)| summary_data_point::ValueAtQuantile {
+                    quantile: *q,
+                    value: s.quantile_seconds(i),
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    let dropped_points: Vec<NumberDataPoint> = stats
+        .by_signal()
+        .iter()
+        .flat_map(|(signal, s)| {
+            [
+                ("queue_full", s.queue_full),
+                ("export_failed", s.export_failed),
+            ]
+            .map(|(reason, n)| NumberDataPoint {
+                attributes: vec![str_kv("signal", *signal), str_kv("reason", reason)],
+                start_time_unix_nano: start_unix_nanos,
+                time_unix_nano: now_unix_nanos,
+                value: Some(number_data_point::Value::AsInt(n as i64)),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let points = (histogram_points.len() + summary_points.len() + dropped_points.len()) as u64;
+    let mut metrics = Vec::new();
+    if !series.is_empty() {
+        metrics.push(Metric {
+            name: DURATION_METRIC.into(),
+            description: "Duration of HTTP server requests.".into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: histogram_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        });
+        metrics.push(Metric {
+            name: DURATION_SUMMARY_METRIC.into(),
+            description:
+                "Quantiles of HTTP server request durations (hdrhistogram, 3 significant digits); quantile 1 is the maximum."
+                    .into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Summary(Summary {
+                data_points: summary_points,
+            })),
+            ..Default::default()
+        });
+    }
+    metrics.push(Metric {
+        name: DROPPED_METRIC.into(),
+        description: "Spans, log records and metric points the agent dropped.".into(),
+        unit: "{item}".into(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: dropped_points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    });
+    (
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: scope(SCOPE_NAME),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        },
+        points,
+    )
+}
