@@ -131,40 +131,24 @@ impl Transport {
     async fn send_inner(&self, payload: Payload) -> Result<(), ExportError> {
         match &self.kind {
             Kind::Grpc { channel, metadata } => {
+                // The three generated clients share no trait; one arm shape for all.
+                macro_rules! export {
+                    ($client:ident, $request:expr, $rejected:ident) => {{
+                        let mut client = $client::new(channel.clone());
+                        if self.gzip {
+                            client = client.send_compressed(CompressionEncoding::Gzip);
+                        }
+                        let response = client.export(request($request, metadata)).await?;
+                        response
+                            .into_inner()
+                            .partial_success
+                            .map_or(0, |p| p.$rejected)
+                    }};
+                }
                 let rejected = match payload {
-                    Payload::Traces(r) => {
-                        let mut client = TraceServiceClient::new(channel.clone());
-                        if self.gzip {
-                            client = client.send_compressed(CompressionEncoding::Gzip);
-                        }
-                        let response = client.export(request(r, metadata)).await?;
-                        response
-                            .into_inner()
-                            .partial_success
-                            .map_or(0, |p| p.rejected_spans)
-                    }
-                    Payload::Logs(r) => {
-                        let mut client = LogsServiceClient::new(channel.clone());
-                        if self.gzip {
-                            client = client.send_compressed(CompressionEncoding::Gzip);
-                        }
-                        let response = client.export(request(r, metadata)).await?;
-                        response
-                            .into_inner()
-                            .partial_success
-                            .map_or(0, |p| p.rejected_log_records)
-                    }
-                    Payload::Metrics(r) => {
-                        let mut client = MetricsServiceClient::new(channel.clone());
-                        if self.gzip {
-                            client = client.send_compressed(CompressionEncoding::Gzip);
-                        }
-                        let response = client.export(request(r, metadata)).await?;
-                        response
-                            .into_inner()
-                            .partial_success
-                            .map_or(0, |p| p.rejected_data_points)
-                    }
+                    Payload::Traces(r) => export!(TraceServiceClient, r, rejected_spans),
+                    Payload::Logs(r) => export!(LogsServiceClient, r, rejected_log_records),
+                    Payload::Metrics(r) => export!(MetricsServiceClient, r, rejected_data_points),
                 };
                 if rejected > 0 {
                     return Err(ExportError::Rejected(rejected));
