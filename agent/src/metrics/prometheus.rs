@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::{get, MethodRouter};
 
-use super::{MetricsSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES};
+use super::{MetricsSnapshot, SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES};
 use crate::Agent;
 
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -33,6 +33,16 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The label set of one series, the same in the histogram and the summary.
+fn series_labels(service: &str, s: &SeriesSnapshot) -> String {
+    format!(
+        "service_name=\"{service}\",http_request_method=\"{}\",http_route=\"{}\",http_response_status_class=\"{}\"",
+        escape(s.method),
+        escape(&s.route),
+        s.status_class.as_str()
+    )
+}
+
 pub fn render(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
     let service = escape(&snapshot.service_name);
@@ -42,12 +52,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
          # TYPE http_server_request_duration_seconds histogram"
     );
     for s in &snapshot.series {
-        let labels = format!(
-            "service_name=\"{service}\",http_request_method=\"{}\",http_route=\"{}\",http_response_status_class=\"{}\"",
-            escape(s.method),
-            escape(&s.route),
-            s.status_class.as_str()
-        );
+        let labels = series_labels(&service, s);
         let mut cumulative = 0;
         for (bound, count) in DURATION_BUCKETS_SECONDS.iter().zip(&s.bucket_counts) {
             cumulative += count;
@@ -70,12 +75,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
          # TYPE http_server_request_duration_quantiles_seconds summary"
     );
     for s in &snapshot.series {
-        let labels = format!(
-            "service_name=\"{service}\",http_request_method=\"{}\",http_route=\"{}\",http_response_status_class=\"{}\"",
-            escape(s.method),
-            escape(&s.route),
-            s.status_class.as_str()
-        );
+        let labels = series_labels(&service, s);
         for (i, q) in QUANTILES.iter().enumerate() {
             let _ = writeln!(
                 out,
