@@ -15,8 +15,9 @@ use crate::config::{Compression, Config, ConfigError, Protocol, Signal};
 use crate::context::Context;
 use crate::export::{self, Worker};
 use crate::logs::{LogEvent, LogLayer};
+use crate::metrics::instruments::Instruments;
 use crate::metrics::red::RedMetrics;
-use crate::metrics::MetricsSnapshot;
+use crate::metrics::{Counter, Gauge, MetricsSnapshot};
 use crate::propagation::{Extractor, Injector, Propagators};
 use crate::queue::Queue;
 use crate::sampler::Sampler;
@@ -81,13 +82,14 @@ impl AgentStats {
     }
 }
 
+/// What the export did with one signal's items.
 #[derive(Default)]
-pub(crate) struct Counter {
+pub(crate) struct ExportCounts {
     exported: AtomicU64,
     failed: AtomicU64,
 }
 
-impl Counter {
+impl ExportCounts {
     pub(crate) fn exported(&self, n: u64) {
         self.exported.fetch_add(n, Ordering::Relaxed);
     }
@@ -123,9 +125,10 @@ pub(crate) struct Shared {
     /// Log records written to stdout and waiting for export.
     pub log_export: Queue<LogEvent>,
     pub red: RedMetrics,
-    pub span_counts: Counter,
-    pub log_counts: Counter,
-    pub point_counts: Counter,
+    pub instruments: Instruments,
+    pub span_counts: ExportCounts,
+    pub log_counts: ExportCounts,
+    pub point_counts: ExportCounts,
     /// Set when shutdown had to cut an export at the deadline.
     pub export_cut: std::sync::atomic::AtomicBool,
 }
@@ -138,6 +141,25 @@ impl Shared {
                 .log_counts
                 .read(self.logs.dropped() + self.log_export.dropped()),
             metric_points: self.point_counts.read(0),
+        }
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let (counters, gauges) = self.instruments.snapshot();
+        MetricsSnapshot {
+            service_name: self.service_name.clone(),
+            series: self.red.snapshot(),
+            counters,
+            gauges,
+            stats: self.stats(),
+        }
+    }
+
+    /// A questionable instrument name goes to the log, once, when it is created.
+    fn warn(&self, warning: Option<String>) {
+        if let Some(message) = warning {
+            self.logs
+                .push(LogEvent::agent(tracing::Level::WARN, message));
         }
     }
 }
@@ -207,13 +229,41 @@ impl Agent {
         self.shared.stats()
     }
 
-    /// RED series and the agent's counters now.
+    /// RED series, the service's counters and gauges, and the agent's own
+    /// counters now.
     pub fn metrics_snapshot(&self) -> MetricsSnapshot {
-        MetricsSnapshot {
-            service_name: self.shared.service_name.clone(),
-            series: self.shared.red.snapshot(),
-            stats: self.shared.stats(),
-        }
+        self.shared.metrics_snapshot()
+    }
+
+    /// The monotonic counter `name`, created on first use and exported with the
+    /// RED metrics (OTLP Sum, cumulative); the same name gives the same
+    /// instrument. Create instruments once at start and clone the handles.
+    ///
+    /// ```
+    /// # let guard = agent::AgentBuilder::from_config(agent::Config::default())
+    /// #     .disabled(true).json_logs(false).start().unwrap();
+    /// # let agent = guard.agent();
+    /// let lookups: agent::metrics::Counter = agent
+    ///     .counter("shop.cache.requests")
+    ///     .with_description("Cache lookups by layer and result")
+    ///     .with_unit("{request}");
+    /// lookups.add(1, &[("cache.layer", "memory"), ("cache.result", "hit")]);
+    /// let state: agent::metrics::Gauge = agent.gauge("shop.breaker.state").with_unit("1");
+    /// state.set(2.0, &[("dependency", "inventory")]);
+    /// assert_eq!(agent.metrics_snapshot().counters[0].series[0].value, 1);
+    /// ```
+    pub fn counter(&self, name: &str) -> Counter {
+        let (counter, warning) = self.shared.instruments.counter(name);
+        self.shared.warn(warning);
+        counter
+    }
+
+    /// The gauge `name` (last value per attribute set, OTLP Gauge), like
+    /// [`Agent::counter`].
+    pub fn gauge(&self, name: &str) -> Gauge {
+        let (gauge, warning) = self.shared.instruments.gauge(name);
+        self.shared.warn(warning);
+        gauge
     }
 
     /// The same snapshot as Prometheus text.
@@ -430,9 +480,10 @@ impl AgentBuilder {
             logs: Queue::new(config.log_queue_capacity, config.max_export_batch),
             log_export: Queue::new(config.log_queue_capacity, config.max_export_batch),
             red: RedMetrics::new(config.max_metric_series),
-            span_counts: Counter::default(),
-            log_counts: Counter::default(),
-            point_counts: Counter::default(),
+            instruments: Instruments::new(config.max_metric_series),
+            span_counts: ExportCounts::default(),
+            log_counts: ExportCounts::default(),
+            point_counts: ExportCounts::default(),
             export_cut: Default::default(),
         });
         let writer: Option<LogWriter> = if config.json_logs {

@@ -1,4 +1,5 @@
-//! RED metrics after a known request mix, as stored by the collector.
+//! RED metrics after a known request mix, and the service's own counters and
+//! gauges, as stored by the collector.
 
 mod common;
 
@@ -10,7 +11,7 @@ use axum::Router;
 use collector::testing::TestCollector;
 use futures::StreamExt;
 
-use common::{serve, spans, start_agent};
+use common::{builder, serve, spans, start_agent};
 
 const REQUESTS: u64 = 1000;
 /// Sleeps spread over the first buckets of the semantic-convention bounds.
@@ -190,5 +191,267 @@ async fn summary_holds_exact_percentiles_and_histogram_the_right_counts() {
     assert_eq!(histogram.bucket_counts.iter().sum::<u64>(), REQUESTS);
     // The mix really spreads over the first buckets (1 to 45 ms sleeps).
     assert!(want[..4].iter().all(|n| *n >= 50), "{want:?}");
+    collector.stop().await;
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct SumRow {
+    #[serde(rename = "ScopeName")]
+    scope: String,
+    #[serde(rename = "MetricDescription")]
+    description: String,
+    #[serde(rename = "MetricUnit")]
+    unit: String,
+    #[serde(rename = "Attributes")]
+    attributes: Vec<(String, String)>,
+    #[serde(rename = "StartTimeUnix")]
+    start: u32,
+    #[serde(rename = "TimeUnix")]
+    time: u32,
+    #[serde(rename = "Value")]
+    value: f64,
+    #[serde(rename = "AggregationTemporality")]
+    temporality: i32,
+    #[serde(rename = "IsMonotonic")]
+    is_monotonic: bool,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct GaugeRow {
+    #[serde(rename = "MetricUnit")]
+    unit: String,
+    #[serde(rename = "Attributes")]
+    attributes: Vec<(String, String)>,
+    #[serde(rename = "TimeUnix")]
+    time: u32,
+    #[serde(rename = "Value")]
+    value: f64,
+}
+
+/// OTLP `AGGREGATION_TEMPORALITY_CUMULATIVE`.
+const CUMULATIVE: i32 = 2;
+const THREADS: u64 = 4;
+const ADDS_PER_THREAD: u64 = 2_500;
+
+fn sorted(mut attributes: Vec<(String, String)>) -> Vec<(String, String)> {
+    attributes.sort();
+    attributes
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    sorted(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+async fn sum_rows(collector: &TestCollector, metric: &str) -> Vec<SumRow> {
+    collector
+        .client
+        .query(
+            "SELECT ScopeName, MetricDescription, MetricUnit, Attributes, StartTimeUnix, \
+             TimeUnix, Value, AggregationTemporality, IsMonotonic \
+             FROM otel_metrics_sum WHERE ServiceName = 'metrics-app' AND MetricName = ?",
+        )
+        .bind(metric)
+        .fetch_all::<SumRow>()
+        .await
+        .expect("sum rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_gauges_reach_clickhouse_as_sums_and_gauges() {
+    let collector = TestCollector::start("agent_app_metrics").await;
+    let started_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as u32;
+    // Three series per instrument, so the fourth attribute set overflows.
+    let guard = builder("metrics-app", &collector.grpc_endpoint())
+        .json_logs(false)
+        .max_metric_series(3)
+        .start()
+        .expect("agent starts");
+    let agent = guard.agent().clone();
+    let lookups = agent
+        .counter("shop.cache.requests")
+        .with_description("Cache lookups by layer and result")
+        .with_unit("{request}");
+    let combos = [
+        ("memory", "hit"),
+        ("memory", "miss"),
+        ("redis", "hit"),
+        ("redis", "stale"),
+    ];
+    // Seen once in this order first, so the series kept are known.
+    for (layer, result) in combos {
+        lookups.add(1, &[("cache.layer", layer), ("cache.result", result)]);
+    }
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let agent = agent.clone();
+            scope.spawn(move || {
+                // A handle from the agent again: the same instrument.
+                let lookups = agent.counter("shop.cache.requests");
+                for i in 0..ADDS_PER_THREAD {
+                    let (layer, result) = combos[((i + t) % 4) as usize];
+                    lookups.add(1, &[("cache.result", result), ("cache.layer", layer)]);
+                }
+            });
+        }
+    });
+    agent.counter("shop.shed").add(7, &[]);
+    let state = agent.gauge("shop.breaker.state").with_unit("1");
+    state.set(1.0, &[("dependency", "inventory")]);
+    state.set(2.0, &[("dependency", "shipping")]);
+
+    // The first values are exported on the interval, while the agent runs.
+    let gauge_filter = "ServiceName = 'metrics-app' AND MetricName = 'shop.breaker.state' \
+                        AND Attributes['dependency'] = 'inventory'";
+    let n = collector
+        .wait_for_rows(
+            "otel_metrics_gauge",
+            &format!("{gauge_filter} AND Value = 1"),
+            1,
+        )
+        .await;
+    assert!(n >= 1, "the first gauge value was never exported");
+    state.set(0.0, &[("dependency", "inventory")]);
+    let local = agent.metrics_snapshot();
+    guard.shutdown_async().await.expect("flushed");
+
+    let per_combo = 1 + THREADS * ADDS_PER_THREAD / 4;
+    let local_lookups = local
+        .counters
+        .iter()
+        .find(|c| &*c.name == "shop.cache.requests")
+        .expect("counter in the snapshot");
+    assert_eq!(
+        local_lookups
+            .series_with(&[("cache.layer", "memory"), ("cache.result", "hit")])
+            .map(|s| s.value),
+        Some(per_combo)
+    );
+    let want = [
+        (
+            attrs(&[("cache.layer", "memory"), ("cache.result", "hit")]),
+            per_combo,
+        ),
+        (
+            attrs(&[("cache.layer", "memory"), ("cache.result", "miss")]),
+            per_combo,
+        ),
+        (
+            attrs(&[("cache.layer", "redis"), ("cache.result", "hit")]),
+            per_combo,
+        ),
+        (attrs(&[("otel.metric.overflow", "true")]), per_combo),
+    ];
+    for (attributes, total) in &want {
+        let conditions: Vec<String> = attributes
+            .iter()
+            .map(|(k, v)| format!("Attributes['{k}'] = '{v}'"))
+            .collect();
+        let n = collector
+            .wait_for_rows(
+                "otel_metrics_sum",
+                &format!(
+                    "ServiceName = 'metrics-app' AND MetricName = 'shop.cache.requests' \
+                     AND {} AND Value = {total}",
+                    conditions.join(" AND ")
+                ),
+                1,
+            )
+            .await;
+        assert!(
+            n >= 1,
+            "no row with the final total {total} for {attributes:?}"
+        );
+    }
+    let rows = sum_rows(&collector, "shop.cache.requests").await;
+    for (attributes, total) in &want {
+        let series: Vec<&SumRow> = rows
+            .iter()
+            .filter(|r| sorted(r.attributes.clone()) == *attributes)
+            .collect();
+        // Cumulative: the largest value is the final total, never exceeded.
+        let max = series.iter().map(|r| r.value).fold(0.0, f64::max);
+        assert_eq!(max, *total as f64, "{attributes:?}");
+    }
+    assert!(
+        rows.iter()
+            .all(|r| want.iter().any(|(a, _)| sorted(r.attributes.clone()) == *a)),
+        "only the capped series and the overflow: {rows:?}"
+    );
+    let first = &rows[0];
+    for r in &rows {
+        assert!(r.is_monotonic, "{r:?}");
+        assert_eq!(r.temporality, CUMULATIVE, "{r:?}");
+        assert_eq!(r.description, "Cache lookups by layer and result");
+        assert_eq!(r.unit, "{request}");
+        assert_eq!(r.scope, "metrics-app");
+        // One start for every point: the instrument's creation.
+        assert_eq!(r.start, first.start);
+        assert!(r.start >= started_secs && r.start <= r.time, "{r:?}");
+    }
+
+    let n = collector
+        .wait_for_rows(
+            "otel_metrics_sum",
+            "ServiceName = 'metrics-app' AND MetricName = 'shop.shed' AND Value = 7",
+            1,
+        )
+        .await;
+    assert!(n >= 1, "shop.shed never reached 7");
+    let shed = sum_rows(&collector, "shop.shed").await;
+    assert!(shed
+        .iter()
+        .all(|r| r.attributes.is_empty() && r.value == 7.0 && r.is_monotonic));
+
+    let n = collector
+        .wait_for_rows(
+            "otel_metrics_gauge",
+            &format!("{gauge_filter} AND Value = 0"),
+            1,
+        )
+        .await;
+    assert!(n >= 1, "the last gauge value was never exported");
+    let gauges: Vec<GaugeRow> = collector
+        .client
+        .query(
+            "SELECT MetricUnit, Attributes, TimeUnix, Value FROM otel_metrics_gauge \
+             WHERE ServiceName = 'metrics-app' AND MetricName = 'shop.breaker.state'",
+        )
+        .fetch_all()
+        .await
+        .expect("gauge rows");
+    let values = |dependency: &str| -> Vec<(u32, f64)> {
+        gauges
+            .iter()
+            .filter(|g| g.attributes == attrs(&[("dependency", dependency)]))
+            .map(|g| (g.time, g.value))
+            .collect()
+    };
+    assert!(gauges.iter().all(|g| g.unit == "1"));
+    assert!(values("shipping").iter().all(|(_, v)| *v == 2.0));
+    let inventory = values("inventory");
+    assert!(
+        inventory.iter().all(|(_, v)| *v == 1.0 || *v == 0.0),
+        "{inventory:?}"
+    );
+    // Last value: once 0 was exported, 1 never comes back.
+    let last_one = inventory
+        .iter()
+        .filter(|(_, v)| *v == 1.0)
+        .map(|(t, _)| *t)
+        .max();
+    let first_zero = inventory
+        .iter()
+        .filter(|(_, v)| *v == 0.0)
+        .map(|(t, _)| *t)
+        .min();
+    assert!(last_one <= first_zero, "{inventory:?}");
     collector.stop().await;
 }

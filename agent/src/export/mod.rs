@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::agent::{Counter, InitError, LogWriter, Shared, ShutdownError};
+use crate::agent::{ExportCounts, InitError, LogWriter, Shared, ShutdownError};
 use crate::config::{Config, Signal};
 use crate::logs::{self, is_transport_target, write_json_line, LogEvent};
 use crate::span::unix_nanos;
@@ -230,7 +230,7 @@ async fn send_bounded(
     }
 }
 
-fn count(counter: &Counter, n: u64, result: Result<(), ExportError>) {
+fn count(counter: &ExportCounts, n: u64, result: Result<(), ExportError>) {
     match result {
         Ok(()) => counter.exported(n),
         Err(_) => counter.failed(n),
@@ -344,12 +344,10 @@ async fn export_metrics(
 ) {
     loop {
         let stopping = next_round(interval, std::future::pending(), &mut stop).await;
-        let series = shared.red.snapshot();
-        let stats = shared.stats();
+        let snapshot = shared.metrics_snapshot();
         let (request, n) = otlp::metrics_request(
             &resource,
-            &series,
-            &stats,
+            &snapshot,
             started_unix_nanos,
             unix_nanos(SystemTime::now()),
         );

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, summary_data_point, AggregationTemporality, Histogram,
+    metric, number_data_point, summary_data_point, AggregationTemporality, Gauge, Histogram,
     HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary,
     SummaryDataPoint,
 };
@@ -17,10 +17,12 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 
-use crate::agent::AgentStats;
 use crate::config::Config;
 use crate::logs::{is_transport_target, severity_number, FieldValue, LogEvent};
-use crate::metrics::{SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES};
+use crate::metrics::{
+    InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, SeriesSnapshot,
+    DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
+};
 use crate::span::{SpanData, SpanKind, Status as SpanStatus, Value};
 
 pub const SCOPE_NAME: &str = "agent";
@@ -222,23 +224,86 @@ fn series_attributes(s: &SeriesSnapshot) -> Vec<KeyValue> {
         attributes.push(str_kv("http.route", &*s.route));
     }
     if s.is_overflow() {
-        attributes.push(kv(
-            "otel.metric.overflow",
-            any_value::Value::BoolValue(true),
-        ));
+        attributes.push(kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)));
     }
     attributes
 }
 
+fn instrument_points<T: Copy>(
+    instrument: &InstrumentSnapshot<T>,
+    value: impl Fn(T) -> number_data_point::Value,
+    now_unix_nanos: u64,
+) -> Vec<NumberDataPoint> {
+    instrument
+        .series
+        .iter()
+        .map(|s: &InstrumentSeries<T>| {
+            let mut attributes: Vec<KeyValue> =
+                s.attributes.iter().map(|(k, v)| str_kv(*k, &**v)).collect();
+            if s.overflow {
+                attributes.push(kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)));
+            }
+            NumberDataPoint {
+                attributes,
+                start_time_unix_nano: instrument.start_unix_nanos,
+                time_unix_nano: now_unix_nanos,
+                value: Some(value(s.value)),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// The service's counters (cumulative monotonic Sums since each instrument was
+/// created) and gauges, with the number of points.
+fn instrument_metrics(snapshot: &MetricsSnapshot, now_unix_nanos: u64) -> (Vec<Metric>, u64) {
+    let mut points = 0;
+    let mut metrics = Vec::with_capacity(snapshot.counters.len() + snapshot.gauges.len());
+    for c in &snapshot.counters {
+        // OTLP has no unsigned integers; a total beyond i64 stays at its maximum.
+        let data_points = instrument_points(
+            c,
+            |v| number_data_point::Value::AsInt(i64::try_from(v).unwrap_or(i64::MAX)),
+            now_unix_nanos,
+        );
+        points += data_points.len() as u64;
+        metrics.push(Metric {
+            name: c.name.to_string(),
+            description: c.description.clone(),
+            unit: c.unit.clone(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        });
+    }
+    for g in &snapshot.gauges {
+        let data_points = instrument_points(g, number_data_point::Value::AsDouble, now_unix_nanos);
+        points += data_points.len() as u64;
+        metrics.push(Metric {
+            name: g.name.to_string(),
+            description: g.description.clone(),
+            unit: g.unit.clone(),
+            data: Some(metric::Data::Gauge(Gauge { data_points })),
+            ..Default::default()
+        });
+    }
+    (metrics, points)
+}
+
 /// Cumulative since `start`: each export carries everything since the agent
-/// started, so a lost export loses nothing but freshness.
+/// started, so a lost export loses nothing but freshness. The service's own
+/// instruments go in a scope named after the service.
 pub(crate) fn metrics_request(
     resource: &Resource,
-    series: &[SeriesSnapshot],
-    stats: &AgentStats,
+    snapshot: &MetricsSnapshot,
     start_unix_nanos: u64,
     now_unix_nanos: u64,
 ) -> (ExportMetricsServiceRequest, u64) {
+    let series = &snapshot.series;
+    let stats = &snapshot.stats;
     let histogram_points: Vec<HistogramDataPoint> = series
         .iter()
         .map(|s| HistogramDataPoint {
@@ -290,7 +355,9 @@ pub(crate) fn metrics_request(
             })
         })
         .collect();
-    let points = (histogram_points.len() + summary_points.len() + dropped_points.len()) as u64;
+    let (instrument_metrics, instrument_points) = instrument_metrics(snapshot, now_unix_nanos);
+    let points = (histogram_points.len() + summary_points.len() + dropped_points.len()) as u64
+        + instrument_points;
     let mut metrics = Vec::new();
     if !series.is_empty() {
         metrics.push(Metric {
@@ -326,15 +393,26 @@ pub(crate) fn metrics_request(
         })),
         ..Default::default()
     });
+    let mut scope_metrics = vec![ScopeMetrics {
+        scope: scope(SCOPE_NAME),
+        metrics,
+        ..Default::default()
+    }];
+    if !instrument_metrics.is_empty() {
+        scope_metrics.push(ScopeMetrics {
+            scope: Some(InstrumentationScope {
+                name: snapshot.service_name.clone(),
+                ..Default::default()
+            }),
+            metrics: instrument_metrics,
+            ..Default::default()
+        });
+    }
     (
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(resource.clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: scope(SCOPE_NAME),
-                    metrics,
-                    ..Default::default()
-                }],
+                scope_metrics,
                 ..Default::default()
             }],
         },

@@ -1,9 +1,15 @@
-//! RED metrics: recorded per request by the HTTP layer, read locally through
+//! RED metrics, recorded per request by the HTTP layer, and the service's own
+//! counters and gauges ([`Counter`], [`Gauge`]): read locally through
 //! [`MetricsSnapshot`] or Prometheus text, and exported over OTLP by the agent.
 
+pub mod instruments;
 pub mod prometheus;
 pub mod red;
 
+pub use instruments::{
+    Counter, CounterSnapshot, Gauge, GaugeSnapshot, InstrumentSeries, InstrumentSnapshot,
+    OVERFLOW_ATTRIBUTE,
+};
 pub use red::{SeriesSnapshot, StatusClass, DURATION_BUCKETS_SECONDS, QUANTILES};
 
 use crate::agent::AgentStats;
@@ -13,5 +19,8 @@ use crate::agent::AgentStats;
 pub struct MetricsSnapshot {
     pub service_name: String,
     pub series: Vec<SeriesSnapshot>,
+    /// The service's counters and gauges that have at least one series, by name.
+    pub counters: Vec<CounterSnapshot>,
+    pub gauges: Vec<GaugeSnapshot>,
     pub stats: AgentStats,
 }

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::{get, MethodRouter};
 
-use super::{MetricsSnapshot, SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES};
+use super::{
+    InstrumentSnapshot, MetricsSnapshot, SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES,
+};
 use crate::Agent;
 
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -31,6 +33,77 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// `# HELP` text escapes only backslashes and line feeds.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// An OpenTelemetry name as a Prometheus metric or label name: every character
+/// outside `[a-zA-Z0-9_]` becomes `_`, and a leading digit gets a `_` before it.
+fn prometheus_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 1);
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push('_');
+    }
+    out.extend(
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+    );
+    out
+}
+
+/// Prometheus spells the non-finite values its own way.
+fn sample_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// One family per instrument: `# HELP` (when described), `# TYPE`, and a sample
+/// per series with the service and the attributes as labels.
+fn render_instrument<T: Copy>(
+    out: &mut String,
+    service: &str,
+    instrument: &InstrumentSnapshot<T>,
+    kind: &str,
+    suffix: &str,
+    value: impl Fn(T) -> String,
+) {
+    let mut name = prometheus_name(&instrument.name);
+    if !name.ends_with(suffix) {
+        name.push_str(suffix);
+    }
+    if !instrument.description.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}",
+            escape_help(&instrument.description)
+        );
+    }
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for s in &instrument.series {
+        let _ = write!(out, "{name}{{service_name=\"{service}\"");
+        for (k, v) in s.attributes.iter() {
+            let label = prometheus_name(k);
+            // Prometheus' own way out of a clash with a label it sets itself.
+            let prefix = if label == "service_name" {
+                "exported_"
+            } else {
+                ""
+            };
+            let _ = write!(out, ",{prefix}{label}=\"{}\"", escape(v));
+        }
+        if s.overflow {
+            out.push_str(",otel_metric_overflow=\"true\"");
+        }
+        let _ = writeln!(out, "}} {}", value(s.value));
+    }
 }
 
 /// The label set of one series, the same in the histogram and the summary.
@@ -105,6 +178,14 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             s.errors
         );
     }
+    for c in &snapshot.counters {
+        render_instrument(&mut out, &service, c, "counter", "_total", |v| {
+            v.to_string()
+        });
+    }
+    for g in &snapshot.gauges {
+        render_instrument(&mut out, &service, g, "gauge", "", sample_value);
+    }
     let _ = writeln!(
         out,
         "# HELP agent_dropped_total Telemetry the agent dropped (queue full or export failed).\n\
@@ -119,4 +200,91 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{AgentBuilder, Config};
+
+    #[test]
+    fn counters_and_gauges_render_as_prometheus_families() {
+        // Disabled: nothing is exported, the local view still works.
+        let guard = AgentBuilder::from_config(Config::default())
+            .service_name("shop")
+            .disabled(true)
+            .json_logs(false)
+            .start()
+            .expect("agent starts");
+        let agent = guard.agent();
+        let lookups = agent
+            .counter("shop.cache.requests")
+            .with_description("Cache lookups by layer and result\nper \\ layer")
+            .with_unit("{request}");
+        lookups.add(2, &[("cache.result", "hit"), ("cache.layer", "memory")]);
+        lookups.add(
+            1,
+            &[("cache.layer", "a\"b\\c\nd"), ("cache.result", "miss")],
+        );
+        agent.counter("shop.shed").add(0, &[]);
+        let state = agent.gauge("shop.breaker.state").with_unit("1");
+        state.set(2.0, &[("dependency", "inventory")]);
+        state.set(0.5, &[("dependency", "shipping")]);
+        agent
+            .gauge("2xx.ratio")
+            .set(f64::NAN, &[("service.name", "x")]);
+        agent.gauge("shop.outbox.lag").set(f64::INFINITY, &[]);
+
+        let text = agent.prometheus_text();
+        let expected = [
+            "# HELP shop_cache_requests_total Cache lookups by layer and result\\nper \\\\ layer",
+            "# TYPE shop_cache_requests_total counter",
+            "shop_cache_requests_total{service_name=\"shop\",cache_layer=\"a\\\"b\\\\c\\nd\",cache_result=\"miss\"} 1",
+            "shop_cache_requests_total{service_name=\"shop\",cache_layer=\"memory\",cache_result=\"hit\"} 2",
+            "# TYPE shop_shed_total counter",
+            "shop_shed_total{service_name=\"shop\"} 0",
+            "# TYPE _2xx_ratio gauge",
+            "_2xx_ratio{service_name=\"shop\",exported_service_name=\"x\"} NaN",
+            "# TYPE shop_breaker_state gauge",
+            "shop_breaker_state{service_name=\"shop\",dependency=\"inventory\"} 2",
+            "shop_breaker_state{service_name=\"shop\",dependency=\"shipping\"} 0.5",
+            "# TYPE shop_outbox_lag gauge",
+            "shop_outbox_lag{service_name=\"shop\"} +Inf",
+        ];
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| l.starts_with("# HELP shop_cache_requests_total"))
+            .unwrap_or_else(|| panic!("no counter family in\n{text}"));
+        assert_eq!(&lines[start..start + expected.len()], expected, "{text}");
+        assert!(
+            !text.contains("# HELP shop_breaker_state"),
+            "no description, no HELP"
+        );
+        guard.shutdown().expect("shut down");
+    }
+
+    #[test]
+    fn overflow_series_carry_the_overflow_label() {
+        let guard = AgentBuilder::from_config(Config::default())
+            .service_name("shop")
+            .disabled(true)
+            .json_logs(false)
+            .max_metric_series(1)
+            .start()
+            .expect("agent starts");
+        let c = guard.agent().counter("jobs");
+        for queue in ["a", "b", "c"] {
+            c.add(1, &[("queue", queue)]);
+        }
+        let text = guard.agent().prometheus_text();
+        assert!(
+            text.contains("jobs_total{service_name=\"shop\",queue=\"a\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobs_total{service_name=\"shop\",otel_metric_overflow=\"true\"} 2\n"),
+            "{text}"
+        );
+        guard.shutdown().expect("shut down");
+    }
 }
