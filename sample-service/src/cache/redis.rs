@@ -1,0 +1,97 @@
+//! The shared cache layer on Redis.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{SharedCache, SharedError};
+
+/// One multiplexed, reconnecting connection with a command timeout, shared by the
+/// cache, the idempotency records and the rate limiter.
+#[derive(Clone)]
+pub struct Redis {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl Redis {
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<Redis> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Redis {
+            conn,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// `<prefix>:<key>`: several shops (or tests) share one Redis.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}:{key}", self.prefix)
+    }
+
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn())
+            .await
+            .map(drop)
+    }
+}
+
+fn shared(e: redis::RedisError) -> SharedError {
+    SharedError(e.to_string())
+}
+
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+#[async_trait]
+impl SharedCache for Redis {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SharedError> {
+        self.conn().get(self.key(key)).await.map_err(shared)
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), SharedError> {
+        self.conn()
+            .pset_ex(self.key(key), value, ttl.as_millis().max(1) as u64)
+            .await
+            .map_err(shared)
+    }
+
+    async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, SharedError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(shared)?;
+        Ok(set.is_some())
+    }
+
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), SharedError> {
+        Script::new(UNLOCK)
+            .key(self.key(key))
+            .arg(token)
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(shared)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), SharedError> {
+        self.conn().del::<_, ()>(self.key(key)).await.map_err(shared)
+    }
+}

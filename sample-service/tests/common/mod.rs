@@ -1,0 +1,273 @@
+//! Shared by the integration tests: a shop on the real PostgreSQL, Redis and
+//! RabbitMQ of this machine, each test with its own database, key prefix and queues;
+//! tokens signed with the development key; the shop as a child process.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent::{AgentBuilder, AgentGuard};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use sample_service::messaging::rabbitmq;
+use sample_service::{Config, Shop};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIS: &str = "redis://127.0.0.1:6379/";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+const PRIVATE_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-private.pem");
+const PUBLIC_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-public.pem");
+
+/// One test's share of the backends: a fresh database (migrated by the shop), a
+/// Redis key prefix and RabbitMQ names nobody else uses. Dropped with [`Env::cleanup`].
+pub struct Env {
+    pub name: String,
+    pub database_url: String,
+}
+
+impl Env {
+    pub async fn new(test: &str) -> Env {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("shop_{test}_{}_{nanos}", std::process::id());
+        let admin = admin().await;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create the test database");
+        admin.close().await;
+        Env {
+            database_url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = Config::for_backends(&self.database_url, REDIS, AMQP, &self.name);
+        // Tests send bursts from one address: only the rate-limit tests limit.
+        c.rate_limit_per_second = 1_000_000.0;
+        c.rate_limit_burst = 1_000_000;
+        c.max_concurrency = 2_000;
+        c.db_max_connections = 8;
+        c
+    }
+
+    /// A pool on the test's database, for assertions on what the shop wrote.
+    pub async fn db(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Drops the database, the Redis keys and the queues of this test.
+    pub async fn cleanup(self) {
+        let config = self.config();
+        let settings = rabbitmq::Settings {
+            url: AMQP.into(),
+            prefix: self.name.clone(),
+            max_attempts: config.max_attempts,
+            retry_base: config.retry_base,
+            prefetch: 1,
+        };
+        if let Ok(broker) = rabbitmq::RabbitMq::connect(settings).await {
+            let _ = broker.delete_topology().await;
+        }
+        if let Ok(client) = redis::Client::open(REDIS) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{}:*", self.name))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
+        let admin = admin().await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&admin)
+            .await;
+    }
+}
+
+async fn admin() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(PG_ADMIN)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (scripts/test.sh starts it)")
+}
+
+/// An agent that ignores the environment: disabled, or exporting to `endpoint`.
+pub fn agent_builder(service: &str, endpoint: Option<&str>) -> AgentBuilder {
+    let b = AgentBuilder::from_config(agent::Config::default())
+        .service_name(service)
+        .json_logs(false)
+        .export_interval(Duration::from_millis(100))
+        .metric_export_interval(Duration::from_millis(500));
+    match endpoint {
+        Some(e) => b.endpoint(e),
+        None => b.disabled(true),
+    }
+}
+
+pub struct RunningShop {
+    pub shop: Shop,
+    pub agent: AgentGuard,
+    pub base: String,
+}
+
+impl RunningShop {
+    pub async fn start(config: Config, endpoint: Option<&str>) -> RunningShop {
+        let guard = agent_builder("shop", endpoint).start().expect("agent starts");
+        let endpoint = endpoint.map(str::to_string);
+        let factory: sample_service::AgentFactory =
+            Arc::new(move |name| agent_builder(name, endpoint.as_deref()));
+        let shop = Shop::start(config, guard.agent().clone(), factory)
+            .await
+            .expect("the shop starts on the local backends");
+        let base = format!("http://{}", shop.addr);
+        RunningShop { shop, agent: guard, base }
+    }
+
+    pub async fn stop(self) {
+        self.shop.shutdown().await;
+        let _ = self.agent.shutdown_async().await;
+    }
+}
+
+/// A token signed with the development key (RS256, kid dev-1).
+pub fn token(subject: &str, scope: &str) -> String {
+    token_with(subject, scope, "shop-api", 3600)
+}
+
+pub fn token_with(subject: &str, scope: &str, audience: &str, expires_in: i64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = json!({
+        "iss": "shop-dev", "aud": audience, "sub": subject, "scope": scope,
+        "iat": now, "nbf": now - 5, "exp": now + expires_in,
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("dev-1".into());
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(PRIVATE_KEY).unwrap()).unwrap();
+    encode(&header, &claims, &key).unwrap()
+}
+
+/// A token signed HS256 with the public key's PEM as the secret: the classic
+/// algorithm-confusion attack on RS256 verifiers.
+pub fn hs256_with_public_key(subject: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = json!({"iss": "shop-dev", "aud": "shop-api", "sub": subject, "scope": "orders:write", "exp": now + 3600});
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("dev-1".into());
+    let secret = std::fs::read(PUBLIC_KEY).unwrap();
+    encode(&header, &claims, &EncodingKey::from_secret(&secret).unwrap()).unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn order_body(product: i64, quantity: i32) -> serde_json::Value {
+    json!({
+        "items": [{"product_id": product, "quantity": quantity}],
+        "email": "ada@example.com",
+        "phone": "+31 20 555 0100",
+        "payment_method": "card",
+    })
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The shop binary as a child process with `env` on top of the test's config.
+pub struct ShopProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ShopProcess {
+    pub async fn spawn(env: &Env, extra: &[(&str, String)]) -> ShopProcess {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sample-service"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SHOP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &env.database_url)
+            .env("REDIS_URL", REDIS)
+            .env("AMQP_URL", AMQP)
+            .env("SHOP_PREFIX", &env.name)
+            .env("SHOP_RATE_LIMIT_PER_SECOND", "1000000")
+            .env("SHOP_RATE_LIMIT_BURST", "1000000")
+            .env("SHOP_MAX_CONCURRENCY", "2000")
+            .env("OTEL_SDK_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn the shop");
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = eventually(Duration::from_secs(30), || async {
+            let r = reqwest::get(format!("{base}/health/ready")).await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "the shop process at {base} did not become ready");
+        ShopProcess { child, base }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to end by itself (an injected abort).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        eventually(timeout, || {
+            let status = self.child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for ShopProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
