@@ -39,10 +39,13 @@ impl Env {
             .await
             .expect("create the test database");
         admin.close().await;
-        Env {
-            database_url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
+        let database_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        // Migrated here (the shop would do it too) so that the statistics a test
+        // takes as its baseline already include the schema's own table scans.
+        let db = PgPoolOptions::new().max_connections(1).connect(&database_url).await.unwrap();
+        sqlx::migrate!("./migrations").run(&db).await.expect("migrations apply");
+        db.close().await;
+        Env { database_url, name }
     }
 
     pub fn config(&self) -> Config {
@@ -270,4 +273,51 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The value of a pattern counter in the shop's agent, summed over the series that
+/// carry all of `attributes`.
+pub fn counter(agent: &agent::Agent, name: &str, attributes: &[(&str, &str)]) -> u64 {
+    agent
+        .metrics_snapshot()
+        .counters
+        .iter()
+        .filter(|c| &*c.name == name)
+        .flat_map(|c| c.series.iter())
+        .filter(|s| {
+            attributes
+                .iter()
+                .all(|(k, v)| s.attributes.iter().any(|(sk, sv)| sk == k && &**sv == *v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Reads of the `products` table as PostgreSQL counted them (sequential plus index
+/// scans). Statistics reach the shared view when a backend flushes them, at the
+/// latest when it exits: stop the shop (closing its pool) before reading.
+pub async fn product_reads_seen_by_postgres(env: &Env, at_least: i64) -> i64 {
+    let db = env.db().await;
+    let read = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (coalesce(seq_scan, 0) + coalesce(idx_scan, 0))::bigint FROM pg_stat_user_tables \
+             WHERE relname = 'products'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+        // Before the shop migrated the database there is no table, and no read.
+        .unwrap_or(0)
+    };
+    let reached = eventually(Duration::from_secs(15), || async {
+        let n = read().await;
+        (n >= at_least).then_some(n)
+    })
+    .await;
+    // Wait a little longer: a late flush would show a second read.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let n = read().await;
+    db.close().await;
+    assert!(reached.is_some(), "PostgreSQL never counted {at_least} product reads (saw {n})");
+    n
 }
