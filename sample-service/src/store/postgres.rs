@@ -70,7 +70,7 @@ impl Postgres {
         self.pool.close().await;
     }
 
-    fn span(&self, name: &'static str) -> agent::Span {
+    fn span(&self, name: &'static str) -> Option<agent::Span> {
         backend_span(&self.agent, name, "postgresql")
     }
 }

@@ -1,0 +1,152 @@
+//! What the collector stores for the shop: one trace from the request through the
+//! relay to the worker, and the summary's three downstream calls side by side.
+
+mod common;
+
+use collector::testing::TestCollector;
+use common::*;
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Span {
+    #[serde(rename = "SpanId")]
+    span_id: String,
+    #[serde(rename = "ParentSpanId")]
+    parent: String,
+    #[serde(rename = "SpanName")]
+    name: String,
+    #[serde(rename = "SpanKind")]
+    kind: String,
+    #[serde(rename = "ServiceName")]
+    service: String,
+    start: i64,
+    end: i64,
+}
+
+async fn spans(collector: &TestCollector, trace_id: &str, at_least: u64) -> Vec<Span> {
+    let n = collector
+        .wait_for_rows("otel_traces", &format!("TraceId = '{trace_id}'"), at_least)
+        .await;
+    assert!(n >= at_least, "only {n} spans of trace {trace_id} arrived");
+    collector
+        .client
+        .query(
+            "SELECT SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, \
+             toUnixTimestamp64Nano(Timestamp) AS start, toInt64(start + Duration) AS end \
+             FROM otel_traces WHERE TraceId = ? ORDER BY Timestamp",
+        )
+        .bind(trace_id)
+        .fetch_all::<Span>()
+        .await
+        .unwrap()
+}
+
+fn traceparent() -> (String, String) {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    (format!("00-{trace_id}-{}-01", &uuid::Uuid::new_v4().simple().to_string()[..16]), trace_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
+    let collector = TestCollector::start("shop_traces").await;
+    let env = Env::new("trace").await;
+    let shop = RunningShop::start(env.config(), Some(&collector.grpc_endpoint())).await;
+    let client = client();
+    let token = token("tracer", "orders:write");
+    let (header, trace_id) = traceparent();
+    let r = client
+        .post(format!("{}/orders", shop.base))
+        .bearer_auth(&token)
+        .header("traceparent", header)
+        .header("Idempotency-Key", "traced-order")
+        .json(&order_body(9, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // server + 2 database spans, then per event a producer, a consumer and its database span.
+    let spans = spans(&collector, &trace_id, 12).await;
+    for s in &spans {
+        eprintln!("{:>10} {:<9} {:<40} parent {}", s.service, s.kind, s.name, s.parent);
+    }
+    let server = spans.iter().find(|s| s.kind == "Server").expect("the server span");
+    assert_eq!(server.name, "POST /orders");
+    let prefix = &env.name;
+    for queue in ["payment", "email", "sms"] {
+        let producer = spans
+            .iter()
+            .find(|s| s.kind == "Producer" && s.name == format!("publish {prefix}.{queue}"))
+            .unwrap_or_else(|| panic!("the relay's producer span for {queue}"));
+        let consumer = spans
+            .iter()
+            .find(|s| s.kind == "Consumer" && s.name == format!("process {prefix}.{queue}"))
+            .unwrap_or_else(|| panic!("the worker's consumer span for {queue}"));
+        assert_eq!(consumer.parent, producer.span_id, "the consumer continues the producer");
+        assert!(spans.iter().any(|s| s.kind == "Client" && s.parent == consumer.span_id), "the worker's database call");
+    }
+    assert!(spans.iter().all(|s| s.service == "shop"));
+    shop.stop().await;
+    env.cleanup().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_summary_calls_its_three_downstreams_in_parallel() {
+    let collector = TestCollector::start("shop_fanout").await;
+    let env = Env::new("fanout").await;
+    let shop = RunningShop::start(env.config(), Some(&collector.grpc_endpoint())).await;
+    let client = client();
+    let token = token("tracer", "orders:write");
+    let r = client
+        .post(format!("{}/orders", shop.base))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "fanout-order")
+        .json(&order_body(9, 1))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    // Each downstream takes 150 ms: in sequence the summary would take 450 ms.
+    let faults = serde_json::json!({
+        "inventory": {"latency_ms": 150}, "shipping": {"latency_ms": 150}, "recommendations": {"latency_ms": 150}
+    });
+    let r = client.put(format!("{}/admin/faults", shop.base)).bearer_auth(token_for_admin()).json(&faults).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (header, trace_id) = traceparent();
+    let r = client
+        .get(format!("{}{location}/summary", shop.base))
+        .bearer_auth(&token)
+        .header("traceparent", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // server, the order read, three client calls and the three downstream servers.
+    let spans = spans(&collector, &trace_id, 8).await;
+    let server = spans.iter().find(|s| s.kind == "Server" && s.service == "shop").expect("the summary's server span");
+    assert_eq!(server.name, "GET /orders/{id}/summary");
+    let calls: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == "Client" && s.parent == server.span_id && s.name.starts_with("GET"))
+        .collect();
+    assert_eq!(calls.len(), 3, "{spans:?}");
+    for name in ["inventory", "shipping", "recommendations"] {
+        let downstream = spans.iter().find(|s| s.service == name).unwrap_or_else(|| panic!("{name}'s server span"));
+        assert!(calls.iter().any(|c| c.span_id == downstream.parent), "{name} continues a client span");
+    }
+    // All three overlap: each starts before any of them ends.
+    let latest_start = calls.iter().map(|c| c.start).max().unwrap();
+    let earliest_end = calls.iter().map(|c| c.end).min().unwrap();
+    assert!(latest_start < earliest_end, "the calls overlap");
+    let total_ms = (server.end - server.start) / 1_000_000;
+    eprintln!("summary: 3 calls of 150 ms overlapped; the server span took {total_ms} ms");
+    assert!(total_ms < 450, "parallel, not sequential: {total_ms} ms");
+    shop.stop().await;
+    env.cleanup().await;
+    collector.stop().await;
+}
+
+fn token_for_admin() -> String {
+    token("operator", "admin")
+}
