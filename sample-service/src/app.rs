@@ -98,7 +98,11 @@ pub struct Shop {
 }
 
 impl Shop {
-    pub async fn start(config: Config, agent: Agent, downstream_agent: AgentFactory) -> anyhow::Result<Shop> {
+    pub async fn start(
+        config: Config,
+        agent: Agent,
+        downstream_agent: AgentFactory,
+    ) -> anyhow::Result<Shop> {
         let (Some(database_url), Some(redis_url), Some(amqp_url)) =
             (&config.database_url, &config.redis_url, &config.amqp_url)
         else {
@@ -114,13 +118,23 @@ impl Shop {
         )?;
 
         let postgres = Arc::new(
-            Postgres::connect(database_url, config.db_max_connections, config.db_statement_timeout, agent.clone())
-                .await
-                .context("connecting to PostgreSQL and applying migrations")?,
-        );
-        let redis = Redis::connect(redis_url, &config.prefix, config.redis_timeout)
+            Postgres::connect(
+                database_url,
+                config.db_max_connections,
+                config.db_statement_timeout,
+                agent.clone(),
+            )
             .await
-            .context("connecting to Redis")?;
+            .context("connecting to PostgreSQL and applying migrations")?,
+        );
+        let redis = Redis::connect(
+            redis_url,
+            &config.prefix,
+            config.redis_timeout,
+            agent.clone(),
+        )
+        .await
+        .context("connecting to Redis")?;
         let broker = Arc::new(
             RabbitMq::connect(rabbitmq::Settings {
                 url: amqp_url.clone(),
@@ -147,8 +161,11 @@ impl Shop {
                 None => {
                     let listener = TcpListener::bind("127.0.0.1:0").await?;
                     let url = format!("http://{}", listener.local_addr()?);
-                    let guard = downstream_agent(name).start().context("starting a simulator's agent")?;
-                    let (faults, agent, stop) = (faults.clone(), guard.agent().clone(), stop.clone());
+                    let guard = downstream_agent(name)
+                        .start()
+                        .context("starting a simulator's agent")?;
+                    let (faults, agent, stop) =
+                        (faults.clone(), guard.agent().clone(), stop.clone());
                     background.push(tokio::spawn(async move {
                         if let Err(e) = simulator::serve(name, listener, faults, agent, async move { stop.cancelled().await }).await {
                             tracing::error!(error = %e, service = name, "downstream simulator failed");
@@ -243,9 +260,12 @@ impl Shop {
         let app = crate::api::router(state, config.runs(Role::Api));
         let server_stop = stop.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+            .await
         });
         tracing::info!(%addr, roles = ?config.roles, "shop started");
         Ok(Shop {
@@ -270,7 +290,10 @@ impl Shop {
             _ => {}
         }
         for task in self.background {
-            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a background task did not stop within 5 s");
             }
         }

@@ -92,24 +92,39 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
         let header = decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if header.alg != Algorithm::RS256 {
-            return Err(format!("algorithm {:?} is not accepted; RS256 only", header.alg));
+            return Err(format!(
+                "algorithm {:?} is not accepted; RS256 only",
+                header.alg
+            ));
         }
         // A single configured key also verifies tokens without a kid.
         let key = match &header.kid {
-            Some(kid) => self.keys.get(kid).ok_or_else(|| format!("unknown key id {kid:?}"))?,
+            Some(kid) => self
+                .keys
+                .get(kid)
+                .ok_or_else(|| format!("unknown key id {kid:?}"))?,
             None if self.keys.len() == 1 => self.keys.values().next().expect("one key"),
             None => return Err("the token has no key id".into()),
         };
         let data = decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the token has expired".to_string(),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                "the token has expired".to_string()
+            }
             jsonwebtoken::errors::ErrorKind::InvalidAudience => "wrong audience".to_string(),
             jsonwebtoken::errors::ErrorKind::InvalidIssuer => "wrong issuer".to_string(),
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => "the token is not valid yet".to_string(),
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                "the token is not valid yet".to_string()
+            }
             _ => format!("invalid token: {e}"),
         })?;
         Ok(Principal {
             subject: data.claims.sub,
-            scopes: data.claims.scope.split_whitespace().map(str::to_string).collect(),
+            scopes: data
+                .claims
+                .scope
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
         })
     }
 }
@@ -136,8 +151,12 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let token = bearer(parts).ok_or_else(|| {
-            Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", "a bearer token is required")
-                .with_header(header::WWW_AUTHENTICATE, "Bearer")
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a bearer token is required",
+            )
+            .with_header(header::WWW_AUTHENTICATE, "Bearer")
         })?;
         state.verifier.verify(token).map_err(unauthorized)
     }

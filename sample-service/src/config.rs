@@ -32,7 +32,12 @@ pub struct Config {
     pub prefix: String,
 
     /// Which parts run in this process: api, relay, worker (comma-separated).
-    #[arg(long, env = "SHOP_ROLES", default_value = "api,relay,worker", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SHOP_ROLES",
+        default_value = "api,relay,worker",
+        value_delimiter = ','
+    )]
     pub roles: Vec<Role>,
 
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-public.pem"))]

@@ -79,7 +79,10 @@ impl FaultSwitch {
     }
 
     pub fn cache_enabled(&self) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).cache_enabled
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cache_enabled
     }
 
     pub fn single_flight_enabled(&self) -> bool {

@@ -10,7 +10,10 @@ use sample_service::faults::FaultSwitch;
 use sample_service::{Config, Shop};
 
 #[derive(Parser)]
-#[command(version, about = "An instrumented shop API with the patterns of high-load services")]
+#[command(
+    version,
+    about = "An instrumented shop API with the patterns of high-load services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,7 +61,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, service = name, "downstream simulator started");
-            simulator::serve(name, listener, Arc::new(FaultSwitch::default()), guard.agent().clone(), ctrl_c_or_term()).await?;
+            simulator::serve(
+                name,
+                listener,
+                Arc::new(FaultSwitch::default()),
+                guard.agent().clone(),
+                ctrl_c_or_term(),
+            )
+            .await?;
             guard.shutdown_async().await.ok();
         }
         None => {
@@ -69,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
                     }
                 })
                 .init()?;
-            let factory: sample_service::AgentFactory = Arc::new(|name| agent::builder().service_name(name));
+            let factory: sample_service::AgentFactory =
+                Arc::new(|name| agent::builder().service_name(name));
             let shop = Shop::start(cli.config, guard.agent().clone(), factory).await?;
             ctrl_c_or_term().await;
             tracing::info!("stopping");

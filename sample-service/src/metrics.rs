@@ -32,7 +32,9 @@ impl PatternMetrics {
                 .with_unit("{request}"),
             cache_coalesced: agent
                 .counter("shop.cache.coalesced")
-                .with_description("Lookups that waited for another caller's load instead of loading")
+                .with_description(
+                    "Lookups that waited for another caller's load instead of loading",
+                )
                 .with_unit("{request}"),
             cache_locks: agent
                 .counter("shop.cache.locks")
@@ -60,7 +62,9 @@ impl PatternMetrics {
                 .with_unit("{message}"),
             queue_processed: agent
                 .counter("shop.queue.processed")
-                .with_description("Messages whose handling committed (ok) or was already done (duplicate)")
+                .with_description(
+                    "Messages whose handling committed (ok) or was already done (duplicate)",
+                )
                 .with_unit("{message}"),
             queue_retries: agent
                 .counter("shop.queue.retries")
@@ -89,7 +93,11 @@ impl PatternMetrics {
         };
         // Series appear once recorded: start the attribute-less ones at zero so a
         // dashboard shows 0 rather than "no data".
-        for counter in [&metrics.cache_early_refresh, &metrics.outbox_published, &metrics.shed] {
+        for counter in [
+            &metrics.cache_early_refresh,
+            &metrics.outbox_published,
+            &metrics.shed,
+        ] {
             counter.add(0, &[]);
         }
         metrics

@@ -8,7 +8,13 @@ use std::time::Duration;
 use common::*;
 use sqlx::Row;
 
-async fn place_orders(client: &reqwest::Client, base: &str, token: &str, n: usize, payment: &str) -> Vec<String> {
+async fn place_orders(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    n: usize,
+    payment: &str,
+) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let mut body = order_body(1 + i as i64, 1);
@@ -41,7 +47,9 @@ async fn effects(env: &Env) -> Vec<(i64, i64, i64)> {
     .await
     .unwrap();
     db.close().await;
-    rows.iter().map(|r| (r.get("p"), r.get("e"), r.get("s"))).collect()
+    rows.iter()
+        .map(|r| (r.get("p"), r.get("e"), r.get("s")))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -52,40 +60,67 @@ async fn effects_happen_once_when_a_worker_dies_before_acknowledging() {
     // prefetch of 16 it holds several committed but unacknowledged messages then.
     let mut doomed = ShopProcess::spawn(
         &env,
-        &[("SHOP_ROLES", "worker".into()), ("SHOP_FAULT_ABORT_AFTER_COMMITS", "3".into())],
+        &[
+            ("SHOP_ROLES", "worker".into()),
+            ("SHOP_FAULT_ABORT_AFTER_COMMITS", "3".into()),
+        ],
     )
     .await;
     let client = client();
     let token = token("buyer", "orders:write");
     let orders = place_orders(&client, &api.base, &token, 10, "card").await;
 
-    let status = doomed.wait_exit(Duration::from_secs(30)).await.expect("the worker aborted");
+    let status = doomed
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the worker aborted");
     assert!(!status.success());
     let before = effects(&env).await;
     let applied: i64 = before.iter().map(|(p, e, s)| p + e + s).sum();
-    assert!(applied >= 3, "the doomed worker committed {applied} effects");
+    assert!(
+        applied >= 3,
+        "the doomed worker committed {applied} effects"
+    );
 
     // Its unacknowledged messages are redelivered to the next worker.
     let survivor = ShopProcess::spawn(&env, &[("SHOP_ROLES", "worker".into())]).await;
     let done = eventually(Duration::from_secs(60), || async {
         let e = effects(&env).await;
-        (e.len() == orders.len() && e.iter().all(|x| *x != (0, 0, 0) && x.0 >= 1 && x.1 >= 1 && x.2 >= 1)).then_some(e)
+        (e.len() == orders.len()
+            && e.iter()
+                .all(|x| *x != (0, 0, 0) && x.0 >= 1 && x.1 >= 1 && x.2 >= 1))
+        .then_some(e)
     })
     .await
     .expect("every order's effects were applied");
-    assert!(done.iter().all(|x| *x == (1, 1, 1)), "each effect exactly once: {done:?}");
+    assert!(
+        done.iter().all(|x| *x == (1, 1, 1)),
+        "each effect exactly once: {done:?}"
+    );
 
-    let metrics = client.get(format!("{}/metrics", survivor.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", survivor.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let duplicates: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("shop_queue_processed_total") && l.contains("result=\"duplicate\""))
+        .filter(|l| {
+            l.starts_with("shop_queue_processed_total") && l.contains("result=\"duplicate\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     eprintln!(
         "10 orders: the first worker committed {applied} effects and aborted before acking; \
          the second skipped {duplicates} redelivered duplicates; every order has payment, email, sms exactly once"
     );
-    assert!(duplicates >= 1, "a committed message was redelivered and recognised: {metrics}");
+    assert!(
+        duplicates >= 1,
+        "a committed message was redelivered and recognised: {metrics}"
+    );
     drop((api, survivor));
     env.cleanup().await;
 }
@@ -99,12 +134,20 @@ async fn a_poison_message_reaches_the_dead_letter_queue_after_its_attempts() {
     let shop = RunningShop::start(config, None).await;
     let client = client();
     let token = token("buyer", "orders:write");
-    let order = place_orders(&client, &shop.base, &token, 1, "poison").await.remove(0);
+    let order = place_orders(&client, &shop.base, &token, 1, "poison")
+        .await
+        .remove(0);
 
     let order: serde_json::Value = eventually(Duration::from_secs(30), || async {
-        let r = client.get(format!("{}/orders/{order}", shop.base)).bearer_auth(&token).send().await.ok()?;
+        let r = client
+            .get(format!("{}/orders/{order}", shop.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
         let v: serde_json::Value = r.json().await.ok()?;
-        (v["status"] == "payment_failed" && v["effects"]["emails"] == 1 && v["effects"]["sms"] == 1).then_some(v)
+        (v["status"] == "payment_failed" && v["effects"]["emails"] == 1 && v["effects"]["sms"] == 1)
+            .then_some(v)
     })
     .await
     .expect("the poison payment was dead-lettered and the notifications went out");
@@ -112,10 +155,11 @@ async fn a_poison_message_reaches_the_dead_letter_queue_after_its_attempts() {
     assert_eq!(order["effects"]["dead_letters"], 1);
 
     let db = env.db().await;
-    let (attempts, reason): (i32, String) = sqlx::query_as("SELECT attempts, reason FROM dead_letters")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let (attempts, reason): (i32, String) =
+        sqlx::query_as("SELECT attempts, reason FROM dead_letters")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     db.close().await;
     assert_eq!(attempts, 3);
     assert!(reason.contains("poison"), "{reason}");

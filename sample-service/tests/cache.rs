@@ -26,12 +26,21 @@ async fn a_stampede_on_a_cold_product_reads_the_database_once() {
     });
     let answers = join_all(requests).await;
     assert!(answers.iter().all(|(s, _)| *s == 200), "all 200");
-    assert!(answers.windows(2).all(|w| w[0].1 == w[1].1), "all the same product");
+    assert!(
+        answers.windows(2).all(|w| w[0].1 == w[1].1),
+        "all the same product"
+    );
     assert!(answers[0].1.contains("\"id\":42"));
 
     let agent = shop.agent.agent().clone();
     let coalesced = counter(&agent, "shop.cache.coalesced", &[("cache.layer", "memory")]);
-    let memory = |result| counter(&agent, "shop.cache.requests", &[("cache.layer", "memory"), ("cache.result", result)]);
+    let memory = |result| {
+        counter(
+            &agent,
+            "shop.cache.requests",
+            &[("cache.layer", "memory"), ("cache.result", result)],
+        )
+    };
     let (hits, misses) = (memory("hit"), memory("miss"));
     let app_reads = counter(&agent, "shop.db.reads", &[("entity", "product")]);
     shop.stop().await;
@@ -43,7 +52,11 @@ async fn a_stampede_on_a_cold_product_reads_the_database_once() {
     assert_eq!(reads, 1);
     assert_eq!(app_reads, 1);
     assert_eq!(hits + misses, 500);
-    assert_eq!(coalesced, misses - 1, "every miss but the loader's waited for it");
+    assert_eq!(
+        coalesced,
+        misses - 1,
+        "every miss but the loader's waited for it"
+    );
     env.cleanup().await;
 }
 
@@ -58,27 +71,49 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
     let shop = RunningShop::start(config.clone(), None).await;
     let client = client();
     for _ in 0..20 {
-        let r = client.get(format!("{}/products/100000", shop.base)).send().await.unwrap();
+        let r = client
+            .get(format!("{}/products/100000", shop.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
         assert_eq!(r.headers()["content-type"], "application/problem+json");
     }
     // Invalid ids never reach a cache layer or the database.
     for bad in ["abc", "0", "-4", "99999999999999999999"] {
-        let r = client.get(format!("{}/products/{bad}", shop.base)).send().await.unwrap();
+        let r = client
+            .get(format!("{}/products/{bad}", shop.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
     }
     shop.stop().await;
-    assert_eq!(product_reads_seen_by_postgres(&env, baseline + 1).await, baseline + 1);
+    assert_eq!(
+        product_reads_seen_by_postgres(&env, baseline + 1).await,
+        baseline + 1
+    );
 
     // Once the negative entry expired (TTL + 10 % jitter), the next miss reads again.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let shop = RunningShop::start(config, None).await;
-    let r = client.get(format!("{}/products/100000", shop.base)).send().await.unwrap();
+    let r = client
+        .get(format!("{}/products/100000", shop.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // An update invalidates: the next read shows the new price, not the cached one.
     let writer = token("catalog-admin", "catalog:write");
-    let before: serde_json::Value = client.get(format!("{}/products/5", shop.base)).send().await.unwrap().json().await.unwrap();
+    let before: serde_json::Value = client
+        .get(format!("{}/products/5", shop.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let r = client
         .put(format!("{}/products/5", shop.base))
         .bearer_auth(&writer)
@@ -87,12 +122,27 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let after: serde_json::Value = client.get(format!("{}/products/5", shop.base)).send().await.unwrap().json().await.unwrap();
+    let after: serde_json::Value = client
+        .get(format!("{}/products/5", shop.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_ne!(before["price_cents"], 4242);
     assert_eq!(after["price_cents"], 4242);
 
     // Creating a product removes its cached "does not exist".
-    assert_eq!(client.get(format!("{}/products/201", shop.base)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client
+            .get(format!("{}/products/201", shop.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let created = client
         .post(format!("{}/products", shop.base))
         .bearer_auth(&writer)
@@ -102,7 +152,15 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
         .unwrap();
     assert_eq!(created.status(), 201);
     assert_eq!(created.headers()["location"], "/products/201");
-    assert_eq!(client.get(format!("{}/products/201", shop.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{}/products/201", shop.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Writing needs the scope.
     let r = client
         .put(format!("{}/products/5", shop.base))

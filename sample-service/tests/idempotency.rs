@@ -14,7 +14,13 @@ struct Tally {
 }
 
 /// Sends `n` identical POST /orders at once, spread round-robin over `bases`.
-async fn storm(bases: &[String], n: usize, key: &str, body: &serde_json::Value, token: &str) -> Tally {
+async fn storm(
+    bases: &[String],
+    n: usize,
+    key: &str,
+    body: &serde_json::Value,
+    token: &str,
+) -> Tally {
     let client = client();
     let requests = (0..n).map(|i| {
         let req = client
@@ -25,20 +31,35 @@ async fn storm(bases: &[String], n: usize, key: &str, body: &serde_json::Value, 
         async move {
             let r = req.send().await.expect("request sent");
             let status = r.status().as_u16();
-            let replayed = r.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+            let replayed = r
+                .headers()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v == "true");
             if status == 409 {
-                assert!(r.headers().get("retry-after").is_some(), "409 without Retry-After");
+                assert!(
+                    r.headers().get("retry-after").is_some(),
+                    "409 without Retry-After"
+                );
             }
-            let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+            let location = r
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_string());
             (status, replayed, location)
         }
     });
-    let mut tally = Tally { statuses: HashMap::new(), replayed: 0, order_ids: Vec::new() };
+    let mut tally = Tally {
+        statuses: HashMap::new(),
+        replayed: 0,
+        order_ids: Vec::new(),
+    };
     for (status, replayed, location) in join_all(requests).await {
         *tally.statuses.entry(status).or_default() += 1;
         tally.replayed += replayed as usize;
         if let Some(l) = location {
-            tally.order_ids.push(l.trim_start_matches("/orders/").to_string());
+            tally
+                .order_ids
+                .push(l.trim_start_matches("/orders/").to_string());
         }
     }
     tally
@@ -47,17 +68,38 @@ async fn storm(bases: &[String], n: usize, key: &str, body: &serde_json::Value, 
 async fn assert_one_order(env: &Env, tally: &Tally, n: usize) {
     let accepted = tally.statuses.get(&202).copied().unwrap_or(0);
     let conflicts = tally.statuses.get(&409).copied().unwrap_or(0);
-    assert_eq!(accepted + conflicts, n, "only 202 and 409 expected: {:?}", tally.statuses);
+    assert_eq!(
+        accepted + conflicts,
+        n,
+        "only 202 and 409 expected: {:?}",
+        tally.statuses
+    );
     // Every 202 but the first is a replay, and all name the same order.
     assert_eq!(tally.replayed, accepted - 1, "{:?}", tally.statuses);
-    tally.order_ids.windows(2).for_each(|w| assert_eq!(w[0], w[1]));
+    tally
+        .order_ids
+        .windows(2)
+        .for_each(|w| assert_eq!(w[0], w[1]));
 
     let db = env.db().await;
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&db).await.unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db).await.unwrap();
-    assert_eq!((orders, outbox), (1, 3), "one order and its payment, email and sms events");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        (orders, outbox),
+        (1, 3),
+        "one order and its payment, email and sms events"
+    );
     db.close().await;
-    eprintln!("{n} concurrent requests: {:?}, {} replays, 1 order, 3 outbox rows", tally.statuses, tally.replayed);
+    eprintln!(
+        "{n} concurrent requests: {:?}, {} replays, 1 order, 3 outbox rows",
+        tally.statuses, tally.replayed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -67,7 +109,14 @@ async fn concurrent_duplicates_create_one_order() {
     let token = token("user-1", "orders:write");
     let body = order_body(7, 2);
 
-    let tally = storm(&[shop.base.clone()], 200, "order-key-1", &body, &token).await;
+    let tally = storm(
+        std::slice::from_ref(&shop.base),
+        200,
+        "order-key-1",
+        &body,
+        &token,
+    )
+    .await;
     assert_one_order(&env, &tally, 200).await;
 
     let client = client();
@@ -82,10 +131,20 @@ async fn concurrent_duplicates_create_one_order() {
         .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    assert!(r.text().await.unwrap().contains("different request payload"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("different request payload"));
 
     // No key: 400 with a problem saying what is missing.
-    let r = client.post(format!("{}/orders", shop.base)).bearer_auth(&token).json(&body).send().await.unwrap();
+    let r = client
+        .post(format!("{}/orders", shop.base))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("Idempotency-Key"));
 
@@ -137,7 +196,14 @@ async fn duplicates_split_across_two_processes_create_one_order() {
     let mut b = ShopProcess::spawn(&env, &[]).await;
     let token = token("user-9", "orders:write");
 
-    let tally = storm(&[a.base.clone(), b.base.clone()], 200, "split-key", &order_body(3, 1), &token).await;
+    let tally = storm(
+        &[a.base.clone(), b.base.clone()],
+        200,
+        "split-key",
+        &order_body(3, 1),
+        &token,
+    )
+    .await;
     assert_one_order(&env, &tally, 200).await;
 
     a.kill();

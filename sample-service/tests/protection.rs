@@ -45,26 +45,78 @@ async fn the_rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
 
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let r = client.get(format!("{}/categories", shop.base)).bearer_auth(&alice).send().await.unwrap();
+        let r = client
+            .get(format!("{}/categories", shop.base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.headers()["ratelimit-policy"], "\"default\";q=5;w=3");
-        assert!(r.headers()["ratelimit"].to_str().unwrap().starts_with("\"default\";r="));
+        assert!(r.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"default\";r="));
         if r.status() == 429 {
-            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-            assert!((1..=1).contains(&retry), "the next slot opens within 0.5 s: {retry}");
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                (1..=1).contains(&retry),
+                "the next slot opens within 0.5 s: {retry}"
+            );
             assert_eq!(r.headers()["content-type"], "application/problem+json");
         }
         statuses.push(r.status().as_u16());
     }
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "the burst, then refusals");
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "the burst, then refusals"
+    );
 
     // Another token has its own bucket; requests without one are keyed by address.
     let bob = token("bob", "orders:write");
-    assert_eq!(client.get(format!("{}/categories", shop.base)).bearer_auth(&bob).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(format!("{}/categories", shop.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{}/categories", shop.base))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/categories", shop.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Half a second earns one request back (2 per second).
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(client.get(format!("{}/categories", shop.base)).bearer_auth(&alice).send().await.unwrap().status(), 200);
-    assert_eq!(counter(shop.agent.agent(), "shop.rate_limited", &[("limit.key", "token")]), 3);
+    assert_eq!(
+        client
+            .get(format!("{}/categories", shop.base))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        counter(
+            shop.agent.agent(),
+            "shop.rate_limited",
+            &[("limit.key", "token")]
+        ),
+        3
+    );
     shop.stop().await;
     env.cleanup().await;
 }
@@ -80,9 +132,19 @@ async fn a_full_service_sheds_with_503_and_slow_requests_hit_the_deadline() {
     let client = client();
     let token = token("carol", "orders:write");
     let order = new_order(&client, &shop.base, &token).await;
-    set_faults(&client, &shop.base, json!({"inventory": {"latency_ms": 700}})).await;
+    set_faults(
+        &client,
+        &shop.base,
+        json!({"inventory": {"latency_ms": 700}}),
+    )
+    .await;
 
-    let calls = (0..6).map(|_| client.get(format!("{}{order}/summary", shop.base)).bearer_auth(&token).send());
+    let calls = (0..6).map(|_| {
+        client
+            .get(format!("{}{order}/summary", shop.base))
+            .bearer_auth(&token)
+            .send()
+    });
     let answers = join_all(calls).await;
     let mut ok = 0;
     let mut shed = 0;
@@ -102,8 +164,18 @@ async fn a_full_service_sheds_with_503_and_slow_requests_hit_the_deadline() {
     assert_eq!(counter(shop.agent.agent(), "shop.shed", &[]), 4);
 
     // Slower than the request deadline: 503 from the deadline, not a hung request.
-    set_faults(&client, &shop.base, json!({"inventory": {"latency_ms": 2500}})).await;
-    let r = client.get(format!("{}{order}/summary", shop.base)).bearer_auth(&token).send().await.unwrap();
+    set_faults(
+        &client,
+        &shop.base,
+        json!({"inventory": {"latency_ms": 2500}}),
+    )
+    .await;
+    let r = client
+        .get(format!("{}{order}/summary", shop.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("longer than 1500 ms"));
     shop.stop().await;
@@ -120,8 +192,17 @@ async fn a_breaker_opens_while_its_downstream_fails_and_closes_after_recovery() 
     let token = token("dave", "orders:write");
     let order = new_order(&client, &shop.base, &token).await;
     let summary = || async {
-        let r = client.get(format!("{}{order}/summary", shop.base)).bearer_auth(&token).send().await.unwrap();
-        assert_eq!(r.status(), 200, "a failing part degrades the summary, it does not fail it");
+        let r = client
+            .get(format!("{}{order}/summary", shop.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "a failing part degrades the summary, it does not fail it"
+        );
         r.json::<serde_json::Value>().await.unwrap()
     };
     let state = |dep: &str| {
@@ -136,7 +217,12 @@ async fn a_breaker_opens_while_its_downstream_fails_and_closes_after_recovery() 
             .map(|s| s.value)
     };
 
-    set_faults(&client, &shop.base, json!({"inventory": {"error_rate": 1.0}})).await;
+    set_faults(
+        &client,
+        &shop.base,
+        json!({"inventory": {"error_rate": 1.0}}),
+    )
+    .await;
     for _ in 0..10 {
         let s = summary().await;
         assert_eq!(s["degraded"], json!(["inventory"]));
@@ -144,8 +230,17 @@ async fn a_breaker_opens_while_its_downstream_fails_and_closes_after_recovery() 
     assert_eq!(state("inventory"), Some(2.0), "open after 10 failures");
     assert_eq!(state("shipping"), Some(0.0));
     let s = summary().await;
-    assert!(s["inventory"]["error"].as_str().unwrap().contains("circuit breaker for inventory is open"));
-    assert!(counter(shop.agent.agent(), "shop.breaker.rejections", &[("dependency", "inventory")]) >= 1);
+    assert!(s["inventory"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("circuit breaker for inventory is open"));
+    assert!(
+        counter(
+            shop.agent.agent(),
+            "shop.breaker.rejections",
+            &[("dependency", "inventory")]
+        ) >= 1
+    );
 
     // Recovered: after the open period one probe goes through and closes it.
     set_faults(&client, &shop.base, json!({})).await;
@@ -173,20 +268,46 @@ async fn only_valid_rs256_tokens_pass() {
             .send()
     };
 
-    assert_eq!(post(token("erin", "orders:write")).await.unwrap().status(), 202);
+    assert_eq!(
+        post(token("erin", "orders:write")).await.unwrap().status(),
+        202
+    );
     for (what, bad, says) in [
-        ("HS256 signed with the public key", hs256_with_public_key("erin"), "RS256 only"),
-        ("expired", token_with("erin", "orders:write", "shop-api", -120), "expired"),
-        ("wrong audience", token_with("erin", "orders:write", "another-api", 3600), "audience"),
+        (
+            "HS256 signed with the public key",
+            hs256_with_public_key("erin"),
+            "RS256 only",
+        ),
+        (
+            "expired",
+            token_with("erin", "orders:write", "shop-api", -120),
+            "expired",
+        ),
+        (
+            "wrong audience",
+            token_with("erin", "orders:write", "another-api", 3600),
+            "audience",
+        ),
         ("garbage", "not.a.jwt".to_string(), "malformed"),
     ] {
         let r = post(bad).await.unwrap();
         assert_eq!(r.status(), 401, "{what}");
-        assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"), "{what}");
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{what}"
+        );
         let body = r.text().await.unwrap();
         assert!(body.contains(says), "{what}: {body}");
     }
-    let r = client.post(&url).json(&order_body(2, 1)).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .json(&order_body(2, 1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "no token");
     let r = post(token("erin", "catalog:read")).await.unwrap();
     assert_eq!(r.status(), 403, "valid token without the scope");

@@ -42,7 +42,13 @@ async fn spans(collector: &TestCollector, trace_id: &str, at_least: u64) -> Vec<
 
 fn traceparent() -> (String, String) {
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    (format!("00-{trace_id}-{}-01", &uuid::Uuid::new_v4().simple().to_string()[..16]), trace_id)
+    (
+        format!(
+            "00-{trace_id}-{}-01",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        ),
+        trace_id,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -67,9 +73,15 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
     // server + 2 database spans, then per event a producer, a consumer and its database span.
     let spans = spans(&collector, &trace_id, 12).await;
     for s in &spans {
-        eprintln!("{:>10} {:<9} {:<40} parent {}", s.service, s.kind, s.name, s.parent);
+        eprintln!(
+            "{:>10} {:<9} {:<40} parent {}",
+            s.service, s.kind, s.name, s.parent
+        );
     }
-    let server = spans.iter().find(|s| s.kind == "Server").expect("the server span");
+    let server = spans
+        .iter()
+        .find(|s| s.kind == "Server")
+        .expect("the server span");
     assert_eq!(server.name, "POST /orders");
     let prefix = &env.name;
     for queue in ["payment", "email", "sms"] {
@@ -81,8 +93,16 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
             .iter()
             .find(|s| s.kind == "Consumer" && s.name == format!("process {prefix}.{queue}"))
             .unwrap_or_else(|| panic!("the worker's consumer span for {queue}"));
-        assert_eq!(consumer.parent, producer.span_id, "the consumer continues the producer");
-        assert!(spans.iter().any(|s| s.kind == "Client" && s.parent == consumer.span_id), "the worker's database call");
+        assert_eq!(
+            consumer.parent, producer.span_id,
+            "the consumer continues the producer"
+        );
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.kind == "Client" && s.parent == consumer.span_id),
+            "the worker's database call"
+        );
     }
     assert!(spans.iter().all(|s| s.service == "shop"));
     shop.stop().await;
@@ -110,7 +130,13 @@ async fn the_summary_calls_its_three_downstreams_in_parallel() {
     let faults = serde_json::json!({
         "inventory": {"latency_ms": 150}, "shipping": {"latency_ms": 150}, "recommendations": {"latency_ms": 150}
     });
-    let r = client.put(format!("{}/admin/faults", shop.base)).bearer_auth(token_for_admin()).json(&faults).send().await.unwrap();
+    let r = client
+        .put(format!("{}/admin/faults", shop.base))
+        .bearer_auth(token_for_admin())
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (header, trace_id) = traceparent();
     let r = client
@@ -124,7 +150,10 @@ async fn the_summary_calls_its_three_downstreams_in_parallel() {
 
     // server, the order read, three client calls and the three downstream servers.
     let spans = spans(&collector, &trace_id, 8).await;
-    let server = spans.iter().find(|s| s.kind == "Server" && s.service == "shop").expect("the summary's server span");
+    let server = spans
+        .iter()
+        .find(|s| s.kind == "Server" && s.service == "shop")
+        .expect("the summary's server span");
     assert_eq!(server.name, "GET /orders/{id}/summary");
     let calls: Vec<&Span> = spans
         .iter()
@@ -132,8 +161,14 @@ async fn the_summary_calls_its_three_downstreams_in_parallel() {
         .collect();
     assert_eq!(calls.len(), 3, "{spans:?}");
     for name in ["inventory", "shipping", "recommendations"] {
-        let downstream = spans.iter().find(|s| s.service == name).unwrap_or_else(|| panic!("{name}'s server span"));
-        assert!(calls.iter().any(|c| c.span_id == downstream.parent), "{name} continues a client span");
+        let downstream = spans
+            .iter()
+            .find(|s| s.service == name)
+            .unwrap_or_else(|| panic!("{name}'s server span"));
+        assert!(
+            calls.iter().any(|c| c.span_id == downstream.parent),
+            "{name} continues a client span"
+        );
     }
     // All three overlap: each starts before any of them ends.
     let latest_start = calls.iter().map(|c| c.start).max().unwrap();

@@ -8,7 +8,10 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::faults::Faults;
 
-pub async fn get_faults(State(s): State<AppState>, principal: Principal) -> Result<Json<Faults>, Problem> {
+pub async fn get_faults(
+    State(s): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Faults>, Problem> {
     principal.require("admin")?;
     Ok(Json(s.faults.get()))
 }

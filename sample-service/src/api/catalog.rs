@@ -50,7 +50,10 @@ pub async fn categories(State(s): State<AppState>) -> Result<Response, Problem> 
     }
 }
 
-pub async fn product(State(s): State<AppState>, Path(raw): Path<String>) -> Result<Response, Problem> {
+pub async fn product(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
     let id = product_id(&raw)?;
     let cached = s
         .cache
@@ -80,7 +83,9 @@ pub async fn create_product(
     principal.require("catalog:write")?;
     validate_name(&new.name)?;
     if new.price_cents < 0 || new.stock < 0 {
-        return Err(Problem::bad_request("price_cents and stock must not be negative"));
+        return Err(Problem::bad_request(
+            "price_cents and stock must not be negative",
+        ));
     }
     let product = s.catalog.create_product(new).await.map_err(|e| match e {
         StoreError::Database(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23503") => {
@@ -91,7 +96,12 @@ pub async fn create_product(
     // A "does not exist" entry for this id may be cached from before.
     s.cache.invalidate(&product_key(product.id)).await;
     let location = format!("/products/{}", product.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(product)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(product),
+    )
+        .into_response())
 }
 
 pub async fn update_product(
@@ -106,7 +116,9 @@ pub async fn update_product(
         validate_name(name)?;
     }
     if patch.price_cents.is_some_and(|p| p < 0) || patch.stock.is_some_and(|s| s < 0) {
-        return Err(Problem::bad_request("price_cents and stock must not be negative"));
+        return Err(Problem::bad_request(
+            "price_cents and stock must not be negative",
+        ));
     }
     let updated = s.catalog.update_product(id, patch).await?;
     // Commit first, then invalidate: a reader in between re-caches the new row.

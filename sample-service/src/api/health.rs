@@ -17,8 +17,17 @@ pub async fn ready(State(s): State<AppState>) -> Response {
     let ok = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<_, _> = checks
         .into_iter()
-        .map(|(name, r)| (name.to_string(), json!(r.err().unwrap_or_else(|| "ok".into()))))
+        .map(|(name, r)| {
+            (
+                name.to_string(),
+                json!(r.err().unwrap_or_else(|| "ok".into())),
+            )
+        })
         .collect();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"ready": ok, "checks": body}))).into_response()
 }

@@ -21,11 +21,17 @@ pub fn router(state: AppState, api: bool) -> Router {
     let routes = Router::new()
         .route("/categories", get(catalog::categories))
         .route("/products", post(catalog::create_product))
-        .route("/products/{id}", get(catalog::product).put(catalog::update_product))
+        .route(
+            "/products/{id}",
+            get(catalog::product).put(catalog::update_product),
+        )
         .route("/orders", post(orders::create))
         .route("/orders/{id}", get(orders::get))
         .route("/orders/{id}/summary", get(orders::summary))
-        .route("/admin/faults", get(admin::get_faults).put(admin::put_faults))
+        .route(
+            "/admin/faults",
+            get(admin::get_faults).put(admin::put_faults),
+        )
         .layer(from_fn_with_state(state.clone(), rate_limit::middleware))
         .layer(from_fn_with_state(state.clone(), shed::middleware))
         .layer(state.agent.http_layer())

@@ -74,7 +74,9 @@ fn validate(body: &Bytes) -> Result<(serde_json::Value, OrderRequest), Problem> 
         return Err(Problem::bad_request("phone needs 5 to 20 digits"));
     }
     if !["card", "poison"].contains(&order.payment_method.as_str()) {
-        return Err(Problem::bad_request("payment_method is card (or poison, to demo dead letters)"));
+        return Err(Problem::bad_request(
+            "payment_method is card (or poison, to demo dead letters)",
+        ));
     }
     Ok((value, order))
 }
@@ -184,7 +186,10 @@ async fn place_order(
             price_cents: *price,
         });
     }
-    let total_cents: i64 = items.iter().map(|i| i.price_cents * i.quantity as i64).sum();
+    let total_cents: i64 = items
+        .iter()
+        .map(|i| i.price_cents * i.quantity as i64)
+        .sum();
     let id = Uuid::now_v7();
     // The trace context now, stored with each event: the relay and the workers
     // continue this request's trace.
@@ -233,7 +238,8 @@ async fn place_order(
 }
 
 fn order_id(raw: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(raw).map_err(|_| Problem::bad_request(format!("order id {raw:?} is not a UUID")))
+    Uuid::parse_str(raw)
+        .map_err(|_| Problem::bad_request(format!("order id {raw:?} is not a UUID")))
 }
 
 fn may_read(principal: &Principal) -> Result<(), Problem> {

@@ -33,16 +33,31 @@ impl Problem {
     }
 
     pub fn unprocessable(detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable content", detail)
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unprocessable content",
+            detail,
+        )
     }
 
     /// A refusal the client should retry after `seconds`.
-    pub fn retry_later(status: StatusCode, title: &'static str, detail: impl Into<String>, seconds: u64) -> Self {
-        Problem::new(status, title, detail).with_header(header::RETRY_AFTER, seconds.max(1).to_string())
+    pub fn retry_later(
+        status: StatusCode,
+        title: &'static str,
+        detail: impl Into<String>,
+        seconds: u64,
+    ) -> Self {
+        Problem::new(status, title, detail)
+            .with_header(header::RETRY_AFTER, seconds.max(1).to_string())
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Problem::retry_later(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", detail, 1)
+        Problem::retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            detail,
+            1,
+        )
     }
 
     pub fn with_header(mut self, name: header::HeaderName, value: impl AsRef<str>) -> Self {

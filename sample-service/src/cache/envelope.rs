@@ -64,8 +64,15 @@ mod tests {
 
     #[test]
     fn round_trips_both_kinds() {
-        for value in [Cached::Found(Bytes::from_static(b"{\"id\":1}")), Cached::Missing] {
-            let e = Envelope { value, delta_ms: 12, expiry_ms: 1_700_000_000_000 };
+        for value in [
+            Cached::Found(Bytes::from_static(b"{\"id\":1}")),
+            Cached::Missing,
+        ] {
+            let e = Envelope {
+                value,
+                delta_ms: 12,
+                expiry_ms: 1_700_000_000_000,
+            };
             assert_eq!(Envelope::decode(&e.encode()), Some(e));
         }
         assert_eq!(Envelope::decode(b"short"), None);
@@ -73,9 +80,15 @@ mod tests {
 
     #[test]
     fn early_refresh_gets_likelier_near_expiry() {
-        let e = Envelope { value: Cached::Missing, delta_ms: 100, expiry_ms: 10_000 };
+        let e = Envelope {
+            value: Cached::Missing,
+            delta_ms: 100,
+            expiry_ms: 10_000,
+        };
         let share = |now: u64| {
-            (1..=1000).filter(|i| e.should_refresh_early(now, *i as f64 / 1000.0)).count()
+            (1..=1000)
+                .filter(|i| e.should_refresh_early(now, *i as f64 / 1000.0))
+                .count()
         };
         // Far from expiry: never; 100 ms before it (one δ): about 1 − e^−1 = 37 %;
         // after it: always.

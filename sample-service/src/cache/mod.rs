@@ -127,7 +127,14 @@ impl LayeredCache {
             return Ok(into_cached(load().await?));
         }
         if let Some(hit) = self.memory.get(key).await {
-            self.count("memory", if hit == Cached::Missing { "negative_hit" } else { "hit" });
+            self.count(
+                "memory",
+                if hit == Cached::Missing {
+                    "negative_hit"
+                } else {
+                    "hit"
+                },
+            );
             return Ok(hit);
         }
         self.count("memory", "miss");
@@ -173,10 +180,16 @@ impl LayeredCache {
         match shared.get(key).await {
             Ok(Some(raw)) => match Envelope::decode(&raw) {
                 Some(envelope) => {
-                    let result = if envelope.value == Cached::Missing { "negative_hit" } else { "hit" };
+                    let result = if envelope.value == Cached::Missing {
+                        "negative_hit"
+                    } else {
+                        "hit"
+                    };
                     self.count("redis", result);
                     if envelope.should_refresh_early(now_ms(), rand::rng().random()) {
-                        return self.refresh_early(shared.as_ref(), key, envelope, load).await;
+                        return self
+                            .refresh_early(shared.as_ref(), key, envelope, load)
+                            .await;
                     }
                     return Ok(envelope.value);
                 }
@@ -192,7 +205,12 @@ impl LayeredCache {
     }
 
     /// A miss in Redis: one caller across all replicas rebuilds; the rest wait for it.
-    async fn rebuild<F, Fut>(&self, shared: &dyn SharedCache, key: &str, load: F) -> Result<Cached, StoreError>
+    async fn rebuild<F, Fut>(
+        &self,
+        shared: &dyn SharedCache,
+        key: &str,
+        load: F,
+    ) -> Result<Cached, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, StoreError>>,
@@ -204,15 +222,21 @@ impl LayeredCache {
             .await
             .unwrap_or(false);
         if held {
-            self.metrics.cache_locks.add(1, &[("lock.result", "acquired")]);
+            self.metrics
+                .cache_locks
+                .add(1, &[("lock.result", "acquired")]);
             let result = self.load_and_store(shared, key, load).await;
             if let Err(e) = shared.unlock(&lock, &token).await {
                 tracing::warn!(error = %e, key, "rebuild lock release failed; it expires by itself");
             }
             return result;
         }
-        self.metrics.cache_locks.add(1, &[("lock.result", "contended")]);
-        self.metrics.cache_coalesced.add(1, &[("cache.layer", "redis")]);
+        self.metrics
+            .cache_locks
+            .add(1, &[("lock.result", "contended")]);
+        self.metrics
+            .cache_coalesced
+            .add(1, &[("cache.layer", "redis")]);
         let deadline = Instant::now() + self.settings.lock_wait;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -260,7 +284,12 @@ impl LayeredCache {
         }
     }
 
-    async fn load_and_store<F, Fut>(&self, shared: &dyn SharedCache, key: &str, load: F) -> Result<Cached, StoreError>
+    async fn load_and_store<F, Fut>(
+        &self,
+        shared: &dyn SharedCache,
+        key: &str,
+        load: F,
+    ) -> Result<Cached, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, StoreError>>,

@@ -7,6 +7,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{SharedCache, SharedError};
+use crate::telemetry::{backend_span, traced};
 
 /// One multiplexed, reconnecting connection with a command timeout, shared by the
 /// cache, the idempotency records and the rate limiter.
@@ -14,10 +15,16 @@ use super::{SharedCache, SharedError};
 pub struct Redis {
     conn: ConnectionManager,
     prefix: String,
+    agent: agent::Agent,
 }
 
 impl Redis {
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> redis::RedisResult<Redis> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        agent: agent::Agent,
+    ) -> redis::RedisResult<Redis> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
@@ -27,6 +34,7 @@ impl Redis {
         Ok(Redis {
             conn,
             prefix: prefix.to_string(),
+            agent,
         })
     }
 
@@ -37,6 +45,11 @@ impl Redis {
 
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A CLIENT span for one Redis command or script, inside a trace.
+    pub fn span(&self, name: &'static str) -> Option<agent::Span> {
+        backend_span(&self.agent, name, "redis")
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
@@ -58,24 +71,26 @@ return 0";
 #[async_trait]
 impl SharedCache for Redis {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SharedError> {
-        self.conn().get(self.key(key)).await.map_err(shared)
-    }
-
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), SharedError> {
-        self.conn()
-            .pset_ex(self.key(key), value, ttl.as_millis().max(1) as u64)
+        traced(self.span("GET"), self.conn().get(self.key(key)))
             .await
             .map_err(shared)
     }
 
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), SharedError> {
+        let mut conn = self.conn();
+        let set = conn.pset_ex(self.key(key), value, ttl.as_millis().max(1) as u64);
+        traced(self.span("SET"), set).await.map_err(shared)
+    }
+
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, SharedError> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.key(key))
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
             .arg(token)
             .arg("NX")
             .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn())
+            .arg(ttl.as_millis().max(1) as u64);
+        let set: Option<String> = traced(self.span("SET NX"), cmd.query_async(&mut conn))
             .await
             .map_err(shared)?;
         Ok(set.is_some())
@@ -92,6 +107,9 @@ impl SharedCache for Redis {
     }
 
     async fn delete(&self, key: &str) -> Result<(), SharedError> {
-        self.conn().del::<_, ()>(self.key(key)).await.map_err(shared)
+        self.conn()
+            .del::<_, ()>(self.key(key))
+            .await
+            .map_err(shared)
     }
 }

@@ -45,18 +45,33 @@ impl Fanout {
         }
     }
 
-    async fn call(&self, agent: &Agent, d: &Downstream, order_id: &str) -> Result<Value, CallError> {
+    async fn call(
+        &self,
+        agent: &Agent,
+        d: &Downstream,
+        order_id: &str,
+    ) -> Result<Value, CallError> {
         let permit = d.breaker.try_acquire()?;
         let url = format!("{}/{}/{order_id}", d.base_url.trim_end_matches('/'), d.name);
-        let request = self.client.get(url).timeout(self.timeout).send_traced(agent);
+        let request = self
+            .client
+            .get(url)
+            .timeout(self.timeout)
+            .send_traced(agent);
         let result = match tokio::time::timeout(self.timeout, request).await {
             Err(_) => Err(CallError::Timeout(d.name, self.timeout.as_millis())),
-            Ok(Err(e)) if e.is_timeout() => Err(CallError::Timeout(d.name, self.timeout.as_millis())),
-            Ok(Err(e)) => Err(CallError::Failed(d.name, e.to_string())),
-            Ok(Ok(r)) if !r.status().is_success() => {
-                Err(CallError::Failed(d.name, format!("answered {}", r.status())))
+            Ok(Err(e)) if e.is_timeout() => {
+                Err(CallError::Timeout(d.name, self.timeout.as_millis()))
             }
-            Ok(Ok(r)) => r.json::<Value>().await.map_err(|e| CallError::Failed(d.name, e.to_string())),
+            Ok(Err(e)) => Err(CallError::Failed(d.name, e.to_string())),
+            Ok(Ok(r)) if !r.status().is_success() => Err(CallError::Failed(
+                d.name,
+                format!("answered {}", r.status()),
+            )),
+            Ok(Ok(r)) => r
+                .json::<Value>()
+                .await
+                .map_err(|e| CallError::Failed(d.name, e.to_string())),
         };
         permit.record(result.is_ok());
         result

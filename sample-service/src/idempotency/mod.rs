@@ -72,9 +72,21 @@ pub struct StoreError(pub String);
 
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
-    async fn claim(&self, key: &str, owner: &str, fingerprint: &str, lease: Duration) -> Result<Claim, StoreError>;
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
     /// Stores the response if `owner` still holds the key; false when it lost it.
-    async fn complete(&self, key: &str, owner: &str, response: &StoredResponse, retention: Duration) -> Result<bool, StoreError>;
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool, StoreError>;
     /// Forgets the claim if `owner` still holds it, so a retry can run.
     async fn release(&self, key: &str, owner: &str) -> Result<(), StoreError>;
 }
@@ -101,7 +113,9 @@ pub fn parse_key(headers: &HeaderMap) -> Result<String, Problem> {
         )));
     }
     if !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        return Err(Problem::bad_request("the Idempotency-Key must be visible ASCII"));
+        return Err(Problem::bad_request(
+            "the Idempotency-Key must be visible ASCII",
+        ));
     }
     Ok(key)
 }
@@ -186,10 +200,18 @@ pub struct Ownership {
 impl Ownership {
     pub async fn complete(mut self, response: &StoredResponse, retention: Duration) {
         self.done = true;
-        match self.store.complete(&self.key, &self.owner, response, retention).await {
+        match self
+            .store
+            .complete(&self.key, &self.owner, response, retention)
+            .await
+        {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(key = %self.key, "idempotency lease lost before completion; the database constraint keeps the order unique"),
-            Err(e) => tracing::warn!(error = %e, key = %self.key, "idempotency record not completed; a retry will find the order through the database constraint"),
+            Ok(false) => {
+                tracing::warn!(key = %self.key, "idempotency lease lost before completion; the database constraint keeps the order unique")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key = %self.key, "idempotency record not completed; a retry will find the order through the database constraint")
+            }
         }
     }
 }
@@ -199,7 +221,11 @@ impl Drop for Ownership {
         if self.done {
             return;
         }
-        let (store, key, owner) = (self.store.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
+        let (store, key, owner) = (
+            self.store.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
+        );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(e) = store.release(&key, &owner).await {
@@ -236,10 +262,15 @@ pub async fn begin(
     lease: Duration,
 ) -> Result<(Begin, Outcome), Problem> {
     let owner = uuid::Uuid::new_v4().to_string();
-    let claim = store.claim(key, &owner, fingerprint, lease).await.map_err(|e| {
-        tracing::error!(error = %e, "idempotency store unavailable");
-        Problem::unavailable("idempotency records are unavailable; retry later with the same key")
-    })?;
+    let claim = store
+        .claim(key, &owner, fingerprint, lease)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "idempotency store unavailable");
+            Problem::unavailable(
+                "idempotency records are unavailable; retry later with the same key",
+            )
+        })?;
     Ok(match claim {
         Claim::Acquired => (
             Begin::Proceed(Ownership {
@@ -290,19 +321,29 @@ mod tests {
     fn keys_parse_as_sf_strings_or_tokens() {
         assert_eq!(parse_key(&headers("\"abc-1\"")).unwrap(), "abc-1");
         assert_eq!(parse_key(&headers("\"a\\\"b\"")).unwrap(), "a\"b");
-        assert_eq!(parse_key(&headers("8e03978e-40d5")).unwrap(), "8e03978e-40d5");
+        assert_eq!(
+            parse_key(&headers("8e03978e-40d5")).unwrap(),
+            "8e03978e-40d5"
+        );
         for bad in ["\"open", "\"x\"y", "\"\"", "\"a\\b\""] {
             assert_eq!(parse_key(&headers(bad)).unwrap_err().status, 400, "{bad}");
         }
-        assert_eq!(parse_key(&headers(&"k".repeat(256))).unwrap_err().status, 400);
-        assert!(parse_key(&HeaderMap::new()).unwrap_err().detail.contains("requires"));
+        assert_eq!(
+            parse_key(&headers(&"k".repeat(256))).unwrap_err().status,
+            400
+        );
+        assert!(parse_key(&HeaderMap::new())
+            .unwrap_err()
+            .detail
+            .contains("requires"));
     }
 
     #[test]
     fn fingerprints_ignore_key_order_but_not_values_or_tenant() {
         let a = json!({"items": [{"product_id": 1, "quantity": 2}], "email": "a@b.c"});
         let b: serde_json::Value =
-            serde_json::from_str(r#"{ "email":"a@b.c", "items":[{"quantity":2,"product_id":1}] }"#).unwrap();
+            serde_json::from_str(r#"{ "email":"a@b.c", "items":[{"quantity":2,"product_id":1}] }"#)
+                .unwrap();
         let c = json!({"items": [{"product_id": 1, "quantity": 3}], "email": "a@b.c"});
         let f = |v, t| fingerprint("POST", "/orders", t, v);
         assert_eq!(f(&a, "u1"), f(&b, "u1"));

@@ -75,26 +75,43 @@ fn bytes(v: &Value) -> Vec<u8> {
 
 #[async_trait]
 impl IdempotencyStore for RedisIdempotency {
-    async fn claim(&self, key: &str, owner: &str, fingerprint: &str, lease: Duration) -> Result<Claim, StoreError> {
-        let reply: Vec<Value> = self
-            .claim
-            .key(self.key(key))
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.redis.conn();
+        let mut claim = self.claim.key(self.key(key));
+        claim
             .arg(owner)
             .arg(fingerprint)
-            .arg(lease.as_millis().max(1) as u64)
-            .invoke_async(&mut self.redis.conn())
-            .await
-            .map_err(err)?;
+            .arg(lease.as_millis().max(1) as u64);
+        let reply: Vec<Value> = crate::telemetry::traced(
+            self.redis.span("EVALSHA idempotency.claim"),
+            claim.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(err)?;
         let state = reply.first().map(text).transpose()?.unwrap_or_default();
         match state.as_str() {
             "acquired" => Ok(Claim::Acquired),
             "mismatch" => Ok(Claim::Mismatch),
             "running" => {
-                let ms: i64 = reply.get(1).map(text).transpose()?.unwrap_or_default().parse().unwrap_or(1000);
+                let ms: i64 = reply
+                    .get(1)
+                    .map(text)
+                    .transpose()?
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(1000);
                 Ok(Claim::InFlight(Duration::from_millis(ms.max(0) as u64)))
             }
             "done" if reply.len() == 5 => Ok(Claim::Completed(StoredResponse {
-                status: text(&reply[1])?.parse().map_err(|_| StoreError("bad stored status".into()))?,
+                status: text(&reply[1])?
+                    .parse()
+                    .map_err(|_| StoreError("bad stored status".into()))?,
                 content_type: text(&reply[2])?,
                 location: text(&reply[3])?,
                 body: bytes(&reply[4]),
@@ -103,19 +120,28 @@ impl IdempotencyStore for RedisIdempotency {
         }
     }
 
-    async fn complete(&self, key: &str, owner: &str, r: &StoredResponse, retention: Duration) -> Result<bool, StoreError> {
-        let stored: i64 = self
-            .complete
-            .key(self.key(key))
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        r: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.redis.conn();
+        let mut complete = self.complete.key(self.key(key));
+        complete
             .arg(owner)
             .arg(r.status)
             .arg(&r.content_type)
             .arg(&r.location)
             .arg(&r.body[..])
-            .arg(retention.as_millis().max(1) as u64)
-            .invoke_async(&mut self.redis.conn())
-            .await
-            .map_err(err)?;
+            .arg(retention.as_millis().max(1) as u64);
+        let stored: i64 = crate::telemetry::traced(
+            self.redis.span("EVALSHA idempotency.complete"),
+            complete.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(err)?;
         Ok(stored == 1)
     }
 

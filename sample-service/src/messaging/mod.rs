@@ -85,7 +85,10 @@ pub type Deliveries = BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>>
 pub trait Broker: Send + Sync {
     /// Publishes each message (with its trace headers) and waits for the broker's
     /// confirmation of each; one result per message, in order.
-    async fn publish_batch(&self, batch: &[(OutboxMessage, HashMap<String, String>)]) -> Vec<Result<(), BrokerError>>;
+    async fn publish_batch(
+        &self,
+        batch: &[(OutboxMessage, HashMap<String, String>)],
+    ) -> Vec<Result<(), BrokerError>>;
     /// The deliveries of one work queue.
     async fn consume(&self, queue: EventType) -> Result<Deliveries, BrokerError>;
     /// The destination name the spans and metrics show for a queue.

@@ -18,8 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -158,9 +159,15 @@ impl RabbitMq {
         ch.queue_declare(&dead, durable, table(&[("x-queue-type", long("quorum"))]))
             .await
             .map_err(broker)?;
-        ch.queue_bind(&dead, &dead, "", QueueBindOptions::default(), FieldTable::default())
-            .await
-            .map_err(broker)?;
+        ch.queue_bind(
+            &dead,
+            &dead,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
         let delivery_limit = (self.settings.max_attempts as i64 * 2).max(4);
         for queue in EventType::ALL {
             let name = self.name(queue.as_str());
@@ -175,9 +182,15 @@ impl RabbitMq {
             )
             .await
             .map_err(broker)?;
-            ch.queue_bind(&name, &work, queue.as_str(), QueueBindOptions::default(), FieldTable::default())
-                .await
-                .map_err(broker)?;
+            ch.queue_bind(
+                &name,
+                &work,
+                queue.as_str(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
             for level in 1..self.settings.max_attempts {
                 let ttl = retry_delay(self.settings.retry_base, level).as_millis() as i64;
                 ch.queue_declare(
@@ -207,10 +220,14 @@ impl RabbitMq {
             }
         }
         for q in queues {
-            ch.queue_delete(&q, QueueDeleteOptions::default()).await.map_err(broker)?;
+            ch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .map_err(broker)?;
         }
         for e in [self.name("work"), self.name("dead")] {
-            ch.exchange_delete(&e, Default::default()).await.map_err(broker)?;
+            ch.exchange_delete(&e, Default::default())
+                .await
+                .map_err(broker)?;
         }
         Ok(())
     }
@@ -284,10 +301,18 @@ impl RabbitMq {
 
 #[async_trait]
 impl Broker for RabbitMq {
-    async fn publish_batch(&self, batch: &[(OutboxMessage, HashMap<String, String>)]) -> Vec<Result<(), BrokerError>> {
+    async fn publish_batch(
+        &self,
+        batch: &[(OutboxMessage, HashMap<String, String>)],
+    ) -> Vec<Result<(), BrokerError>> {
         let ch = match self.publisher().await {
             Ok(ch) => ch,
-            Err(e) => return batch.iter().map(|_| Err(BrokerError::Broker(e.to_string()))).collect(),
+            Err(e) => {
+                return batch
+                    .iter()
+                    .map(|_| Err(BrokerError::Broker(e.to_string())))
+                    .collect()
+            }
         };
         let work = self.name("work");
         // All in flight at once: one round trip of confirms for the batch.
@@ -299,7 +324,9 @@ impl Broker for RabbitMq {
             let work = work.clone();
             let id = m.id.to_string();
             let key = m.event_type.as_str();
-            async move { Self::publish_confirmed(&ch, &work, key, &body, properties(&id, &headers)).await }
+            async move {
+                Self::publish_confirmed(&ch, &work, key, &body, properties(&id, &headers)).await
+            }
         });
         futures::future::join_all(publishes).await
     }
@@ -370,7 +397,13 @@ struct RabbitDelivery {
 }
 
 impl RabbitDelivery {
-    async fn forward(self: Box<Self>, exchange: &str, routing_key: &str, attempt: u32, extra: &[(&str, String)]) -> Result<(), BrokerError> {
+    async fn forward(
+        self: Box<Self>,
+        exchange: &str,
+        routing_key: &str,
+        attempt: u32,
+        extra: &[(&str, String)],
+    ) -> Result<(), BrokerError> {
         let mut headers = self.headers.clone();
         headers.insert(ATTEMPT_HEADER.into(), attempt.to_string());
         for (k, v) in extra {
@@ -385,8 +418,19 @@ impl RabbitDelivery {
             .unwrap_or_default();
         // Copy first, then ack: a crash between the two duplicates the message, which
         // the consumers' dedup absorbs; the other order could lose it.
-        RabbitMq::publish_confirmed(&self.publisher, exchange, routing_key, &self.delivery.data, properties(&id, &headers)).await?;
-        self.delivery.ack(BasicAckOptions::default()).await.map_err(broker).map(drop)
+        RabbitMq::publish_confirmed(
+            &self.publisher,
+            exchange,
+            routing_key,
+            &self.delivery.data,
+            properties(&id, &headers),
+        )
+        .await?;
+        self.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(broker)
+            .map(drop)
     }
 }
 
@@ -401,12 +445,20 @@ impl Delivery for RabbitDelivery {
     }
 
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.delivery.ack(BasicAckOptions::default()).await.map_err(broker).map(drop)
+        self.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(broker)
+            .map(drop)
     }
 
     async fn retry(self: Box<Self>, level: u32) -> Result<(), BrokerError> {
         let index = (level.max(1) as usize - 1).min(self.retry_queues.len().saturating_sub(1));
-        let queue = self.retry_queues.get(index).cloned().ok_or_else(|| BrokerError::Broker("no retry queues (max attempts is 1)".into()))?;
+        let queue = self
+            .retry_queues
+            .get(index)
+            .cloned()
+            .ok_or_else(|| BrokerError::Broker("no retry queues (max attempts is 1)".into()))?;
         let next = self.attempt + 1;
         self.forward("", &queue, next, &[]).await
     }
@@ -414,6 +466,12 @@ impl Delivery for RabbitDelivery {
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BrokerError> {
         let dead = self.dead.clone();
         let attempt = self.attempt;
-        self.forward(&dead, "", attempt, &[("x-shop-dead-reason", reason.to_string())]).await
+        self.forward(
+            &dead,
+            "",
+            attempt,
+            &[("x-shop-dead-reason", reason.to_string())],
+        )
+        .await
     }
 }

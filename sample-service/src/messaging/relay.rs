@@ -54,14 +54,21 @@ impl Relay {
             return Ok(0);
         }
         let mut spans = Vec::with_capacity(claimed.len());
-        let mut batch: Vec<(OutboxMessage, HashMap<String, String>)> = Vec::with_capacity(claimed.len());
+        let mut batch: Vec<(OutboxMessage, HashMap<String, String>)> =
+            Vec::with_capacity(claimed.len());
         for m in claimed {
             // The PRODUCER span continues the trace of the request that wrote the row.
             let parent = self.agent.extract(&m.headers);
             let _entered = parent.as_ref().map(|p| p.enter());
             let mut headers = HashMap::new();
             let queue = self.broker.queue_name(m.event_type);
-            let mut span = self.agent.producer_span(Destination { system: "rabbitmq", name: &queue }, &mut headers);
+            let mut span = self.agent.producer_span(
+                Destination {
+                    system: "rabbitmq",
+                    name: &queue,
+                },
+                &mut headers,
+            );
             if span.is_recording() {
                 span.set_attribute("messaging.message.id", m.id.to_string());
             }
@@ -75,7 +82,8 @@ impl Relay {
                 Ok(()) => published.push(m.id),
                 Err(e) => {
                     span.set_status(agent::Status::Error(e.to_string().into()));
-                    let backoff = Duration::from_millis(200) * 2u32.saturating_pow(m.attempts.clamp(0, 8) as u32);
+                    let backoff = Duration::from_millis(200)
+                        * 2u32.saturating_pow(m.attempts.clamp(0, 8) as u32);
                     tracing::warn!(error = %e, message_id = %m.id, ?backoff, "publish failed; the row stays in the outbox");
                     self.outbox.release(m.id, backoff, &e.to_string()).await?;
                 }
@@ -84,7 +92,9 @@ impl Relay {
         }
         if !published.is_empty() {
             self.outbox.mark_published(&published).await?;
-            self.metrics.outbox_published.add(published.len() as u64, &[]);
+            self.metrics
+                .outbox_published
+                .add(published.len() as u64, &[]);
         }
         Ok(published.len())
     }

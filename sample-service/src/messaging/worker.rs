@@ -64,7 +64,9 @@ impl Workers {
                         _ = run => tracing::warn!(queue = queue.as_str(), "consumer ended; reconnecting"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, queue = queue.as_str(), "cannot consume; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = queue.as_str(), "cannot consume; retrying")
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -89,14 +91,23 @@ impl Workers {
                 return;
             }
         };
-        let mut span = self.agent.consumer_span(Destination { system: "rabbitmq", name: &destination }, &message.headers);
+        let mut span = self.agent.consumer_span(
+            Destination {
+                system: "rabbitmq",
+                name: &destination,
+            },
+            &message.headers,
+        );
         let attempt = delivery.attempt();
         if span.is_recording() {
             span.set_attribute("messaging.message.id", message.id.to_string());
             span.set_attribute("messaging.rabbitmq.attempt", attempt as i64);
         }
         let context = span.context().clone();
-        let result = self.apply(queue, &message).with_context(context.clone()).await;
+        let result = self
+            .apply(queue, &message)
+            .with_context(context.clone())
+            .await;
         let outcome = async {
             match result {
                 Ok(applied) => {

@@ -84,7 +84,12 @@ pub struct Permit {
 }
 
 impl Breaker {
-    pub fn new(name: &'static str, settings: Settings, state_gauge: Gauge, rejections: Counter) -> Self {
+    pub fn new(
+        name: &'static str,
+        settings: Settings,
+        state_gauge: Gauge,
+        rejections: Counter,
+    ) -> Self {
         state_gauge.set(0.0, &[("dependency", name)]);
         Breaker {
             name,
@@ -110,9 +115,15 @@ impl Breaker {
 
     fn set_state(&self, inner: &mut Inner, state: State) {
         if inner.state != state {
-            tracing::info!(dependency = self.name, from = inner.state.as_str(), to = state.as_str(), "circuit breaker changed state");
+            tracing::info!(
+                dependency = self.name,
+                from = inner.state.as_str(),
+                to = state.as_str(),
+                "circuit breaker changed state"
+            );
             inner.state = state;
-            self.state_gauge.set(state.gauge(), &[("dependency", self.name)]);
+            self.state_gauge
+                .set(state.gauge(), &[("dependency", self.name)]);
         }
     }
 
@@ -161,7 +172,9 @@ impl Breaker {
         }
         let calls = inner.outcomes.len();
         let failures = inner.outcomes.iter().filter(|ok| !**ok).count();
-        if calls >= self.settings.min_calls && failures as f64 / calls as f64 >= self.settings.failure_rate {
+        if calls >= self.settings.min_calls
+            && failures as f64 / calls as f64 >= self.settings.failure_rate
+        {
             inner.opened_at = Instant::now();
             inner.outcomes.clear();
             self.set_state(&mut inner, State::Open);
@@ -190,11 +203,20 @@ mod tests {
     use super::*;
 
     fn breaker(open_for: Duration) -> Breaker {
-        let agent = agent::builder().disabled(true).json_logs(false).start().unwrap();
+        let agent = agent::builder()
+            .disabled(true)
+            .json_logs(false)
+            .start()
+            .unwrap();
         let a = agent.agent().clone();
         Breaker::new(
             "dep",
-            Settings { window: 10, min_calls: 4, failure_rate: 0.5, open_for },
+            Settings {
+                window: 10,
+                min_calls: 4,
+                failure_rate: 0.5,
+                open_for,
+            },
             a.gauge("test.breaker.state"),
             a.counter("test.breaker.rejections"),
         )

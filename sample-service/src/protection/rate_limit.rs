@@ -118,12 +118,14 @@ impl RedisRateLimiter {
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, key: &str, policy: Policy) -> Result<Decision, LimitError> {
-        let (allowed, remaining, retry_ms, reset_ms): (i64, i64, i64, i64) = self
-            .script
-            .key(self.redis.key(&format!("rl:{key}")))
-            .arg(policy.interval_ms())
-            .arg(policy.burst)
-            .invoke_async(&mut self.redis.conn())
+        let mut conn = self.redis.conn();
+        let mut check = self.script.key(self.redis.key(&format!("rl:{key}")));
+        check.arg(policy.interval_ms()).arg(policy.burst);
+        let (allowed, remaining, retry_ms, reset_ms): (i64, i64, i64, i64) =
+            crate::telemetry::traced(
+                self.redis.span("EVALSHA gcra"),
+                check.invoke_async(&mut conn),
+            )
             .await
             .map_err(|e| LimitError(e.to_string()))?;
         Ok(Decision {
@@ -207,7 +209,11 @@ fn set_headers(response: &mut Response, policy: Policy, d: &Decision) {
     );
     put(
         "ratelimit",
-        format!("\"default\";r={};t={}", d.remaining, d.reset.as_secs_f64().ceil() as u64),
+        format!(
+            "\"default\";r={};t={}",
+            d.remaining,
+            d.reset.as_secs_f64().ceil() as u64
+        ),
     );
 }
 
@@ -227,7 +233,10 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         let mut response = Problem::retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests",
-            format!("rate limit of {} requests per second exceeded", policy.per_second),
+            format!(
+                "rate limit of {} requests per second exceeded",
+                policy.per_second
+            ),
             retry,
         )
         .into_response();
@@ -245,7 +254,10 @@ mod tests {
 
     #[test]
     fn gcra_allows_the_burst_then_the_rate() {
-        let policy = Policy { per_second: 10.0, burst: 5 };
+        let policy = Policy {
+            per_second: 10.0,
+            burst: 5,
+        };
         let mut tat = None;
         let mut allowed = 0;
         for _ in 0..8 {
@@ -268,7 +280,10 @@ mod tests {
     #[tokio::test]
     async fn local_limiter_keeps_keys_apart() {
         let limiter = LocalRateLimiter::new();
-        let policy = Policy { per_second: 1.0, burst: 2 };
+        let policy = Policy {
+            per_second: 1.0,
+            burst: 2,
+        };
         for key in ["a", "b"] {
             assert!(limiter.check(key, policy).await.unwrap().allowed);
             assert!(limiter.check(key, policy).await.unwrap().allowed);

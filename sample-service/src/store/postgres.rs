@@ -123,7 +123,10 @@ impl Catalog for Postgres {
             sqlx::query(&sql).bind(ids).fetch_all(&self.pool),
         )
         .await?;
-        Ok(rows.iter().map(product).collect::<std::result::Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(product)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     async fn create_product(&self, p: NewProduct) -> Result<Product> {
@@ -418,7 +421,11 @@ impl Postgres {
 #[async_trait]
 impl SideEffects for Postgres {
     async fn apply(&self, consumer: &str, message: &OutboxMessage) -> Result<Applied> {
-        Ok(traced(self.span("INSERT processed_messages"), self.apply_tx(consumer, message)).await?)
+        Ok(traced(
+            self.span("INSERT processed_messages"),
+            self.apply_tx(consumer, message),
+        )
+        .await?)
     }
 
     async fn dead_letter(

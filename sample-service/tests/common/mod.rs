@@ -31,7 +31,10 @@ pub struct Env {
 
 impl Env {
     pub async fn new(test: &str) -> Env {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let name = format!("shop_{test}_{}_{nanos}", std::process::id());
         let admin = admin().await;
         sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -42,8 +45,15 @@ impl Env {
         let database_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         // Migrated here (the shop would do it too) so that the statistics a test
         // takes as its baseline already include the schema's own table scans.
-        let db = PgPoolOptions::new().max_connections(1).connect(&database_url).await.unwrap();
-        sqlx::migrate!("./migrations").run(&db).await.expect("migrations apply");
+        let db = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url)
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations")
+            .run(&db)
+            .await
+            .expect("migrations apply");
         db.close().await;
         Env { database_url, name }
     }
@@ -93,9 +103,12 @@ impl Env {
             }
         }
         let admin = admin().await;
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&admin)
-            .await;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await;
     }
 }
 
@@ -128,7 +141,9 @@ pub struct RunningShop {
 
 impl RunningShop {
     pub async fn start(config: Config, endpoint: Option<&str>) -> RunningShop {
-        let guard = agent_builder("shop", endpoint).start().expect("agent starts");
+        let guard = agent_builder("shop", endpoint)
+            .start()
+            .expect("agent starts");
         let endpoint = endpoint.map(str::to_string);
         let factory: sample_service::AgentFactory =
             Arc::new(move |name| agent_builder(name, endpoint.as_deref()));
@@ -136,7 +151,11 @@ impl RunningShop {
             .await
             .expect("the shop starts on the local backends");
         let base = format!("http://{}", shop.addr);
-        RunningShop { shop, agent: guard, base }
+        RunningShop {
+            shop,
+            agent: guard,
+            base,
+        }
     }
 
     pub async fn stop(self) {
@@ -151,7 +170,10 @@ pub fn token(subject: &str, scope: &str) -> String {
 }
 
 pub fn token_with(subject: &str, scope: &str, audience: &str, expires_in: i64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let claims = json!({
         "iss": "shop-dev", "aud": audience, "sub": subject, "scope": scope,
         "iat": now, "nbf": now - 5, "exp": now + expires_in,
@@ -165,12 +187,20 @@ pub fn token_with(subject: &str, scope: &str, audience: &str, expires_in: i64) -
 /// A token signed HS256 with the public key's PEM as the secret: the classic
 /// algorithm-confusion attack on RS256 verifiers.
 pub fn hs256_with_public_key(subject: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let claims = json!({"iss": "shop-dev", "aud": "shop-api", "sub": subject, "scope": "orders:write", "exp": now + 3600});
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("dev-1".into());
     let secret = std::fs::read(PUBLIC_KEY).unwrap();
-    encode(&header, &claims, &EncodingKey::from_secret(&secret).unwrap()).unwrap()
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(&secret).unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn client() -> reqwest::Client {
@@ -242,7 +272,10 @@ impl ShopProcess {
             r.status().is_success().then_some(())
         })
         .await;
-        assert!(ready.is_some(), "the shop process at {base} did not become ready");
+        assert!(
+            ready.is_some(),
+            "the shop process at {base} did not become ready"
+        );
         ShopProcess { child, base }
     }
 
@@ -318,6 +351,9 @@ pub async fn product_reads_seen_by_postgres(env: &Env, at_least: i64) -> i64 {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let n = read().await;
     db.close().await;
-    assert!(reached.is_some(), "PostgreSQL never counted {at_least} product reads (saw {n})");
+    assert!(
+        reached.is_some(),
+        "PostgreSQL never counted {at_least} product reads (saw {n})"
+    );
     n
 }
