@@ -100,8 +100,11 @@ pub enum Scenario {
         other_body: serde_json::Value,
     },
     /// The summary of a created order; `pick` chooses among the orders created so far.
+    /// `fallback` is created instead while there is none yet (drawn up front so the
+    /// sequence does not depend on timing).
     Summary {
         pick: u64,
+        fallback: Order,
     },
 }
 
@@ -171,7 +174,10 @@ impl Plan {
                 other_body["items"][0]["quantity"] = json!(q + 1);
                 Scenario::MismatchedOrder { order, other_body }
             }
-            Kind::Summary => Scenario::Summary { pick: rng.random() },
+            Kind::Summary => Scenario::Summary {
+                pick: rng.random(),
+                fallback: self.order(rng, principal, false),
+            },
         };
         Step {
             principal,
@@ -180,7 +186,7 @@ impl Plan {
         }
     }
 
-    pub fn order<R: Rng + ?Sized>(&self, rng: &mut R, principal: u32, poison: bool) -> Order {
+    fn order<R: Rng + ?Sized>(&self, rng: &mut R, principal: u32, poison: bool) -> Order {
         let bits: u128 = rng.random::<u128>() ^ self.run_nonce;
         let key = uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid();
         let lines = rng.random_range(1..=3usize);

@@ -37,11 +37,9 @@ impl Bar {
         }
         let bar = ProgressBar::with_draw_target(Some(requests), ProgressDrawTarget::stderr())
             .with_style(
-                ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} requests  {per_sec}  {msg}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} requests  {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
             );
         let start = Instant::now();
         let b = bar.clone();
@@ -49,10 +47,13 @@ impl Bar {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tick.tick().await;
-                b.set_position(taken(&shared));
-                let left = duration.saturating_sub(start.elapsed());
+                let sent = taken(&shared);
+                b.set_position(sent);
+                let elapsed = start.elapsed();
+                let left = duration.saturating_sub(elapsed);
                 b.set_message(format!(
-                    "{:.0}s left  answered {}  transport errors {}",
+                    "{:.0} req/s  {:.0}s left  answered {}  transport errors {}",
+                    sent as f64 / elapsed.as_secs_f64().max(0.001),
                     left.as_secs_f64(),
                     progress.answered.load(Ordering::Relaxed),
                     progress.transport_errors.load(Ordering::Relaxed),

@@ -6,7 +6,8 @@
 //! seed                u64, the mix seed (given or drawn)
 //! base_urls           [string]
 //! concurrency, principals, products      the flags
-//! elapsed_s           f64, wall time from the first request to the last answer
+//! elapsed_s           f64, wall time from the start until every worker and the burst
+//!                     task finished
 //! stopped_by          "requests" | "duration" | "no_answer"
 //! requests            u64, requests sent (= total.requests)
 //! held_back           u64, times a request waited or a scenario moved to another principal

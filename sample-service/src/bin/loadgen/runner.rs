@@ -74,9 +74,9 @@ struct Request<'a> {
     wait_if_held: bool,
 }
 
-enum Sent {
+enum Attempt {
     /// Budget or time ran out, or the principal was held and the caller would not wait.
-    NotSent,
+    Skipped,
     Failed,
     Answered(Answer),
 }
@@ -99,7 +99,8 @@ pub struct Shared {
     budget: Budget,
     holds: Holds,
     traceparent: bool,
-    orders: Mutex<Vec<String>>,
+    /// Locations of created orders; once full, the oldest is replaced.
+    orders: Mutex<(Vec<String>, usize)>,
     traces: Mutex<Vec<OrderTrace>>,
     progress: Arc<Progress>,
     first_error: Mutex<Option<String>>,
@@ -113,21 +114,21 @@ impl Shared {
         format!("{}{}", self.base_urls[i], path)
     }
 
-    async fn send(&self, req: Request<'_>, stats: &mut Stats) -> Sent {
+    async fn send(&self, req: Request<'_>, stats: &mut Stats) -> Attempt {
         let deadline = self.budget.deadline();
         if req.wait_if_held {
             if !self.holds.wait(req.principal, deadline).await {
-                return Sent::NotSent;
+                return Attempt::Skipped;
             }
         } else if self
             .holds
             .held_until(req.principal, Instant::now())
             .is_some()
         {
-            return Sent::NotSent;
+            return Attempt::Skipped;
         }
         if !self.budget.take() {
-            return Sent::NotSent;
+            return Attempt::Skipped;
         }
         let sent = self.exchange(&req).await;
         match &sent {
@@ -166,8 +167,8 @@ impl Shared {
             }
         }
         match sent {
-            Ok((answer, _)) => Sent::Answered(answer),
-            Err(_) => Sent::Failed,
+            Ok((answer, _)) => Attempt::Answered(answer),
+            Err(_) => Attempt::Failed,
         }
     }
 
@@ -197,7 +198,11 @@ impl Shared {
             .await
             .with_context(|| format!("{} {url}", req.method))?;
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        let headers = response.headers();
+        let retry_after = parse_retry_after(header_str(headers, RETRY_AFTER.as_str()));
+        let location = header_str(headers, LOCATION.as_str()).map(location_path);
+        let replayed = header_str(headers, "idempotent-replayed")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         // The latency includes the whole body: that is what a client waits for.
         let body = response
             .bytes()
@@ -211,10 +216,9 @@ impl Shared {
         Ok((
             Answer {
                 status,
-                retry_after: parse_retry_after(header_str(&headers, RETRY_AFTER.as_str())),
-                location: header_str(&headers, LOCATION.as_str()).map(location_path),
-                replayed: header_str(&headers, "idempotent-replayed")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+                retry_after,
+                location,
+                replayed,
                 order_status,
                 trace,
             },
@@ -224,12 +228,13 @@ impl Shared {
 
     fn remember_order(&self, location: &str, answer: &Answer) {
         {
-            let mut orders = self.orders.lock().expect("poisoned");
+            let mut guard = self.orders.lock().expect("poisoned");
+            let (orders, next) = &mut *guard;
             if orders.len() < ORDER_POOL {
                 orders.push(location.to_string());
             } else {
-                let i = (answer.status as usize + orders.len()) % ORDER_POOL;
-                orders[i] = location.to_string();
+                orders[*next] = location.to_string();
+                *next = (*next + 1) % ORDER_POOL;
             }
         }
         if let Some(t) = &answer.trace {
@@ -246,7 +251,8 @@ impl Shared {
     }
 
     fn pick_order(&self, pick: u64) -> Option<String> {
-        let orders = self.orders.lock().expect("poisoned");
+        let guard = self.orders.lock().expect("poisoned");
+        let orders = &guard.0;
         (!orders.is_empty()).then(|| orders[(pick % orders.len() as u64) as usize].clone())
     }
 }
@@ -290,7 +296,7 @@ pub fn shared(
         budget: Budget::new(config.requests, Instant::now() + config.duration),
         holds: Holds::new(principals),
         traceparent: config.traceparent,
-        orders: Mutex::new(Vec::new()),
+        orders: Mutex::new((Vec::new(), 0)),
         traces: Mutex::new(Vec::new()),
         progress,
         first_error: Mutex::new(None),
@@ -381,11 +387,11 @@ async fn worker(shared: &Shared, mut rng: StdRng) -> Stats {
         };
         let Some(principal) = principal else { break };
         step.principal = principal;
-        if let Scenario::Summary { pick } = step.scenario {
-            if shared.pick_order(pick).is_none() {
-                // Nothing to summarise yet: create the order first.
+        if let Scenario::Summary { pick, fallback } = &step.scenario {
+            if shared.pick_order(*pick).is_none() {
+                // Nothing to summarise yet: create an order instead.
                 step.scenario = Scenario::Order {
-                    order: shared.plan.order(&mut rng, principal, false),
+                    order: fallback.clone(),
                     poison: false,
                 };
             }
@@ -480,7 +486,7 @@ async fn run_scenario(shared: &Shared, principal: u32, scenario: &Scenario, stat
             shared.send(reuse, stats).await;
             poll(shared, principal, location, stats).await;
         }
-        Scenario::Summary { pick } => {
+        Scenario::Summary { pick, .. } => {
             if let Some(location) = shared.pick_order(*pick) {
                 let path = format!("{location}/summary");
                 shared
@@ -501,8 +507,8 @@ async fn create(
 ) -> Option<String> {
     let req = order_request(principal, &order.idempotency_key, &order.body, expected);
     match shared.send(req, stats).await {
-        Sent::Answered(a) => accepted(shared, &a),
-        Sent::NotSent | Sent::Failed => None,
+        Attempt::Answered(a) => accepted(shared, &a),
+        Attempt::Skipped | Attempt::Failed => None,
     }
 }
 
@@ -537,7 +543,7 @@ async fn concurrent_copies(
     let mut location = None;
     let mut conflict_wait = None;
     for a in &answers {
-        if let Sent::Answered(a) = a {
+        if let Attempt::Answered(a) = a {
             if let Some(l) = accepted(shared, a) {
                 location.get_or_insert(l);
             }
@@ -550,7 +556,7 @@ async fn concurrent_copies(
         let deadline = shared.budget.deadline();
         tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
         let req = order_request(principal, &order.idempotency_key, &order.body, &[409]);
-        if let Sent::Answered(a) = shared.send(req, stats).await {
+        if let Attempt::Answered(a) = shared.send(req, stats).await {
             if let Some(l) = accepted(shared, &a) {
                 location.get_or_insert(l);
             }
@@ -569,7 +575,7 @@ async fn poll(shared: &Shared, principal: u32, location: Option<String>, stats: 
         }
         let req = get_request(Route::GetOrder, principal, location.clone());
         match shared.send(req, stats).await {
-            Sent::Answered(a) if a.status == 200 => {
+            Attempt::Answered(a) if a.status == 200 => {
                 if a.order_status.as_deref() != Some("pending") {
                     return;
                 }
@@ -633,7 +639,7 @@ async fn bursts(
             };
             stats.merge(&s);
             match sent {
-                Sent::Answered(a) => {
+                Attempt::Answered(a) => {
                     entry.sent += 1;
                     match a.status {
                         429 => {
@@ -647,9 +653,9 @@ async fn bursts(
                         _ => {}
                     }
                 }
-                Sent::Failed => entry.sent += 1,
+                Attempt::Failed => entry.sent += 1,
                 // Held (by our own 429 or another worker's) or out of budget: stop firing.
-                Sent::NotSent => throttled = true,
+                Attempt::Skipped => throttled = true,
             }
         }
         log.push(entry);
