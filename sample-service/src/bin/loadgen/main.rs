@@ -7,6 +7,8 @@
 //! - [`stats`] per-route counts and histograms; [`report`] the table and the JSON (its fields
 //!   are documented there); [`progress`] the bar on stderr.
 //!
+//! Ctrl-C stops the run early and still prints the report.
+//!
 //! Exit codes: 0 when the run completed, whatever the service answered; 1 when no request got
 //! any answer (service down) or setup failed (key, JSON file); 2 for bad flags.
 
@@ -96,7 +98,17 @@ async fn run(args: cli::Args) -> Result<ExitCode> {
         shared.clone(),
         progress,
     );
+    let on_ctrl_c = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("loadgen: interrupted, finishing the requests in flight");
+                runner::interrupt(&shared);
+            }
+        })
+    };
     let outcome = runner::run(&config, shared).await;
+    on_ctrl_c.abort();
     bar.finish();
 
     let report = Report::new(

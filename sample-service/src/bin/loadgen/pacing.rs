@@ -29,10 +29,6 @@ impl Budget {
         }
     }
 
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     /// Claims one request; false once the count is spent, the deadline passed or the run
     /// was stopped.
     pub fn take(&self) -> bool {
@@ -43,6 +39,10 @@ impl Budget {
         if n >= self.limit {
             self.taken.fetch_sub(1, Ordering::Relaxed);
             return false;
+        }
+        if n + 1 == self.limit {
+            // The last request: wake everyone who sleeps towards a next one.
+            self.stop();
         }
         true
     }
@@ -61,15 +61,34 @@ impl Budget {
             || Instant::now() >= self.deadline
     }
 
+    /// No request starts after this; every sleeper wakes up.
     pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-        // notify_one keeps a permit, so a stop between the check and the wait is not lost.
-        self.wake.notify_one();
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
     }
 
-    /// Resolves after [`Budget::stop`].
+    /// Resolves once [`Budget::stop`] was called (also when that happened before).
     pub async fn stopped(&self) {
-        self.wake.notified().await;
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Register before checking the flag, so a stop in between is not lost.
+            notified.as_mut().enable();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sleeps until `t`, the deadline or a stop, whichever comes first; false unless `t`
+    /// came first.
+    pub async fn sleep_until(&self, t: Instant) -> bool {
+        let wake = t.min(self.deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => t <= self.deadline && !self.is_over(),
+            _ = self.stopped() => false,
+        }
     }
 }
 
@@ -138,12 +157,12 @@ impl Holds {
         Err(earliest.expect("at least one principal"))
     }
 
-    /// Waits until `principal` is free; false when the deadline comes first.
-    pub async fn wait(&self, principal: u32, deadline: Instant) -> bool {
+    /// Waits until `principal` is free; false when the run ends first.
+    pub async fn wait(&self, principal: u32, budget: &Budget) -> bool {
         let mut counted = false;
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if budget.is_over() {
                 return false;
             }
             // Re-read after every sleep: another answer may have extended the hold.
@@ -154,7 +173,9 @@ impl Holds {
                         self.held_back.fetch_add(1, Ordering::Relaxed);
                         counted = true;
                     }
-                    tokio::time::sleep_until(t.min(deadline)).await;
+                    if !budget.sleep_until(t).await {
+                        return false;
+                    }
                 }
             }
         }
@@ -233,11 +254,46 @@ mod tests {
     async fn wait_sleeps_until_the_hold_ends_or_the_deadline() {
         let h = Holds::new(2);
         let start = Instant::now();
+        let budget = Budget::new(100, start + Duration::from_secs(10));
         h.hold(0, start + Duration::from_secs(2));
-        assert!(h.wait(0, start + Duration::from_secs(10)).await);
+        assert!(h.wait(0, &budget).await);
         assert!(Instant::now() >= start + Duration::from_secs(2));
         h.hold(1, Instant::now() + Duration::from_secs(30));
-        assert!(!h.wait(1, Instant::now() + Duration::from_secs(1)).await);
-        assert!(h.wait(0, Instant::now() + Duration::from_secs(1)).await);
+        assert!(!h.wait(1, &budget).await, "the deadline comes first");
+        assert_eq!(Instant::now(), start + Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_wakes_every_sleeper() {
+        let budget =
+            std::sync::Arc::new(Budget::new(100, Instant::now() + Duration::from_secs(60)));
+        let h = std::sync::Arc::new(Holds::new(1));
+        let start = Instant::now();
+        h.hold(0, start + Duration::from_secs(50));
+        let waiter = {
+            let (b, h) = (budget.clone(), h.clone());
+            tokio::spawn(async move { h.wait(0, &b).await })
+        };
+        let sleeper = {
+            let b = budget.clone();
+            tokio::spawn(async move { b.sleep_until(start + Duration::from_secs(40)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        budget.stop();
+        assert!(!waiter.await.unwrap());
+        assert!(!sleeper.await.unwrap());
+        assert!(Instant::now() < start + Duration::from_secs(2));
+        // A stop before the wait is not lost either.
+        budget.stopped().await;
+    }
+
+    #[test]
+    fn taking_the_last_request_stops_the_budget() {
+        let b = Budget::new(2, Instant::now() + Duration::from_secs(60));
+        assert!(b.take());
+        assert!(!b.is_over());
+        assert!(b.take());
+        assert!(b.is_over());
+        assert_eq!(b.taken(), 2);
     }
 }

@@ -8,7 +8,7 @@
 //! concurrency, principals, products      the flags
 //! elapsed_s           f64, wall time from the start until every worker and the burst
 //!                     task finished
-//! stopped_by          "requests" | "duration" | "no_answer"
+//! stopped_by          "requests" | "duration" | "no_answer" | "interrupted"
 //! requests            u64, requests sent (= total.requests)
 //! held_back           u64, times a request waited or a scenario moved to another principal
 //!                     because of a Retry-After (429 / 503)
@@ -65,6 +65,7 @@ pub enum StopReason {
     Requests,
     Duration,
     NoAnswer,
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -228,6 +229,7 @@ impl Report {
                 StopReason::Requests => "--requests",
                 StopReason::Duration => "--duration",
                 StopReason::NoAnswer => "no answer",
+                StopReason::Interrupted => "Ctrl-C",
             },
             t.ok,
             t.expected_4xx,

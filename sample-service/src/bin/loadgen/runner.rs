@@ -106,6 +106,7 @@ pub struct Shared {
     first_error: Mutex<Option<String>>,
     /// Transport errors before the first answer after which the service counts as down.
     give_up_after: u64,
+    interrupted: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -115,9 +116,8 @@ impl Shared {
     }
 
     async fn send(&self, req: Request<'_>, stats: &mut Stats) -> Attempt {
-        let deadline = self.budget.deadline();
         if req.wait_if_held {
-            if !self.holds.wait(req.principal, deadline).await {
+            if !self.holds.wait(req.principal, &self.budget).await {
                 return Attempt::Skipped;
             }
         } else if self
@@ -301,11 +301,18 @@ pub fn shared(
         progress,
         first_error: Mutex::new(None),
         give_up_after: u64::from(config.concurrency).max(5) * 2,
+        interrupted: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 
 pub fn taken(shared: &Shared) -> u64 {
     shared.budget.taken()
+}
+
+/// Ctrl-C: start no more requests, let the ones in flight finish, report.
+pub fn interrupt(shared: &Shared) {
+    shared.interrupted.store(true, Ordering::SeqCst);
+    shared.budget.stop();
 }
 
 pub async fn run(config: &Config, shared: Arc<Shared>) -> Outcome {
@@ -351,6 +358,8 @@ pub async fn run(config: &Config, shared: Arc<Shared>) -> Outcome {
     let answered = shared.progress.answered.load(Ordering::Relaxed);
     let stopped_by = if answered == 0 {
         StopReason::NoAnswer
+    } else if shared.interrupted.load(Ordering::SeqCst) {
+        StopReason::Interrupted
     } else if shared.budget.count_spent() {
         StopReason::Requests
     } else {
@@ -377,11 +386,9 @@ async fn worker(shared: &Shared, mut rng: StdRng) -> Stats {
             match shared.holds.pick(step.principal, Instant::now()) {
                 Ok(p) => break Some(p),
                 Err(until) => {
-                    let deadline = shared.budget.deadline();
-                    if shared.budget.is_over() {
+                    if !shared.budget.sleep_until(until).await {
                         break None;
                     }
-                    tokio::time::sleep_until(until.min(deadline)).await;
                 }
             }
         };
@@ -553,8 +560,9 @@ async fn concurrent_copies(
         }
     }
     if let Some(wait) = conflict_wait {
-        let deadline = shared.budget.deadline();
-        tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+        if !shared.budget.sleep_until(Instant::now() + wait).await {
+            return location;
+        }
         let req = order_request(principal, &order.idempotency_key, &order.body, &[409]);
         if let Attempt::Answered(a) = shared.send(req, stats).await {
             if let Some(l) = accepted(shared, &a) {
@@ -569,9 +577,9 @@ async fn concurrent_copies(
 async fn poll(shared: &Shared, principal: u32, location: Option<String>, stats: &mut Stats) {
     let Some(location) = location else { return };
     for i in 0..MAX_POLLS {
-        if i > 0 {
-            let deadline = shared.budget.deadline();
-            tokio::time::sleep_until((Instant::now() + POLL_INTERVAL).min(deadline)).await;
+        let next = Instant::now() + POLL_INTERVAL;
+        if i > 0 && !shared.budget.sleep_until(next).await {
+            return;
         }
         let req = get_request(Route::GetOrder, principal, location.clone());
         match shared.send(req, stats).await {
@@ -601,11 +609,7 @@ async fn bursts(
     let mut next = Instant::now() + every;
     let mut turn: u32 = (seed % u64::from(principals)) as u32;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.min(shared.budget.deadline())) => {}
-            _ = shared.budget.stopped() => {}
-        }
-        if shared.budget.is_over() {
+        if !shared.budget.sleep_until(next).await {
             break;
         }
         next += every;
