@@ -99,8 +99,9 @@ pub struct Shared {
     budget: Budget,
     holds: Holds,
     traceparent: bool,
-    /// Locations of created orders; once full, the oldest is replaced.
-    orders: Mutex<(Vec<String>, usize)>,
+    /// Created orders (owner principal, Location); once full, the oldest is replaced.
+    /// Orders are scoped to their principal, so only the owner may read one.
+    orders: Mutex<(Vec<(u32, String)>, usize)>,
     traces: Mutex<Vec<OrderTrace>>,
     progress: Arc<Progress>,
     first_error: Mutex<Option<String>>,
@@ -226,14 +227,14 @@ impl Shared {
         ))
     }
 
-    fn remember_order(&self, location: &str, answer: &Answer) {
+    fn remember_order(&self, principal: u32, location: &str, answer: &Answer) {
         {
             let mut guard = self.orders.lock().expect("poisoned");
             let (orders, next) = &mut *guard;
             if orders.len() < ORDER_POOL {
-                orders.push(location.to_string());
+                orders.push((principal, location.to_string()));
             } else {
-                orders[*next] = location.to_string();
+                orders[*next] = (principal, location.to_string());
                 *next = (*next + 1) % ORDER_POOL;
             }
         }
@@ -250,7 +251,7 @@ impl Shared {
         }
     }
 
-    fn pick_order(&self, pick: u64) -> Option<String> {
+    fn pick_order(&self, pick: u64) -> Option<(u32, String)> {
         let guard = self.orders.lock().expect("poisoned");
         let orders = &guard.0;
         (!orders.is_empty()).then(|| orders[(pick % orders.len() as u64) as usize].clone())
@@ -494,10 +495,10 @@ async fn run_scenario(shared: &Shared, principal: u32, scenario: &Scenario, stat
             poll(shared, principal, location, stats).await;
         }
         Scenario::Summary { pick, .. } => {
-            if let Some(location) = shared.pick_order(*pick) {
+            if let Some((owner, location)) = shared.pick_order(*pick) {
                 let path = format!("{location}/summary");
                 shared
-                    .send(get_request(Route::OrderSummary, principal, path), stats)
+                    .send(get_request(Route::OrderSummary, owner, path), stats)
                     .await;
             }
         }
@@ -514,18 +515,18 @@ async fn create(
 ) -> Option<String> {
     let req = order_request(principal, &order.idempotency_key, &order.body, expected);
     match shared.send(req, stats).await {
-        Attempt::Answered(a) => accepted(shared, &a),
+        Attempt::Answered(a) => accepted(shared, principal, &a),
         Attempt::Skipped | Attempt::Failed => None,
     }
 }
 
-fn accepted(shared: &Shared, a: &Answer) -> Option<String> {
+fn accepted(shared: &Shared, principal: u32, a: &Answer) -> Option<String> {
     if a.status != 202 {
         return None;
     }
     let location = a.location.clone()?;
     if !a.replayed {
-        shared.remember_order(&location, a);
+        shared.remember_order(principal, &location, a);
     }
     Some(location)
 }
@@ -551,7 +552,7 @@ async fn concurrent_copies(
     let mut conflict_wait = None;
     for a in &answers {
         if let Attempt::Answered(a) = a {
-            if let Some(l) = accepted(shared, a) {
+            if let Some(l) = accepted(shared, principal, a) {
                 location.get_or_insert(l);
             }
             if a.status == 409 {
@@ -565,7 +566,7 @@ async fn concurrent_copies(
         }
         let req = order_request(principal, &order.idempotency_key, &order.body, &[409]);
         if let Attempt::Answered(a) = shared.send(req, stats).await {
-            if let Some(l) = accepted(shared, &a) {
+            if let Some(l) = accepted(shared, principal, &a) {
                 location.get_or_insert(l);
             }
         }

@@ -1,0 +1,84 @@
+//! The load generator against the real shop on the real backends, bounded by count.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bounded_load_run_gets_answers_from_every_route() {
+    let env = Env::new("loadgen").await;
+    let mut config = env.config();
+    // The real rate limit, so the bursts meet it.
+    config.rate_limit_per_second = 50.0;
+    config.rate_limit_burst = 100;
+    config.max_attempts = 2;
+    config.retry_base = std::time::Duration::from_millis(100);
+    let shop = RunningShop::start(config, None).await;
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let base = shop.base.clone();
+    let path = report.path().to_path_buf();
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                "--base-url",
+                &base,
+                "--requests",
+                "800",
+                "--duration",
+                "60s",
+                "--concurrency",
+                "8",
+            ])
+            .args([
+                "--principals",
+                "4",
+                "--seed",
+                "7",
+                "--burst-every",
+                "1s",
+                "--no-progress",
+                "--json",
+            ])
+            .arg(&path)
+            .arg("--jwt-private-key")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/dev-keys/jwt-private.pem"
+            ))
+            .status()
+            .expect("run loadgen")
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
+    let total = &report["total"];
+    assert_eq!(total["requests"], 800, "{report:#}");
+    assert_eq!(total["outcomes"]["server_error"], 0, "no 5xx: {report:#}");
+    assert_eq!(total["outcomes"]["transport_error"], 0, "{report:#}");
+    assert_eq!(total["outcomes"]["unexpected_status"], 0, "{report:#}");
+    let routes: Vec<&str> = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    for route in [
+        "GET /categories",
+        "GET /products/{id}",
+        "POST /orders",
+        "GET /orders/{id}",
+        "GET /orders/{id}/summary",
+    ] {
+        assert!(routes.contains(&route), "{route} in {routes:?}");
+    }
+    assert!(
+        total["replayed"].as_u64().unwrap() > 0,
+        "duplicate orders were replayed"
+    );
+    shop.stop().await;
+    env.cleanup().await;
+}
