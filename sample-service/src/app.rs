@@ -21,17 +21,19 @@ use crate::config::{Config, Role};
 use crate::downstream::fanout::{Downstream, Fanout};
 use crate::downstream::simulator;
 use crate::faults::FaultSwitch;
+use crate::idempotency::embedded::SledIdempotency;
 use crate::idempotency::redis::RedisIdempotency;
 use crate::idempotency::IdempotencyStore;
+use crate::messaging::embedded::SledBroker;
 use crate::messaging::rabbitmq::{self, RabbitMq};
 use crate::messaging::relay::Relay;
 use crate::messaging::worker::Workers;
 use crate::messaging::Broker;
 use crate::metrics::PatternMetrics;
 use crate::protection::breaker::{self, Breaker};
-use crate::protection::rate_limit::{Policy, RateLimiter, RedisRateLimiter};
+use crate::protection::rate_limit::{LocalRateLimiter, Policy, RateLimiter, RedisRateLimiter};
 use crate::protection::shed::Limits;
-use crate::store::{Catalog, Orders, Postgres};
+use crate::store::{Catalog, Embedded, Orders, Outbox, Postgres, SideEffects};
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -53,11 +55,16 @@ pub struct AppState {
     pub backends: Arc<Backends>,
 }
 
-/// The backends, for readiness.
-pub struct Backends {
-    postgres: Arc<Postgres>,
-    redis: Redis,
-    broker: Arc<RabbitMq>,
+/// The backends, for readiness and shutdown.
+pub enum Backends {
+    Networked {
+        postgres: Arc<Postgres>,
+        redis: Redis,
+        broker: Arc<RabbitMq>,
+    },
+    Embedded {
+        store: Arc<Embedded>,
+    },
 }
 
 async fn within(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
@@ -68,17 +75,112 @@ async fn within(f: impl std::future::Future<Output = Result<(), String>>) -> Res
 
 impl Backends {
     pub async fn check(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let (pg, redis, mq) = tokio::join!(
-            within(async { self.postgres.ping().await.map_err(|e| e.to_string()) }),
-            within(async { self.redis.ping().await.map_err(|e| e.to_string()) }),
-            within(async {
-                match self.broker.healthy().await {
-                    true => Ok(()),
-                    false => Err("not connected".to_string()),
+        match self {
+            Backends::Networked { postgres, redis, broker } => {
+                let (pg, redis, mq) = tokio::join!(
+                    within(async { postgres.ping().await.map_err(|e| e.to_string()) }),
+                    within(async { redis.ping().await.map_err(|e| e.to_string()) }),
+                    within(async {
+                        match broker.healthy().await {
+                            true => Ok(()),
+                            false => Err("not connected".to_string()),
+                        }
+                    }),
+                );
+                vec![("postgresql", pg), ("redis", redis), ("rabbitmq", mq)]
+            }
+            Backends::Embedded { store } => {
+                let sled = within(async { store.db().get("readiness").map(drop).map_err(|e| e.to_string()) }).await;
+                vec![("sled", sled)]
+            }
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Backends::Networked { postgres, .. } => postgres.close().await,
+            Backends::Embedded { store } => {
+                if let Err(e) = store.flush().await {
+                    tracing::error!(error = %e, "flushing the embedded storage failed");
                 }
-            }),
+            }
+        }
+    }
+}
+
+/// Where each kind of state lives in this process.
+struct Storage {
+    catalog: Arc<dyn Catalog>,
+    orders: Arc<dyn Orders>,
+    outbox: Arc<dyn Outbox>,
+    effects: Arc<dyn SideEffects>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    rate_limiter: Arc<dyn RateLimiter>,
+    shared_cache: Option<Arc<dyn SharedCache>>,
+    broker: Arc<dyn Broker>,
+    backends: Backends,
+}
+
+impl Storage {
+    async fn networked(config: &Config, agent: &Agent) -> anyhow::Result<Storage> {
+        let (Some(database_url), Some(redis_url), Some(amqp_url)) =
+            (&config.database_url, &config.redis_url, &config.amqp_url)
+        else {
+            bail!("set all of DATABASE_URL, REDIS_URL and AMQP_URL, or none of them for embedded storage");
+        };
+        let postgres = Arc::new(
+            Postgres::connect(database_url, config.db_max_connections, config.db_statement_timeout, agent.clone())
+                .await
+                .context("connecting to PostgreSQL and applying migrations")?,
         );
-        vec![("postgresql", pg), ("redis", redis), ("rabbitmq", mq)]
+        let redis = Redis::connect(redis_url, &config.prefix, config.redis_timeout, agent.clone())
+            .await
+            .context("connecting to Redis")?;
+        let broker = Arc::new(
+            RabbitMq::connect(rabbitmq::Settings {
+                url: amqp_url.clone(),
+                prefix: config.prefix.clone(),
+                max_attempts: config.max_attempts.max(1),
+                retry_base: config.retry_base,
+                prefetch: config.prefetch,
+            })
+            .await
+            .context("connecting to RabbitMQ and declaring the queues")?,
+        );
+        Ok(Storage {
+            catalog: postgres.clone(),
+            orders: postgres.clone(),
+            outbox: postgres.clone(),
+            effects: postgres.clone(),
+            idempotency: Arc::new(RedisIdempotency::new(redis.clone())),
+            rate_limiter: Arc::new(RedisRateLimiter::new(redis.clone())),
+            shared_cache: Some(Arc::new(redis.clone())),
+            broker: broker.clone(),
+            backends: Backends::Networked { postgres, redis, broker },
+        })
+    }
+
+    /// One process on local disk: sled for every durable thing, the in-process cache
+    /// as the only cache layer, the rate limit in memory.
+    fn embedded(config: &Config) -> anyhow::Result<Storage> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let store = Arc::new(
+            Embedded::open(&config.data_dir)
+                .with_context(|| format!("opening the embedded storage in {} (is another shop using it?)", config.data_dir.display()))?,
+        );
+        let broker = Arc::new(SledBroker::open(store.db().clone(), &config.prefix, config.retry_base, config.prefetch)?);
+        Ok(Storage {
+            catalog: store.clone(),
+            orders: store.clone(),
+            outbox: store.clone(),
+            effects: store.clone(),
+            idempotency: Arc::new(SledIdempotency::open(store.db())?),
+            rate_limiter: Arc::new(LocalRateLimiter::new()),
+            shared_cache: None,
+            broker,
+            backends: Backends::Embedded { store },
+        })
     }
 }
 
@@ -89,8 +191,8 @@ pub type AgentFactory = Arc<dyn Fn(&'static str) -> AgentBuilder + Send + Sync>;
 pub struct Shop {
     pub addr: SocketAddr,
     pub faults: Arc<FaultSwitch>,
-    pub postgres: Arc<Postgres>,
-    pub broker: Arc<RabbitMq>,
+    pub broker: Arc<dyn Broker>,
+    backends: Arc<Backends>,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
@@ -103,11 +205,6 @@ impl Shop {
         agent: Agent,
         downstream_agent: AgentFactory,
     ) -> anyhow::Result<Shop> {
-        let (Some(database_url), Some(redis_url), Some(amqp_url)) =
-            (&config.database_url, &config.redis_url, &config.amqp_url)
-        else {
-            bail!("DATABASE_URL, REDIS_URL and AMQP_URL must all be set");
-        };
         let metrics = PatternMetrics::new(&agent);
         let faults = Arc::new(FaultSwitch::default());
         let verifier = Verifier::from_pem_file(
@@ -116,36 +213,13 @@ impl Shop {
             &config.jwt_issuer,
             &config.jwt_audience,
         )?;
-
-        let postgres = Arc::new(
-            Postgres::connect(
-                database_url,
-                config.db_max_connections,
-                config.db_statement_timeout,
-                agent.clone(),
-            )
-            .await
-            .context("connecting to PostgreSQL and applying migrations")?,
-        );
-        let redis = Redis::connect(
-            redis_url,
-            &config.prefix,
-            config.redis_timeout,
-            agent.clone(),
-        )
-        .await
-        .context("connecting to Redis")?;
-        let broker = Arc::new(
-            RabbitMq::connect(rabbitmq::Settings {
-                url: amqp_url.clone(),
-                prefix: config.prefix.clone(),
-                max_attempts: config.max_attempts.max(1),
-                retry_base: config.retry_base,
-                prefetch: config.prefetch,
-            })
-            .await
-            .context("connecting to RabbitMQ and declaring the queues")?,
-        );
+        let storage = if config.embedded() {
+            tracing::info!(data_dir = %config.data_dir.display(), "no backend URLs: running on embedded storage");
+            Storage::embedded(&config)?
+        } else {
+            Storage::networked(&config, &agent).await?
+        };
+        let backends = Arc::new(storage.backends);
 
         let stop = CancellationToken::new();
         let mut background = Vec::new();
@@ -187,7 +261,6 @@ impl Shop {
             });
         }
 
-        let shared: Arc<dyn SharedCache> = Arc::new(redis.clone());
         let cache = Arc::new(LayeredCache::new(
             CacheSettings {
                 ttl: config.cache_ttl,
@@ -195,22 +268,22 @@ impl Shop {
                 capacity: config.cache_capacity,
                 lock_wait: Duration::from_millis(500),
             },
-            Some(shared),
+            storage.shared_cache,
             faults.clone(),
             metrics.clone(),
         ));
         let state = AppState {
             agent: agent.clone(),
             verifier: Arc::new(verifier),
-            catalog: postgres.clone(),
-            orders: postgres.clone(),
+            catalog: storage.catalog,
+            orders: storage.orders,
             cache,
-            idempotency: Arc::new(RedisIdempotency::new(redis.clone())),
+            idempotency: storage.idempotency,
             // A handler cannot outlive the request deadline, so its claim cannot
             // expire while it still runs.
             idempotency_lease: config.request_timeout + Duration::from_secs(5),
             idempotency_retention: config.idempotency_retention,
-            rate_limiter: Arc::new(RedisRateLimiter::new(redis.clone())),
+            rate_limiter: storage.rate_limiter,
             rate_policy: Policy {
                 per_second: config.rate_limit_per_second,
                 burst: config.rate_limit_burst.max(1),
@@ -222,17 +295,13 @@ impl Shop {
             metrics: metrics.clone(),
             faults: faults.clone(),
             fanout: Arc::new(Fanout::new(services, config.downstream_timeout)),
-            backends: Arc::new(Backends {
-                postgres: postgres.clone(),
-                redis: redis.clone(),
-                broker: broker.clone(),
-            }),
+            backends: backends.clone(),
         };
 
         if config.runs(Role::Relay) {
             let relay = Relay {
-                outbox: postgres.clone(),
-                broker: broker.clone() as Arc<dyn Broker>,
+                outbox: storage.outbox,
+                broker: storage.broker.clone(),
                 agent: agent.clone(),
                 metrics: metrics.clone(),
                 poll: config.outbox_poll,
@@ -241,8 +310,8 @@ impl Shop {
         }
         if config.runs(Role::Worker) {
             let workers = Workers {
-                broker: broker.clone(),
-                effects: postgres.clone(),
+                broker: storage.broker.clone(),
+                effects: storage.effects,
                 agent: agent.clone(),
                 metrics: metrics.clone(),
                 max_attempts: config.max_attempts.max(1),
@@ -271,8 +340,8 @@ impl Shop {
         Ok(Shop {
             addr,
             faults,
-            postgres,
-            broker,
+            broker: storage.broker,
+            backends,
             stop,
             server,
             background,
@@ -297,7 +366,7 @@ impl Shop {
                 tracing::warn!("a background task did not stop within 5 s");
             }
         }
-        self.postgres.close().await;
+        self.backends.close().await;
         for guard in self.downstream_agents {
             let _ = guard.shutdown_async().await;
         }

@@ -27,6 +27,9 @@ pub struct Config {
     /// RabbitMQ URL (work queues).
     #[arg(long, env = "AMQP_URL")]
     pub amqp_url: Option<String>,
+    /// Where the embedded storage (sled) lives when no backend URL is set.
+    #[arg(long, env = "SHOP_DATA_DIR", default_value = ".local/shop-data")]
+    pub data_dir: PathBuf,
     /// Prefix of Redis keys and RabbitMQ exchanges and queues, so several shops share a server.
     #[arg(long, env = "SHOP_PREFIX", default_value = "shop")]
     pub prefix: String,
@@ -124,6 +127,21 @@ pub enum Role {
 }
 
 impl Config {
+    /// Embedded defaults (sled, in-process cache and limits) when no backend is set.
+    pub fn embedded(&self) -> bool {
+        self.database_url.is_none() && self.redis_url.is_none() && self.amqp_url.is_none()
+    }
+
+    /// The defaults on embedded storage in `data_dir`, for tests and tools.
+    pub fn embedded_in(data_dir: &std::path::Path, prefix: &str) -> Self {
+        let mut config = Self::for_backends("", "", "", prefix);
+        config.database_url = None;
+        config.redis_url = None;
+        config.amqp_url = None;
+        config.data_dir = data_dir.to_path_buf();
+        config
+    }
+
     pub fn runs(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }

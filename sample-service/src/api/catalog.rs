@@ -88,9 +88,7 @@ pub async fn create_product(
         ));
     }
     let product = s.catalog.create_product(new).await.map_err(|e| match e {
-        StoreError::Database(sqlx::Error::Database(d)) if d.code().as_deref() == Some("23503") => {
-            Problem::unprocessable("category_id does not name a category")
-        }
+        StoreError::MissingReference(what) => Problem::unprocessable(format!("{what} does not exist")),
         e => e.into(),
     })?;
     // A "does not exist" entry for this id may be cached from before.

@@ -9,6 +9,7 @@
 //! own outcome is recorded: authentication, validation, rate limiting and shedding
 //! happen before the claim, so those requests may be retried with the same key.
 
+pub mod embedded;
 pub mod redis;
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! workers apply them exactly once (a dedup record commits with the side effect),
 //! retrying with backoff and dead-lettering after the last attempt.
 
+pub mod embedded;
 pub mod rabbitmq;
 pub mod relay;
 pub mod worker;
@@ -94,6 +95,8 @@ pub trait Broker: Send + Sync {
     /// The destination name the spans and metrics show for a queue.
     fn queue_name(&self, queue: EventType) -> String;
     async fn healthy(&self) -> bool;
+    /// Messages parked in the dead-letter queue.
+    async fn dead_letter_count(&self) -> Result<u64, BrokerError>;
 }
 
 /// Delay before attempt `level + 1`: `base · 4^(level − 1)`.

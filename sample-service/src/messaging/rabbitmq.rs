@@ -232,8 +232,7 @@ impl RabbitMq {
         Ok(())
     }
 
-    /// Messages waiting in the dead-letter queue.
-    pub async fn dead_letter_count(&self) -> Result<u32, BrokerError> {
+    async fn dead_letters_waiting(&self) -> Result<u32, BrokerError> {
         let ch = self.channel().await?;
         let q = ch
             .queue_declare(
@@ -381,6 +380,10 @@ impl Broker for RabbitMq {
     async fn healthy(&self) -> bool {
         let guard = self.connection.lock().await;
         guard.as_ref().is_some_and(|c| c.status().connected())
+    }
+
+    async fn dead_letter_count(&self) -> Result<u64, BrokerError> {
+        self.dead_letters_waiting().await.map(u64::from)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The shop's durable state behind small traits, so the handlers, the relay and the
-//! workers are written once whatever holds the data (PostgreSQL here).
+//! workers are written once whatever holds the data: PostgreSQL, or sled on local disk
+//! when the service runs on embedded defaults.
 
+mod embedded;
 mod postgres;
 
 use std::collections::HashMap;
@@ -10,14 +12,20 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use embedded::Embedded;
 pub use postgres::Postgres;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("embedded storage: {0}")]
+    Embedded(#[from] sled::Error),
     #[error("stored data is malformed: {0}")]
     Malformed(String),
+    /// The write names a row that does not exist (a product's category).
+    #[error("{0} does not exist")]
+    MissingReference(&'static str),
     /// A failure of a load other callers waited for (they share its error).
     #[error("{0}")]
     Shared(std::sync::Arc<StoreError>),

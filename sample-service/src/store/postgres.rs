@@ -143,7 +143,13 @@ impl Catalog for Postgres {
                 .bind(p.stock)
                 .fetch_one(&self.pool),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                StoreError::MissingReference("the category")
+            }
+            e => e.into(),
+        })?;
         Ok(product(&row)?)
     }
 

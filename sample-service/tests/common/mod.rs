@@ -27,9 +27,43 @@ const PUBLIC_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-publ
 pub struct Env {
     pub name: String,
     pub database_url: String,
+    /// Set in embedded mode: the sled directory instead of the three servers.
+    pub data_dir: Option<tempfile::TempDir>,
+}
+
+/// Which storage a test runs the shop on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Networked,
+    Embedded,
 }
 
 impl Env {
+    pub async fn of(mode: Mode, test: &str) -> Env {
+        match mode {
+            Mode::Networked => Env::new(test).await,
+            Mode::Embedded => Env::embedded(test),
+        }
+    }
+
+    /// Embedded defaults: sled in a temporary directory, no servers.
+    pub fn embedded(test: &str) -> Env {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        Env {
+            name: format!("shop_{test}_{}_{nanos}", std::process::id()),
+            database_url: String::new(),
+            data_dir: Some(tempfile::tempdir().expect("a temporary directory")),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.data_dir.is_some() {
+            Mode::Embedded
+        } else {
+            Mode::Networked
+        }
+    }
+
     pub async fn new(test: &str) -> Env {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -55,11 +89,14 @@ impl Env {
             .await
             .expect("migrations apply");
         db.close().await;
-        Env { database_url, name }
+        Env { database_url, name, data_dir: None }
     }
 
     pub fn config(&self) -> Config {
-        let mut c = Config::for_backends(&self.database_url, REDIS, AMQP, &self.name);
+        let mut c = match &self.data_dir {
+            Some(dir) => Config::embedded_in(dir.path(), &self.name),
+            None => Config::for_backends(&self.database_url, REDIS, AMQP, &self.name),
+        };
         // Tests send bursts from one address: only the rate-limit tests limit.
         c.rate_limit_per_second = 1_000_000.0;
         c.rate_limit_burst = 1_000_000;
@@ -79,6 +116,9 @@ impl Env {
 
     /// Drops the database, the Redis keys and the queues of this test.
     pub async fn cleanup(self) {
+        if self.data_dir.is_some() {
+            return; // the temporary directory goes with it
+        }
         let config = self.config();
         let settings = rabbitmq::Settings {
             url: AMQP.into(),
@@ -251,9 +291,6 @@ impl ShopProcess {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SHOP_LISTEN", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", &env.database_url)
-            .env("REDIS_URL", REDIS)
-            .env("AMQP_URL", AMQP)
             .env("SHOP_PREFIX", &env.name)
             .env("SHOP_RATE_LIMIT_PER_SECOND", "1000000")
             .env("SHOP_RATE_LIMIT_BURST", "1000000")
@@ -262,6 +299,14 @@ impl ShopProcess {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        match &env.data_dir {
+            Some(dir) => {
+                cmd.env("SHOP_DATA_DIR", dir.path());
+            }
+            None => {
+                cmd.env("DATABASE_URL", &env.database_url).env("REDIS_URL", REDIS).env("AMQP_URL", AMQP);
+            }
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -356,4 +401,27 @@ pub async fn product_reads_seen_by_postgres(env: &Env, at_least: i64) -> i64 {
         "PostgreSQL never counted {at_least} product reads (saw {n})"
     );
     n
+}
+
+/// (orders, outbox rows) the shop stored, from PostgreSQL or, in embedded mode, from
+/// the sled files once the stopped shop has released them.
+pub async fn orders_and_outbox(env: &Env) -> (i64, i64) {
+    match &env.data_dir {
+        None => {
+            let db = env.db().await;
+            let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&db).await.unwrap();
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db).await.unwrap();
+            db.close().await;
+            (orders, outbox)
+        }
+        Some(dir) => {
+            let store = eventually(Duration::from_secs(10), || async {
+                sample_service::store::Embedded::open(dir.path()).ok()
+            })
+            .await
+            .expect("the stopped shop released its storage");
+            let count = |tree: &str| store.db().open_tree(tree).unwrap().len() as i64;
+            (count("orders"), count("outbox"))
+        }
+    }
 }
