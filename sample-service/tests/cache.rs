@@ -151,6 +151,14 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
+    let bad = client
+        .post(format!("{}/products", shop.base))
+        .bearer_auth(&writer)
+        .json(&serde_json::json!({"category_id": 99, "name": "x", "price_cents": 1, "stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422, "an unknown category");
     assert_eq!(created.headers()["location"], "/products/201");
     assert_eq!(
         client
@@ -172,4 +180,63 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
     assert_eq!(r.status(), 403);
     shop.stop().await;
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_mode_caches_misses_coalesces_and_invalidates() {
+    let env = Env::embedded("negative");
+    let mut config = env.config();
+    config.negative_ttl = Duration::from_millis(1500);
+    let shop = RunningShop::start(config, None).await;
+    let agent = shop.agent.agent().clone();
+    let reads = || counter(&agent, "shop.db.reads", &[("entity", "product")]);
+    let client = client();
+    join_all((0..500).map(|_| client.get(format!("{}/health/live", shop.base)).send())).await;
+
+    // A stampede on a cold product: one read of the store.
+    let answers = join_all((0..500).map(|_| client.get(format!("{}/products/42", shop.base)).send())).await;
+    assert!(answers.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    assert_eq!(reads(), 1);
+
+    // Misses are cached until the negative entry expires.
+    for _ in 0..20 {
+        let r = client.get(format!("{}/products/100000", shop.base)).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    assert_eq!(reads(), 2);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(client.get(format!("{}/products/100000", shop.base)).send().await.unwrap().status(), 404);
+    assert_eq!(reads(), 3);
+
+    // Writes invalidate.
+    let writer = token("catalog-admin", "catalog:write");
+    let r = client
+        .put(format!("{}/products/42", shop.base))
+        .bearer_auth(&writer)
+        .json(&serde_json::json!({"price_cents": 4242}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let after: serde_json::Value = client.get(format!("{}/products/42", shop.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["price_cents"], 4242);
+    assert_eq!(client.get(format!("{}/products/201", shop.base)).send().await.unwrap().status(), 404);
+    let created = client
+        .post(format!("{}/products", shop.base))
+        .bearer_auth(&writer)
+        .json(&serde_json::json!({"category_id": 1, "name": "new", "price_cents": 100, "stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(client.get(format!("{}/products/201", shop.base)).send().await.unwrap().status(), 200);
+    let bad = client
+        .post(format!("{}/products", shop.base))
+        .bearer_auth(&writer)
+        .json(&serde_json::json!({"category_id": 99, "name": "x", "price_cents": 1, "stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    shop.stop().await;
 }

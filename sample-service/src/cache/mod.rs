@@ -92,13 +92,15 @@ impl LayeredCache {
         faults: Arc<FaultSwitch>,
         metrics: PatternMetrics,
     ) -> Self {
+        // With a shared layer the in-process copy lives shorter, so replicas converge
+        // on the shared value soon after an invalidation they missed; alone, it is the
+        // cache and keeps the full TTL.
+        let divisor = if shared.is_some() { 4 } else { 1 };
         let memory = Cache::builder()
             .max_capacity(settings.capacity)
             .expire_after(ByKind {
-                // The in-process copy lives shorter than the shared one, so replicas
-                // converge on the shared value soon after an invalidation they missed.
-                ttl: settings.ttl / 4,
-                negative_ttl: settings.negative_ttl / 4,
+                ttl: settings.ttl / divisor,
+                negative_ttl: settings.negative_ttl / divisor,
             })
             .build();
         LayeredCache {
