@@ -76,7 +76,11 @@ async fn within(f: impl std::future::Future<Output = Result<(), String>>) -> Res
 impl Backends {
     pub async fn check(&self) -> Vec<(&'static str, Result<(), String>)> {
         match self {
-            Backends::Networked { postgres, redis, broker } => {
+            Backends::Networked {
+                postgres,
+                redis,
+                broker,
+            } => {
                 let (pg, redis, mq) = tokio::join!(
                     within(async { postgres.ping().await.map_err(|e| e.to_string()) }),
                     within(async { redis.ping().await.map_err(|e| e.to_string()) }),
@@ -90,7 +94,14 @@ impl Backends {
                 vec![("postgresql", pg), ("redis", redis), ("rabbitmq", mq)]
             }
             Backends::Embedded { store } => {
-                let sled = within(async { store.db().get("readiness").map(drop).map_err(|e| e.to_string()) }).await;
+                let sled = within(async {
+                    store
+                        .db()
+                        .get("readiness")
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .await;
                 vec![("sled", sled)]
             }
         }
@@ -129,13 +140,23 @@ impl Storage {
             bail!("set all of DATABASE_URL, REDIS_URL and AMQP_URL, or none of them for embedded storage");
         };
         let postgres = Arc::new(
-            Postgres::connect(database_url, config.db_max_connections, config.db_statement_timeout, agent.clone())
-                .await
-                .context("connecting to PostgreSQL and applying migrations")?,
-        );
-        let redis = Redis::connect(redis_url, &config.prefix, config.redis_timeout, agent.clone())
+            Postgres::connect(
+                database_url,
+                config.db_max_connections,
+                config.db_statement_timeout,
+                agent.clone(),
+            )
             .await
-            .context("connecting to Redis")?;
+            .context("connecting to PostgreSQL and applying migrations")?,
+        );
+        let redis = Redis::connect(
+            redis_url,
+            &config.prefix,
+            config.redis_timeout,
+            agent.clone(),
+        )
+        .await
+        .context("connecting to Redis")?;
         let broker = Arc::new(
             RabbitMq::connect(rabbitmq::Settings {
                 url: amqp_url.clone(),
@@ -156,7 +177,11 @@ impl Storage {
             rate_limiter: Arc::new(RedisRateLimiter::new(redis.clone())),
             shared_cache: Some(Arc::new(redis.clone())),
             broker: broker.clone(),
-            backends: Backends::Networked { postgres, redis, broker },
+            backends: Backends::Networked {
+                postgres,
+                redis,
+                broker,
+            },
         })
     }
 
@@ -165,11 +190,18 @@ impl Storage {
     fn embedded(config: &Config) -> anyhow::Result<Storage> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let store = Arc::new(
-            Embedded::open(&config.data_dir)
-                .with_context(|| format!("opening the embedded storage in {} (is another shop using it?)", config.data_dir.display()))?,
-        );
-        let broker = Arc::new(SledBroker::open(store.db().clone(), &config.prefix, config.retry_base, config.prefetch)?);
+        let store = Arc::new(Embedded::open(&config.data_dir).with_context(|| {
+            format!(
+                "opening the embedded storage in {} (is another shop using it?)",
+                config.data_dir.display()
+            )
+        })?);
+        let broker = Arc::new(SledBroker::open(
+            store.db().clone(),
+            &config.prefix,
+            config.retry_base,
+            config.prefetch,
+        )?);
         Ok(Storage {
             catalog: store.clone(),
             orders: store.clone(),

@@ -194,18 +194,31 @@ async fn embedded_mode_caches_misses_coalesces_and_invalidates() {
     join_all((0..500).map(|_| client.get(format!("{}/health/live", shop.base)).send())).await;
 
     // A stampede on a cold product: one read of the store.
-    let answers = join_all((0..500).map(|_| client.get(format!("{}/products/42", shop.base)).send())).await;
+    let answers =
+        join_all((0..500).map(|_| client.get(format!("{}/products/42", shop.base)).send())).await;
     assert!(answers.iter().all(|r| r.as_ref().unwrap().status() == 200));
     assert_eq!(reads(), 1);
 
     // Misses are cached until the negative entry expires.
     for _ in 0..20 {
-        let r = client.get(format!("{}/products/100000", shop.base)).send().await.unwrap();
+        let r = client
+            .get(format!("{}/products/100000", shop.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
     }
     assert_eq!(reads(), 2);
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(client.get(format!("{}/products/100000", shop.base)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client
+            .get(format!("{}/products/100000", shop.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     assert_eq!(reads(), 3);
 
     // Writes invalidate.
@@ -218,9 +231,24 @@ async fn embedded_mode_caches_misses_coalesces_and_invalidates() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let after: serde_json::Value = client.get(format!("{}/products/42", shop.base)).send().await.unwrap().json().await.unwrap();
+    let after: serde_json::Value = client
+        .get(format!("{}/products/42", shop.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(after["price_cents"], 4242);
-    assert_eq!(client.get(format!("{}/products/201", shop.base)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client
+            .get(format!("{}/products/201", shop.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let created = client
         .post(format!("{}/products", shop.base))
         .bearer_auth(&writer)
@@ -229,7 +257,15 @@ async fn embedded_mode_caches_misses_coalesces_and_invalidates() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    assert_eq!(client.get(format!("{}/products/201", shop.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{}/products/201", shop.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let bad = client
         .post(format!("{}/products", shop.base))
         .bearer_auth(&writer)

@@ -82,13 +82,25 @@ fn assert_answers(tally: &Tally, n: usize) {
         .windows(2)
         .for_each(|w| assert_eq!(w[0], w[1]));
 
-    eprintln!("{n} concurrent requests: {:?}, {} replays", tally.statuses, tally.replayed);
+    eprintln!(
+        "{n} concurrent requests: {:?}, {} replays",
+        tally.statuses, tally.replayed
+    );
 }
 
 async fn assert_stored(env: &Env, orders: i64) {
     let stored = orders_and_outbox(env).await;
-    assert_eq!(stored, (orders, 3 * orders), "each order once, with its payment, email and sms events");
-    eprintln!("{:?} mode: {} orders, {} outbox rows stored", env.mode(), stored.0, stored.1);
+    assert_eq!(
+        stored,
+        (orders, 3 * orders),
+        "each order once, with its payment, email and sms events"
+    );
+    eprintln!(
+        "{:?} mode: {} orders, {} outbox rows stored",
+        env.mode(),
+        stored.0,
+        stored.1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

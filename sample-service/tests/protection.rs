@@ -35,7 +35,16 @@ async fn new_order(client: &reqwest::Client, base: &str, token: &str) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
-    let env = Env::new("ratelimit").await;
+    rate_limit(Mode::Networked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rate_limit_answers_429_with_retry_after_and_ratelimit_headers_embedded() {
+    rate_limit(Mode::Embedded).await;
+}
+
+async fn rate_limit(mode: Mode) {
+    let env = Env::of(mode, "ratelimit").await;
     let mut config = env.config();
     config.rate_limit_per_second = 2.0;
     config.rate_limit_burst = 5;
@@ -123,7 +132,16 @@ async fn the_rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_service_sheds_with_503_and_slow_requests_hit_the_deadline() {
-    let env = Env::new("shed").await;
+    shedding(Mode::Networked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_service_sheds_with_503_and_slow_requests_hit_the_deadline_embedded() {
+    shedding(Mode::Embedded).await;
+}
+
+async fn shedding(mode: Mode) {
+    let env = Env::of(mode, "shed").await;
     let mut config = env.config();
     config.max_concurrency = 2;
     config.request_timeout = Duration::from_millis(1500);

@@ -88,7 +88,9 @@ pub async fn create_product(
         ));
     }
     let product = s.catalog.create_product(new).await.map_err(|e| match e {
-        StoreError::MissingReference(what) => Problem::unprocessable(format!("{what} does not exist")),
+        StoreError::MissingReference(what) => {
+            Problem::unprocessable(format!("{what} does not exist"))
+        }
         e => e.into(),
     })?;
     // A "does not exist" entry for this id may be cached from before.

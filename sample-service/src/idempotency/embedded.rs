@@ -42,7 +42,9 @@ impl SledIdempotency {
 
     /// The live record of `key` (an expired one counts as none).
     fn live(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let Some(raw) = self.tree.get(key).map_err(err)? else { return Ok(None) };
+        let Some(raw) = self.tree.get(key).map_err(err)? else {
+            return Ok(None);
+        };
         let record: Record = serde_json::from_slice(&raw).map_err(err)?;
         Ok((record.expires_ms > now_ms()).then_some(record))
     }
@@ -65,37 +67,67 @@ impl SledIdempotency {
 
 #[async_trait]
 impl IdempotencyStore for SledIdempotency {
-    async fn claim(&self, key: &str, owner: &str, fingerprint: &str, lease: Duration) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
         let _atomic = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         if rand::random::<u16>() == 0 {
             self.sweep();
         }
         match self.live(key)? {
             None => {
-                self.put(key, &Record {
-                    owner: owner.into(),
-                    fingerprint: fingerprint.into(),
-                    expires_ms: now_ms() + lease.as_millis() as u64,
-                    response: None,
-                })?;
+                self.put(
+                    key,
+                    &Record {
+                        owner: owner.into(),
+                        fingerprint: fingerprint.into(),
+                        expires_ms: now_ms() + lease.as_millis() as u64,
+                        response: None,
+                    },
+                )?;
                 Ok(Claim::Acquired)
             }
             Some(r) if r.fingerprint != fingerprint => Ok(Claim::Mismatch),
-            Some(Record { response: None, expires_ms, .. }) => {
-                Ok(Claim::InFlight(Duration::from_millis(expires_ms.saturating_sub(now_ms()))))
-            }
-            Some(Record { response: Some((status, content_type, location, body)), .. }) => {
-                Ok(Claim::Completed(StoredResponse { status, content_type, location, body }))
-            }
+            Some(Record {
+                response: None,
+                expires_ms,
+                ..
+            }) => Ok(Claim::InFlight(Duration::from_millis(
+                expires_ms.saturating_sub(now_ms()),
+            ))),
+            Some(Record {
+                response: Some((status, content_type, location, body)),
+                ..
+            }) => Ok(Claim::Completed(StoredResponse {
+                status,
+                content_type,
+                location,
+                body,
+            })),
         }
     }
 
-    async fn complete(&self, key: &str, owner: &str, r: &StoredResponse, retention: Duration) -> Result<bool, StoreError> {
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        r: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
         let _atomic = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         match self.live(key)? {
             Some(mut record) if record.owner == owner => {
                 record.expires_ms = now_ms() + retention.as_millis() as u64;
-                record.response = Some((r.status, r.content_type.clone(), r.location.clone(), r.body.clone()));
+                record.response = Some((
+                    r.status,
+                    r.content_type.clone(),
+                    r.location.clone(),
+                    r.body.clone(),
+                ));
                 self.put(key, &record)?;
                 Ok(true)
             }

@@ -53,10 +53,17 @@ fn now_ms() -> u64 {
 }
 
 impl SledBroker {
-    pub fn open(db: sled::Db, prefix: &str, retry_base: Duration, prefetch: u16) -> Result<SledBroker, BrokerError> {
+    pub fn open(
+        db: sled::Db,
+        prefix: &str,
+        retry_base: Duration,
+        prefetch: u16,
+    ) -> Result<SledBroker, BrokerError> {
         let mut queues = HashMap::new();
         for q in EventType::ALL {
-            let tree = db.open_tree(format!("queue.{}", q.as_str())).map_err(broker)?;
+            let tree = db
+                .open_tree(format!("queue.{}", q.as_str()))
+                .map_err(broker)?;
             queues.insert(
                 q,
                 Arc::new(Queue {
@@ -101,12 +108,19 @@ fn next_due(queue: &Queue) -> Result<Result<(IVec, IVec), Option<u64>>, BrokerEr
 
 #[async_trait]
 impl Broker for SledBroker {
-    async fn publish_batch(&self, batch: &[(OutboxMessage, HashMap<String, String>)]) -> Vec<Result<(), BrokerError>> {
+    async fn publish_batch(
+        &self,
+        batch: &[(OutboxMessage, HashMap<String, String>)],
+    ) -> Vec<Result<(), BrokerError>> {
         let now = now_ms();
         let results: Vec<_> = batch
             .iter()
             .map(|(m, headers)| {
-                let stored = Stored { wire: Wire::of(m), headers: headers.clone(), attempt: 1 };
+                let stored = Stored {
+                    wire: Wire::of(m),
+                    headers: headers.clone(),
+                    attempt: 1,
+                };
                 let queue = &self.queues[&m.event_type];
                 let key = self.key(now)?;
                 let value = serde_json::to_vec(&stored).map_err(broker)?;
@@ -114,7 +128,7 @@ impl Broker for SledBroker {
             })
             .collect();
         // Stored for good before the relay marks the rows published.
-        if let Err(e) = self.db.flush_async().await {
+        if let Err(e) = crate::store::flush(&self.db).await {
             return batch.iter().map(|_| Err(broker(&e))).collect();
         }
         for q in self.queues.values() {
@@ -125,7 +139,8 @@ impl Broker for SledBroker {
 
     async fn consume(&self, queue: EventType) -> Result<Deliveries, BrokerError> {
         let q = self.queues[&queue].clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Box<dyn Delivery>, BrokerError>>(self.prefetch);
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Box<dyn Delivery>, BrokerError>>(self.prefetch);
         let dead = self.dead.clone();
         let retry_base = self.retry_base;
         let db = self.db.clone();
@@ -150,8 +165,9 @@ impl Broker for SledBroker {
                         return;
                     }
                 };
-                let delivery = found.and_then(|(key, value)| {
-                    let stored: Result<Stored, String> = serde_json::from_slice(&value).map_err(|e| e.to_string());
+                let delivery = found.map(|(key, value)| {
+                    let stored: Result<Stored, String> =
+                        serde_json::from_slice(&value).map_err(|e| e.to_string());
                     let (decoded, attempt, headers) = match stored {
                         Ok(s) => {
                             let headers = s.headers.clone();
@@ -159,7 +175,7 @@ impl Broker for SledBroker {
                         }
                         Err(e) => (Err(e), 1, HashMap::new()),
                     };
-                    Ok(Box::new(SledDelivery {
+                    Box::new(SledDelivery {
                         queue: q.clone(),
                         queue_kind: queue,
                         key,
@@ -171,7 +187,7 @@ impl Broker for SledBroker {
                         db: db.clone(),
                         retry_base,
                         settled: false,
-                    }) as Box<dyn Delivery>)
+                    }) as Box<dyn Delivery>
                 });
                 permit.send(delivery);
             }
@@ -192,7 +208,9 @@ impl Broker for SledBroker {
     }
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Result<Box<dyn Delivery>, BrokerError>>) -> Deliveries {
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Box<dyn Delivery>, BrokerError>>,
+) -> Deliveries {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
@@ -212,7 +230,10 @@ struct SledDelivery {
 
 impl SledDelivery {
     /// Removes the message and, in the same transaction, stores what replaces it.
-    fn settle(&mut self, replacement: Option<(&Tree, Vec<u8>, Vec<u8>)>) -> Result<(), BrokerError> {
+    fn settle(
+        &mut self,
+        replacement: Option<(&Tree, Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), BrokerError> {
         match replacement {
             None => {
                 self.queue.tree.remove(&self.key).map_err(broker)?;
@@ -228,7 +249,11 @@ impl SledDelivery {
             }
         }
         self.settled = true;
-        self.queue.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        self.queue
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
         Ok(())
     }
 
@@ -238,7 +263,12 @@ impl SledDelivery {
             headers.insert(k.into(), v.into());
         }
         match &self.decoded {
-            Ok(m) => serde_json::to_vec(&Stored { wire: Wire::of(m), headers, attempt }).map_err(broker),
+            Ok(m) => serde_json::to_vec(&Stored {
+                wire: Wire::of(m),
+                headers,
+                attempt,
+            })
+            .map_err(broker),
             // Undecodable: park the bytes as they came.
             Err(_) => Ok(self.raw.to_vec()),
         }
@@ -249,7 +279,11 @@ impl Drop for SledDelivery {
     /// Dropped unsettled (its worker stopped): deliverable again at once.
     fn drop(&mut self) {
         if !self.settled {
-            self.queue.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+            self.queue
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.key);
             self.queue.ready.notify_waiters();
         }
     }
@@ -276,15 +310,20 @@ impl Delivery for SledDelivery {
         let value = self.copy(self.attempt + 1, None)?;
         let tree = self.queue.tree.clone();
         self.settle(Some((&tree, key, value)))?;
-        self.db.flush_async().await.map_err(broker).map(drop)
+        crate::store::flush(&self.db).await.map_err(broker)
     }
 
     async fn dead_letter(mut self: Box<Self>, reason: &str) -> Result<(), BrokerError> {
         let seq = self.db.generate_id().map_err(broker)?;
-        let key = [self.queue_kind.as_str().as_bytes(), &[0], &seq.to_be_bytes()].concat();
+        let key = [
+            self.queue_kind.as_str().as_bytes(),
+            &[0],
+            &seq.to_be_bytes(),
+        ]
+        .concat();
         let value = self.copy(self.attempt, Some(("x-shop-dead-reason", reason)))?;
         let dead = self.dead.clone();
         self.settle(Some((&dead, key, value)))?;
-        self.db.flush_async().await.map_err(broker).map(drop)
+        crate::store::flush(&self.db).await.map_err(broker)
     }
 }

@@ -125,9 +125,14 @@ impl Embedded {
         if !self.categories.is_empty() {
             return Ok(());
         }
-        let names = ["books", "music", "garden", "kitchen", "toys", "tools", "games", "sports"];
+        let names = [
+            "books", "music", "garden", "kitchen", "toys", "tools", "games", "sports",
+        ];
         for (i, name) in names.iter().enumerate() {
-            let c = Category { id: i as i64 + 1, name: name.to_string() };
+            let c = Category {
+                id: i as i64 + 1,
+                name: name.to_string(),
+            };
             self.categories.insert(c.id.to_be_bytes(), json(&c))?;
         }
         let now = Utc::now();
@@ -146,9 +151,9 @@ impl Embedded {
         Ok(())
     }
 
+    /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        flush(&self.db).await.map_err(StoreError::Embedded)
     }
 
     fn count_prefix(tree: &Tree, prefix: &[u8]) -> i64 {
@@ -163,7 +168,10 @@ impl Catalog for Embedded {
     }
 
     async fn product(&self, id: i64) -> Result<Option<Product>> {
-        self.products.get(id.to_be_bytes())?.map(|v| parse(&v)).transpose()
+        self.products
+            .get(id.to_be_bytes())?
+            .map(|v| parse(&v))
+            .transpose()
     }
 
     async fn products(&self, ids: &[i64]) -> Result<Vec<Product>> {
@@ -177,12 +185,22 @@ impl Catalog for Embedded {
     }
 
     async fn create_product(&self, new: NewProduct) -> Result<Product> {
-        if self.categories.get(new.category_id.to_be_bytes())?.is_none() {
+        if self
+            .categories
+            .get(new.category_id.to_be_bytes())?
+            .is_none()
+        {
             return Err(StoreError::MissingReference("the category"));
         }
         let _one_at_a_time = self.product_ids.lock().await;
         let id = match self.products.last()? {
-            Some((k, _)) => i64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Malformed("product key".into()))?) + 1,
+            Some((k, _)) => {
+                i64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Malformed("product key".into()))?,
+                ) + 1
+            }
             None => 1,
         };
         let p = Product {
@@ -200,7 +218,9 @@ impl Catalog for Embedded {
 
     async fn update_product(&self, id: i64, patch: ProductPatch) -> Result<Option<Product>> {
         let _one_at_a_time = self.product_ids.lock().await;
-        let Some(mut p) = self.product(id).await? else { return Ok(None) };
+        let Some(mut p) = self.product(id).await? else {
+            return Ok(None);
+        };
         if let Some(name) = patch.name {
             p.name = name;
         }
@@ -254,7 +274,9 @@ impl Orders for Embedded {
         let result = (&self.orders, &self.order_keys, &self.outbox, &self.pending)
             .transaction(|(orders, keys, outbox, pending)| {
                 if let Some(existing) = keys.get(&key)? {
-                    let id = Uuid::from_slice(&existing).map_err(|e| ConflictableTransactionError::Abort(StoreError::Malformed(e.to_string())))?;
+                    let id = Uuid::from_slice(&existing).map_err(|e| {
+                        ConflictableTransactionError::Abort(StoreError::Malformed(e.to_string()))
+                    })?;
                     return Ok(CreateOrder::Exists(id));
                 }
                 keys.insert(key.as_slice(), order.id.as_bytes().as_slice())?;
@@ -273,13 +295,20 @@ impl Orders for Embedded {
     }
 
     async fn order(&self, tenant: &str, id: Uuid) -> Result<Option<Order>> {
-        let Some(raw) = self.orders.get(id.as_bytes())? else { return Ok(None) };
+        let Some(raw) = self.orders.get(id.as_bytes())? else {
+            return Ok(None);
+        };
         let r: OrderRecord = parse(&raw)?;
         if r.tenant != tenant {
             return Ok(None);
         }
         let prefix = id.as_bytes();
-        let channel = |c: &str| Self::count_prefix(&self.notifications, &[prefix.as_slice(), c.as_bytes(), &[0]].concat());
+        let channel = |c: &str| {
+            Self::count_prefix(
+                &self.notifications,
+                &[prefix.as_slice(), c.as_bytes(), &[0]].concat(),
+            )
+        };
         Ok(Some(Order {
             id,
             status: r.status,
@@ -308,7 +337,9 @@ impl Outbox for Embedded {
                 break;
             }
             let key = key?;
-            let Some(raw) = self.outbox.get(&key)? else { continue };
+            let Some(raw) = self.outbox.get(&key)? else {
+                continue;
+            };
             let mut row: OutboxRow = parse(&raw)?;
             if row.published || row.available_ms > now || row.locked_until_ms > now {
                 continue;
@@ -358,8 +389,12 @@ impl Outbox for Embedded {
     }
 
     async fn lag_seconds(&self) -> Result<f64> {
-        let Some(key) = self.pending.first()?.map(|(k, _)| k) else { return Ok(0.0) };
-        let Some(raw) = self.outbox.get(&key)? else { return Ok(0.0) };
+        let Some(key) = self.pending.first()?.map(|(k, _)| k) else {
+            return Ok(0.0);
+        };
+        let Some(raw) = self.outbox.get(&key)? else {
+            return Ok(0.0);
+        };
         let row: OutboxRow = parse(&raw)?;
         Ok(((now_ms() - row.created_ms) as f64 / 1000.0).max(0.0))
     }
@@ -374,7 +409,12 @@ impl SideEffects for Embedded {
     async fn apply(&self, consumer: &str, m: &OutboxMessage) -> Result<Applied> {
         let dedup = [consumer.as_bytes(), &[0], m.id.as_bytes()].concat();
         let order = m.aggregate_id.as_bytes();
-        let applied = (&self.processed, &self.payments, &self.notifications, &self.orders)
+        let applied = (
+            &self.processed,
+            &self.payments,
+            &self.notifications,
+            &self.orders,
+        )
             .transaction(|(processed, payments, notifications, orders)| {
                 if processed.get(&dedup)?.is_some() {
                     return Ok(Applied::Duplicate);
@@ -383,13 +423,29 @@ impl SideEffects for Embedded {
                 match m.event_type {
                     EventType::Payment => {
                         let amount = m.payload["total_cents"].as_i64().unwrap_or(0);
-                        payments.insert([order.as_slice(), m.id.as_bytes()].concat(), &amount.to_be_bytes())?;
+                        payments.insert(
+                            [order.as_slice(), m.id.as_bytes()].concat(),
+                            &amount.to_be_bytes(),
+                        )?;
                         set_status(orders, order, "paid")?;
                     }
                     EventType::Email | EventType::Sms => {
-                        let field = if m.event_type == EventType::Email { "email" } else { "phone" };
-                        let key = [order.as_slice(), m.event_type.as_str().as_bytes(), &[0], m.id.as_bytes()].concat();
-                        notifications.insert(key, m.payload[field].as_str().unwrap_or_default().as_bytes())?;
+                        let field = if m.event_type == EventType::Email {
+                            "email"
+                        } else {
+                            "phone"
+                        };
+                        let key = [
+                            order.as_slice(),
+                            m.event_type.as_str().as_bytes(),
+                            &[0],
+                            m.id.as_bytes(),
+                        ]
+                        .concat();
+                        notifications.insert(
+                            key,
+                            m.payload[field].as_str().unwrap_or_default().as_bytes(),
+                        )?;
                     }
                 }
                 Ok(Applied::Done)
@@ -400,11 +456,20 @@ impl SideEffects for Embedded {
         Ok(applied)
     }
 
-    async fn dead_letter(&self, _queue: &str, m: &OutboxMessage, _attempts: i32, reason: &str) -> Result<()> {
+    async fn dead_letter(
+        &self,
+        _queue: &str,
+        m: &OutboxMessage,
+        _attempts: i32,
+        reason: &str,
+    ) -> Result<()> {
         let order = m.aggregate_id.as_bytes();
         (&self.dead_letters, &self.orders)
             .transaction(|(dead, orders)| {
-                dead.insert([order.as_slice(), m.id.as_bytes()].concat(), reason.as_bytes())?;
+                dead.insert(
+                    [order.as_slice(), m.id.as_bytes()].concat(),
+                    reason.as_bytes(),
+                )?;
                 if m.event_type == EventType::Payment {
                     set_status(orders, order, "payment_failed")?;
                 }
@@ -426,4 +491,14 @@ fn set_status(
         orders.insert(order, json(&r))?;
     }
     Ok(())
+}
+
+/// `Db::flush` on a blocking thread: what is written before it returns survives a
+/// crash (sled's `flush_async` was seen to return before that, losing a commit).
+pub async fn flush(db: &sled::Db) -> std::result::Result<(), sled::Error> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || db.flush()).await {
+        Ok(r) => r.map(drop),
+        Err(e) => Err(sled::Error::Io(std::io::Error::other(e.to_string()))),
+    }
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use embedded::Embedded;
+pub use embedded::{flush, Embedded};
 pub use postgres::Postgres;
 
 #[derive(Debug, thiserror::Error)]

@@ -48,7 +48,10 @@ impl Env {
 
     /// Embedded defaults: sled in a temporary directory, no servers.
     pub fn embedded(test: &str) -> Env {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         Env {
             name: format!("shop_{test}_{}_{nanos}", std::process::id()),
             database_url: String::new(),
@@ -89,7 +92,11 @@ impl Env {
             .await
             .expect("migrations apply");
         db.close().await;
-        Env { database_url, name, data_dir: None }
+        Env {
+            database_url,
+            name,
+            data_dir: None,
+        }
     }
 
     pub fn config(&self) -> Config {
@@ -286,6 +293,22 @@ pub struct ShopProcess {
 
 impl ShopProcess {
     pub async fn spawn(env: &Env, extra: &[(&str, String)]) -> ShopProcess {
+        let process = Self::launch(env, extra);
+        let base = process.base.clone();
+        let ready = eventually(Duration::from_secs(30), || async {
+            let r = reqwest::get(format!("{base}/health/ready")).await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "the shop process at {base} did not become ready"
+        );
+        process
+    }
+
+    /// Starts the process without waiting for it (it may not live long enough).
+    pub fn launch(env: &Env, extra: &[(&str, String)]) -> ShopProcess {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sample-service"));
         cmd.env_clear()
@@ -297,14 +320,21 @@ impl ShopProcess {
             .env("SHOP_MAX_CONCURRENCY", "2000")
             .env("OTEL_SDK_DISABLED", "true")
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // SHOP_TEST_LOGS=1 shows the child's JSON log lines.
+            .stdout(if std::env::var_os("SHOP_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit());
         match &env.data_dir {
             Some(dir) => {
                 cmd.env("SHOP_DATA_DIR", dir.path());
             }
             None => {
-                cmd.env("DATABASE_URL", &env.database_url).env("REDIS_URL", REDIS).env("AMQP_URL", AMQP);
+                cmd.env("DATABASE_URL", &env.database_url)
+                    .env("REDIS_URL", REDIS)
+                    .env("AMQP_URL", AMQP);
             }
         }
         for (k, v) in extra {
@@ -312,15 +342,6 @@ impl ShopProcess {
         }
         let child = cmd.spawn().expect("spawn the shop");
         let base = format!("http://127.0.0.1:{port}");
-        let ready = eventually(Duration::from_secs(30), || async {
-            let r = reqwest::get(format!("{base}/health/ready")).await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
-        assert!(
-            ready.is_some(),
-            "the shop process at {base} did not become ready"
-        );
         ShopProcess { child, base }
     }
 
@@ -409,8 +430,14 @@ pub async fn orders_and_outbox(env: &Env) -> (i64, i64) {
     match &env.data_dir {
         None => {
             let db = env.db().await;
-            let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&db).await.unwrap();
-            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db).await.unwrap();
+            let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&db)
+                .await
+                .unwrap();
             db.close().await;
             (orders, outbox)
         }
