@@ -98,28 +98,19 @@ async fn effects_happen_once_when_a_worker_dies_before_acknowledging() {
         "each effect exactly once: {done:?}"
     );
 
-    let metrics = client
-        .get(format!("{}/metrics", survivor.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let duplicates: u64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("shop_queue_processed_total") && l.contains("result=\"duplicate\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let duplicates = scraped_counter(
+        &survivor.base,
+        "shop_queue_processed_total",
+        "result=\"duplicate\"",
+    )
+    .await;
     eprintln!(
         "10 orders: the first worker committed {applied} effects and aborted before acking; \
          the second skipped {duplicates} redelivered duplicates; every order has payment, email, sms exactly once"
     );
     assert!(
         duplicates >= 1,
-        "a committed message was redelivered and recognised: {metrics}"
+        "a committed message was redelivered and recognised"
     );
     drop((api, survivor));
     env.cleanup().await;
@@ -265,21 +256,12 @@ async fn effects_happen_once_when_a_worker_dies_before_acknowledging_embedded() 
         done.iter().all(|x| *x == (1, 1, 1)),
         "each effect exactly once: {done:?}"
     );
-    let metrics = client
-        .get(format!("{}/metrics", survivor.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let duplicates: u64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("shop_queue_processed_total") && l.contains("result=\"duplicate\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let duplicates = scraped_counter(
+        &survivor.base,
+        "shop_queue_processed_total",
+        "result=\"duplicate\"",
+    )
+    .await;
     eprintln!("embedded: the aborted worker's unacknowledged messages came back; {duplicates} recognised as done, every effect once");
     assert!(duplicates >= 1);
     drop(survivor);

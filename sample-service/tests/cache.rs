@@ -104,80 +104,7 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    // An update invalidates: the next read shows the new price, not the cached one.
-    let writer = token("catalog-admin", "catalog:write");
-    let before: serde_json::Value = client
-        .get(format!("{}/products/5", shop.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = client
-        .put(format!("{}/products/5", shop.base))
-        .bearer_auth(&writer)
-        .json(&serde_json::json!({"price_cents": 4242}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let after: serde_json::Value = client
-        .get(format!("{}/products/5", shop.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_ne!(before["price_cents"], 4242);
-    assert_eq!(after["price_cents"], 4242);
-
-    // Creating a product removes its cached "does not exist".
-    assert_eq!(
-        client
-            .get(format!("{}/products/201", shop.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let created = client
-        .post(format!("{}/products", shop.base))
-        .bearer_auth(&writer)
-        .json(&serde_json::json!({"category_id": 1, "name": "new", "price_cents": 100, "stock": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let bad = client
-        .post(format!("{}/products", shop.base))
-        .bearer_auth(&writer)
-        .json(&serde_json::json!({"category_id": 99, "name": "x", "price_cents": 1, "stock": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 422, "an unknown category");
-    assert_eq!(created.headers()["location"], "/products/201");
-    assert_eq!(
-        client
-            .get(format!("{}/products/201", shop.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    // Writing needs the scope.
-    let r = client
-        .put(format!("{}/products/5", shop.base))
-        .bearer_auth(token("shopper", "orders:write"))
-        .json(&serde_json::json!({"price_cents": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    writes_invalidate(&client, &shop.base, 5).await;
     shop.stop().await;
     env.cleanup().await;
 }
@@ -221,58 +148,62 @@ async fn embedded_mode_caches_misses_coalesces_and_invalidates() {
     );
     assert_eq!(reads(), 3);
 
-    // Writes invalidate.
+    writes_invalidate(&client, &shop.base, 42).await;
+    shop.stop().await;
+}
+
+/// An update invalidates (the next read shows it, not the cached copy), creating a
+/// product removes its cached "does not exist", an unknown category is 422, and
+/// writing needs the scope.
+async fn writes_invalidate(client: &reqwest::Client, base: &str, product: i64) {
     let writer = token("catalog-admin", "catalog:write");
+    let read =
+        |path: String| async move { client.get(format!("{base}{path}")).send().await.unwrap() };
+    let before: serde_json::Value = read(format!("/products/{product}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let r = client
-        .put(format!("{}/products/42", shop.base))
+        .put(format!("{base}/products/{product}"))
         .bearer_auth(&writer)
         .json(&serde_json::json!({"price_cents": 4242}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let after: serde_json::Value = client
-        .get(format!("{}/products/42", shop.base))
-        .send()
+    let after: serde_json::Value = read(format!("/products/{product}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
+    assert_ne!(before["price_cents"], 4242);
     assert_eq!(after["price_cents"], 4242);
-    assert_eq!(
+
+    assert_eq!(read("/products/201".into()).await.status(), 404);
+    let create = |category: i64| {
         client
-            .get(format!("{}/products/201", shop.base))
+            .post(format!("{base}/products"))
+            .bearer_auth(&writer)
+            .json(&serde_json::json!({"category_id": category, "name": "new", "price_cents": 100, "stock": 1}))
             .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let created = client
-        .post(format!("{}/products", shop.base))
-        .bearer_auth(&writer)
-        .json(&serde_json::json!({"category_id": 1, "name": "new", "price_cents": 100, "stock": 1}))
-        .send()
-        .await
-        .unwrap();
+    };
+    let created = create(1).await.unwrap();
     assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["location"], "/products/201");
+    assert_eq!(read("/products/201".into()).await.status(), 200);
     assert_eq!(
-        client
-            .get(format!("{}/products/201", shop.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+        create(99).await.unwrap().status(),
+        422,
+        "an unknown category"
     );
-    let bad = client
-        .post(format!("{}/products", shop.base))
-        .bearer_auth(&writer)
-        .json(&serde_json::json!({"category_id": 99, "name": "x", "price_cents": 1, "stock": 1}))
+
+    let r = client
+        .put(format!("{base}/products/{product}"))
+        .bearer_auth(token("shopper", "orders:write"))
+        .json(&serde_json::json!({"price_cents": 1}))
         .send()
         .await
         .unwrap();
-    assert_eq!(bad.status(), 422);
-    shop.stop().await;
+    assert_eq!(r.status(), 403);
 }

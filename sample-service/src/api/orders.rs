@@ -242,10 +242,20 @@ fn order_id(raw: &str) -> Result<Uuid, Problem> {
         .map_err(|_| Problem::bad_request(format!("order id {raw:?} is not a UUID")))
 }
 
-fn may_read(principal: &Principal) -> Result<(), Problem> {
+/// The caller's order `raw`: orders are scoped to the principal that placed them.
+async fn owned_order(
+    s: &AppState,
+    principal: &Principal,
+    raw: &str,
+) -> Result<crate::store::Order, Problem> {
     principal
         .require("orders:read")
-        .or_else(|_| principal.require("orders:write"))
+        .or_else(|_| principal.require("orders:write"))?;
+    let id = order_id(raw)?;
+    s.orders
+        .order(&principal.subject, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("order {id} does not exist")))
 }
 
 pub async fn get(
@@ -253,12 +263,7 @@ pub async fn get(
     principal: Principal,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    may_read(&principal)?;
-    let id = order_id(&raw)?;
-    match s.orders.order(&principal.subject, id).await? {
-        Some(order) => Ok(Json(order).into_response()),
-        None => Err(Problem::not_found(format!("order {id} does not exist"))),
-    }
+    Ok(Json(owned_order(&s, &principal, &raw).await?).into_response())
 }
 
 pub async fn summary(
@@ -266,12 +271,8 @@ pub async fn summary(
     principal: Principal,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    may_read(&principal)?;
-    let id = order_id(&raw)?;
-    let Some(order) = s.orders.order(&principal.subject, id).await? else {
-        return Err(Problem::not_found(format!("order {id} does not exist")));
-    };
-    let mut parts = s.fanout.summary(&s.agent, &id.to_string()).await;
+    let order = owned_order(&s, &principal, &raw).await?;
+    let mut parts = s.fanout.summary(&s.agent, &order.id.to_string()).await;
     parts["order"] = json!(order);
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(parts)).into_response())
 }

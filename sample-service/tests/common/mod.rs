@@ -452,3 +452,18 @@ pub async fn orders_and_outbox(env: &Env) -> (i64, i64) {
         }
     }
 }
+
+/// A counter from the shop's Prometheus text, summed over the series whose labels
+/// contain `label` (e.g. `result="duplicate"`).
+pub async fn scraped_counter(base: &str, name: &str, label: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
