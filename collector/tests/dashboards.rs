@@ -87,6 +87,55 @@ async fn rollup_set_up_is_idempotent_and_probed() {
     assert_eq!(probe(&client, &database).await.unwrap(), []);
 }
 
+/// Every panel and variable uses the data source the provisioning creates, and
+/// the provider reads the directory compose mounts the dashboards into.
+#[test]
+fn dashboards_use_the_provisioned_data_source() {
+    let root = workspace_dashboards();
+    let root = root.parent().unwrap();
+    let datasource =
+        std::fs::read_to_string(root.join("provisioning/datasources/clickhouse.yaml")).unwrap();
+    assert!(datasource.contains("uid: otel-clickhouse"));
+    assert!(datasource.contains("type: grafana-clickhouse-datasource"));
+    let provider = std::fs::read_to_string(root.join("provisioning/dashboards/otel.yaml")).unwrap();
+    let compose =
+        std::fs::read_to_string(root.parent().unwrap().join("docker-compose.yml")).unwrap();
+    assert!(provider.contains("path: /etc/grafana/dashboards/otel"));
+    assert!(compose.contains("./dashboards/json:/etc/grafana/dashboards/otel:ro"));
+    assert!(compose.contains("./dashboards/provisioning:/etc/grafana/provisioning:ro"));
+
+    fn uids(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(ds)) = m.get("datasource") {
+                    out.push(format!(
+                        "{}/{}",
+                        ds.get("type").and_then(Value::as_str).unwrap_or("?"),
+                        ds.get("uid").and_then(Value::as_str).unwrap_or("?")
+                    ));
+                }
+                m.values().for_each(|v| uids(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| uids(v, out)),
+            _ => {}
+        }
+    }
+    for entry in std::fs::read_dir(workspace_dashboards()).unwrap() {
+        let path = entry.unwrap().path();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut found = Vec::new();
+        uids(&json, &mut found);
+        assert!(!found.is_empty(), "{}", path.display());
+        assert!(
+            found
+                .iter()
+                .all(|u| u == "grafana-clickhouse-datasource/otel-clickhouse"),
+            "{}: {found:?}",
+            path.display()
+        );
+    }
+}
+
 // ------------------------------------------------------------------ the feed
 
 const MINUTES: u64 = 30;
@@ -837,13 +886,15 @@ async fn every_panel_has_data_and_the_rollup_matches_raw_spans() {
     }
     assert_eq!(seen, points);
     // The rollup is filled within each INSERT into otel_traces.
-    let rolled: u64 = c
-        .client
-        .query("SELECT toUInt64(sum(Requests)) FROM otel_traces_red_1m")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(rolled, feed.server_spans);
+    for rollup in ["otel_traces_red_1m", "otel_traces_red_1h"] {
+        let rolled: u64 = c
+            .client
+            .query(&format!("SELECT toUInt64(sum(Requests)) FROM {rollup}"))
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(rolled, feed.server_spans, "{rollup}");
+    }
     // At least three of the collector's own exports, so counters have deltas.
     while started.elapsed() < Duration::from_secs(60) {
         let exports: u64 = c
@@ -1002,20 +1053,48 @@ async fn every_panel_has_data_and_the_rollup_matches_raw_spans() {
         .iter()
         .any(|s| str_of(s) == "traces"));
 
-    assert_p99_matches_raw(&c.client).await;
+    // From 3 days on the overview reads the hourly rollup: same counts.
+    let long = TimeRange {
+        from_ms: range.to_ms - 4 * 86_400_000,
+        to_ms: range.to_ms,
+    };
+    let overview_long = run_dashboard(
+        &c.client,
+        &dashboard(&all, "otel-service-overview"),
+        &RunOptions::new(long),
+    )
+    .await
+    .unwrap();
+    let problems = overview_long.problems(&[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(rows_of(&overview_long, "Routes")
+        .column("requests")
+        .unwrap()
+        .iter()
+        .zip(
+            rows_of(&overview_long, "Routes (raw spans, exact)")
+                .column("requests")
+                .unwrap()
+        )
+        .all(|(a, b)| f64_of(a) == f64_of(b)));
+
+    assert_p99_matches_raw(&c.client, "otel_traces_red_1m").await;
+    assert_p99_matches_raw(&c.client, "otel_traces_red_1h").await;
     c.stop().await;
 }
 
 /// p99 per service, route and version read from the rollup is within the sketch's relative
 /// accuracy of the exact p99 of the raw server spans, taken at the rank the sketch
 /// uses (`floor(0.99 * (n - 1))` of the sorted durations).
-async fn assert_p99_matches_raw(client: &clickhouse::Client) {
+async fn assert_p99_matches_raw(client: &clickhouse::Client, rollup_table: &str) {
     let rollup = run_sql(
         client,
-        "SELECT ServiceName, Route, ServiceVersion, toUInt64(sum(Requests)) AS n, \
-                quantilesDDMerge(0.01, 0.99)(DurationQuantiles)[1] AS p99 \
-         FROM otel_traces_red_1m GROUP BY ServiceName, Route, ServiceVersion \
-         ORDER BY ServiceName, Route, ServiceVersion",
+        &format!(
+            "SELECT ServiceName, Route, ServiceVersion, toUInt64(sum(Requests)) AS n, \
+                    quantilesDDMerge(0.01, 0.99)(DurationQuantiles)[1] AS p99 \
+             FROM {rollup_table} GROUP BY ServiceName, Route, ServiceVersion \
+             ORDER BY ServiceName, Route, ServiceVersion"
+        ),
     )
     .await
     .unwrap();
@@ -1037,7 +1116,7 @@ async fn assert_p99_matches_raw(client: &clickhouse::Client) {
         let (view, exact) = (f64_of(&v[4]), f64_of(&r[4]));
         let error = (view - exact).abs() / exact;
         println!(
-            "p99 {} {} {}: rollup {:.3} ms, raw {:.3} ms, relative error {:.4} % over {} spans",
+            "p99 {rollup_table} {} {} {}: rollup {:.3} ms, raw {:.3} ms, relative error {:.4} % over {} spans",
             str_of(&v[0]),
             str_of(&v[1]),
             str_of(&v[2]),
@@ -1051,4 +1130,209 @@ async fn assert_p99_matches_raw(client: &clickhouse::Client) {
             "{v:?} vs {r:?}: {error}"
         );
     }
+}
+
+// ------------------------------------------------------------------ benchmark
+
+/// Panels of the overview computed from the rollup, and their raw-span twins in
+/// the drill-down row.
+const TWINS: [(&str, &str); 5] = [
+    ("Services", "Services (raw spans, exact)"),
+    (
+        "Request rate by service",
+        "Request rate by service (raw spans)",
+    ),
+    (
+        "Latency by service (p50 / p95 / p99 / p99.9)",
+        "Latency by service (raw spans, exact)",
+    ),
+    ("Routes", "Routes (raw spans, exact)"),
+    ("Versions", "Versions (raw spans, exact)"),
+];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The overview dashboard's query time over the rollup versus raw spans, side by
+/// side on the same data. Not a test of speed (nothing is asserted about it):
+///
+/// ```text
+/// BENCH_SPANS=6000000 BENCH_DAYS=7 cargo test --release -p collector --test dashboards \
+///     -- --ignored --nocapture overview_query_time
+/// ```
+///
+/// A third of the generated spans are SERVER spans (5 routes, 2 versions, 3
+/// services), the rest CLIENT spans, spread evenly over the last BENCH_DAYS days.
+/// They are generated inside ClickHouse (`INSERT … SELECT … FROM numbers`), so the
+/// rollup is filled by its view exactly as for the collector's INSERTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: generates millions of spans; run with --ignored --nocapture"]
+async fn overview_query_time_rollup_vs_raw_spans() {
+    let spans = env_u64("BENCH_SPANS", 6_000_000);
+    let days = env_u64("BENCH_DAYS", 7);
+    let rounds = env_u64("BENCH_ROUNDS", 3);
+    let database = unique_database("bench_overview");
+    let root = clickhouse::Client::default().with_url(clickhouse_url());
+    let opts = SchemaOptions {
+        database: database.clone(),
+        ttl_days: 0,
+        cluster: None,
+        dedup_window: 0,
+    };
+    for sql in create_statements(&opts) {
+        root.query(&sql).execute().await.unwrap();
+    }
+    let client = root.clone().with_database(&database);
+    let span_ns = days * 86_400 * 1_000_000_000;
+    let end_ns = now_ns();
+    let start_ns = end_ns - span_ns;
+    let step = span_ns / spans;
+    let insert = format!(
+        "INSERT INTO otel_traces (Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, \
+             ServiceName, ResourceAttributes, ScopeName, SpanAttributes, Duration, StatusCode) \
+         SELECT fromUnixTimestamp64Nano(toInt64({start_ns} + number * {step})) AS ts, \
+                lower(hex(cityHash64(intDiv(number, 3)))) AS trace, lower(hex(cityHash64(number, 1))), \
+                if(number % 3 = 0, '', lower(hex(cityHash64(intDiv(number, 3) * 3, 1)))), \
+                if(number % 3 = 0, concat(['GET', 'GET', 'POST', 'GET', 'GET'][1 + r], ' ', route), \
+                   ['GET', 'SELECT products', 'EVALSHA gcra'][1 + number % 3]), \
+                if(number % 3 = 0, 'Server', 'Client'), \
+                ['shop', 'shop', 'shop', 'shop', 'shop', 'shop', 'inventory', 'shipping'][1 + cityHash64(number, 2) % 8] AS service, \
+                map('service.name', service, 'service.version', if(cityHash64(number, 3) % 10 = 0, '1.5.0-canary', '1.4.0')), \
+                'agent', \
+                if(number % 3 = 0, map('http.route', route, 'http.request.method', 'GET', \
+                   'http.response.status_code', multiIf(cityHash64(number, 4) % 100 = 0, '500', cityHash64(number, 4) % 30 = 0, '404', '200')), \
+                   map('db.system.name', 'redis')), \
+                toUInt64(exp(ln(4e6) + 0.8 * randNormal(0, 1)) * if(r = 4, 10, 1)), \
+                if(number % 3 = 0 AND cityHash64(number, 4) % 100 = 0, 'Error', 'Unset') \
+         FROM (SELECT number, cityHash64(number, 5) % 5 AS r, \
+                      ['/products/{{id}}', '/categories', '/orders', '/orders/{{id}}', '/orders/{{id}}/summary'][1 + r] AS route \
+               FROM numbers({spans}))"
+    );
+    let t = Instant::now();
+    client
+        .query(&insert)
+        .with_setting("max_insert_threads", "2")
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("{insert}: {e}"));
+    let loaded = t.elapsed();
+    let raw_rows: u64 = client
+        .query("SELECT count() FROM otel_traces")
+        .fetch_one()
+        .await
+        .unwrap();
+    let mut rollup_rows = Vec::new();
+    for rollup in ["otel_traces_red_1m", "otel_traces_red_1h"] {
+        // Merged as a long-running server would have merged them by now.
+        let _ = client
+            .query(&format!("OPTIMIZE TABLE {rollup} FINAL"))
+            .execute()
+            .await;
+        let n: u64 = client
+            .query(&format!("SELECT count() FROM {rollup}"))
+            .fetch_one()
+            .await
+            .unwrap();
+        rollup_rows.push(format!("{rollup} {n} rows"));
+    }
+    println!(
+        "{raw_rows} spans ({} server) over {days} d loaded in {:.1} s; {}",
+        raw_rows / 3,
+        loaded.as_secs_f64(),
+        rollup_rows.join(", ")
+    );
+
+    let all = load_dir(&workspace_dashboards()).unwrap();
+    let overview = dashboard(&all, "otel-service-overview");
+    let to_ms = (end_ns / 1_000_000) as i64;
+    let mut ranges = vec![("the whole range", days * 24)];
+    if days > 1 {
+        ranges.push(("the last 24 h", 24));
+    }
+    for (label, hours) in ranges {
+        let range = TimeRange {
+            from_ms: to_ms - hours as i64 * 3_600_000,
+            to_ms,
+        };
+        let source = if hours >= 72 {
+            "otel_traces_red_1h"
+        } else {
+            "otel_traces_red_1m"
+        };
+        bench_overview(
+            &client,
+            &overview,
+            range,
+            rounds,
+            &format!("{label} ({hours} h, rollup {source})"),
+        )
+        .await;
+    }
+    root.query(&format!("DROP DATABASE `{database}`"))
+        .execute()
+        .await
+        .unwrap();
+}
+
+async fn bench_overview(
+    client: &clickhouse::Client,
+    overview: &Dashboard,
+    range: TimeRange,
+    rounds: u64,
+    label: &str,
+) {
+    // Best of `rounds` per panel: the first round also warms caches.
+    let mut best: BTreeMap<String, Duration> = BTreeMap::new();
+    for _ in 0..rounds {
+        let run = run_dashboard(client, overview, &RunOptions::new(range))
+            .await
+            .unwrap();
+        assert!(run.problems(&[]).is_empty(), "{:#?}", run.problems(&[]));
+        for p in &run.panels {
+            let r = p.result.as_ref().unwrap();
+            let took = r.server_elapsed.unwrap_or(r.elapsed);
+            let e = best.entry(p.panel.clone()).or_insert(took);
+            *e = (*e).min(took);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("\nOverview over {label}, best of {rounds}, ClickHouse-reported time per query:");
+    println!(
+        "{:<46} {:>10} {:>12} {:>10}",
+        "panel", "rollup ms", "raw spans ms", "raw/rollup"
+    );
+    let (mut total_rollup, mut total_raw) = (Duration::ZERO, Duration::ZERO);
+    for (rollup, raw) in TWINS {
+        let (a, b) = (best[rollup], best[raw]);
+        total_rollup += a;
+        total_raw += b;
+        println!(
+            "{rollup:<46} {:>10.1} {:>12.1} {:>9.0}x",
+            ms(a),
+            ms(b),
+            b.as_secs_f64() / a.as_secs_f64()
+        );
+    }
+    println!(
+        "{:<46} {:>10.1} {:>12.1} {:>9.0}x",
+        "the five panels together",
+        ms(total_rollup),
+        ms(total_raw),
+        total_raw.as_secs_f64() / total_rollup.as_secs_f64()
+    );
+    let shown: Vec<&str> = overview
+        .panels
+        .iter()
+        .filter(|p| !p.row.starts_with("Drill-down"))
+        .map(|p| p.title.as_str())
+        .collect();
+    println!(
+        "every panel shown by default ({} queries, all on rollups): {:.1} ms",
+        shown.len(),
+        ms(shown.iter().map(|t| best[*t]).sum())
+    );
 }

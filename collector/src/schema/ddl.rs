@@ -1,6 +1,6 @@
 //! CREATE statements derived from the table definitions.
 
-use super::views::{Rollup, ALL_ROLLUPS, ROLLUP_TTL_FACTOR, TRACE_ID_TS_VIEW};
+use super::views::{Rollup, ALL_ROLLUPS, TRACE_ID_TS_VIEW};
 use super::{quote_ident, Column, Engine, Table, ALL_TABLES, TRACES, TRACE_ID_TS};
 
 /// How the schema is laid out on the server.
@@ -45,10 +45,10 @@ pub fn create_statements(opts: &SchemaOptions) -> Vec<String> {
     out
 }
 
-/// Days a rollup keeps its rows: [`ROLLUP_TTL_FACTOR`] times the raw tables' TTL
-/// (0, keep everything, stays 0).
-pub fn rollup_ttl_days(opts: &SchemaOptions) -> u32 {
-    opts.ttl_days.saturating_mul(ROLLUP_TTL_FACTOR)
+/// Days a rollup keeps its rows: its `ttl_factor` times the raw tables' TTL (0,
+/// keep everything, stays 0).
+pub fn rollup_ttl_days(rollup: &Rollup, opts: &SchemaOptions) -> u32 {
+    opts.ttl_days.saturating_mul(rollup.ttl_factor)
 }
 
 fn create_rollup_table(r: &Rollup, opts: &SchemaOptions) -> String {
@@ -58,7 +58,7 @@ fn create_rollup_table(r: &Rollup, opts: &SchemaOptions) -> String {
         "AggregatingMergeTree"
     };
     let order_by: Vec<&str> = r.dimensions().map(|d| d.column.name).collect();
-    let ttl_days = rollup_ttl_days(opts);
+    let ttl_days = rollup_ttl_days(r, opts);
     let ttl = if ttl_days > 0 {
         format!("\nTTL {} + toIntervalDay({ttl_days})", r.ttl_from)
     } else {
@@ -93,15 +93,19 @@ fn create_rollup_view(r: &Rollup, opts: &SchemaOptions) -> String {
         .map(|c| format!("{} AS {}", c.expr, quote_ident(c.column.name)))
         .collect();
     let group_by: Vec<String> = r.dimensions().map(|d| quote_ident(d.column.name)).collect();
+    let filter = if r.filter.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", r.filter)
+    };
     format!(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {}{} TO {} AS \
-         SELECT {} FROM {} WHERE {} GROUP BY {}",
+         SELECT {} FROM {}{filter} GROUP BY {}",
         opts.qualified(r.view),
         opts.on_cluster(),
         opts.qualified(r.name),
         select.join(", "),
         opts.qualified(r.source),
-        r.filter,
         group_by.join(", "),
     )
 }
@@ -196,7 +200,7 @@ fn create_trace_id_view(opts: &SchemaOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::TRACES_RED_1M;
+    use crate::schema::{TRACES_RED_1H, TRACES_RED_1M};
 
     fn opts() -> SchemaOptions {
         SchemaOptions {
@@ -245,6 +249,20 @@ mod tests {
         ));
         assert!(sql.contains(" FROM `otel`.`otel_traces` WHERE SpanKind = 'Server' GROUP BY `ServiceName`, `Route`, `ServiceVersion`, `StatusClass`, `Timestamp`"), "{sql}");
         assert!(sql.contains("toStartOfMinute(Timestamp) AS `Timestamp`"));
+        let hourly = create_rollup_view(&TRACES_RED_1H, &opts());
+        assert!(
+            hourly.contains(" FROM `otel`.`otel_traces_red_1m` GROUP BY "),
+            "{hourly}"
+        );
+        assert!(hourly.contains("quantilesDDMergeState(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles) AS `DurationQuantiles`"));
+        assert!(create_rollup_table(
+            &TRACES_RED_1H,
+            &SchemaOptions {
+                ttl_days: 30,
+                ..opts()
+            }
+        )
+        .contains("TTL Timestamp + toIntervalDay(480)"));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! aggregate. The table's DDL, the view's SELECT and GROUP BY, and the schema probe
 //! all derive from that one list.
 //!
-//! Dashboards read rollups for long ranges: a minute of one route is one row
-//! however many spans it had. Raw spans stay the source for drill-down.
+//! Dashboards read rollups for long ranges: a minute (or an hour) of one route is
+//! one row however many spans it had. The hourly rollup is fed from the minute one
+//! (a view on a view), so weeks are a few thousand rows. Raw spans stay the source
+//! for drill-down.
 
 use super::{Column, TRACES};
 
@@ -16,9 +18,6 @@ use super::{Column, TRACES};
 /// rank (`floor(q * (n - 1))` of the sorted durations). Merging minutes, versions or
 /// replicas adds no error: sketches merge by adding bucket counts.
 pub const DURATION_RELATIVE_ACCURACY: f64 = 0.01;
-
-/// Rollups are kept this many times longer than the raw rows they summarise.
-pub const ROLLUP_TTL_FACTOR: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnRole {
@@ -43,11 +42,13 @@ pub struct Rollup {
     pub view: &'static str,
     /// The table the view reads (its inserts trigger the view).
     pub source: &'static str,
-    /// Which source rows count.
+    /// Which source rows count (empty: all).
     pub filter: &'static str,
     pub columns: &'static [RollupColumn],
     pub partition_by: &'static str,
     pub ttl_from: &'static str,
+    /// Rows are kept this many times longer than the raw tables' TTL.
+    pub ttl_factor: u32,
 }
 
 impl Rollup {
@@ -166,12 +167,58 @@ pub const TRACES_RED_1M: Rollup = Rollup {
     ],
     partition_by: "toDate(Timestamp)",
     ttl_from: "Timestamp",
+    ttl_factor: 4,
+};
+
+/// [`TRACES_RED_1M`] per hour, with the same columns (dashboards read either with
+/// the same SQL), merged from the minute rows as they are inserted.
+pub const TRACES_RED_1H: Rollup = Rollup {
+    name: "otel_traces_red_1h",
+    view: "otel_traces_red_1h_mv",
+    source: TRACES_RED_1M.name,
+    filter: "",
+    columns: &[
+        dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
+        dimension("Route", "LowCardinality(String)", "Route"),
+        dimension("ServiceVersion", "LowCardinality(String)", "ServiceVersion"),
+        dimension("StatusClass", "LowCardinality(String)", "StatusClass"),
+        dimension("Timestamp", "DateTime", "toStartOfHour(Timestamp)"),
+        aggregate(
+            "Requests",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "sum(Requests)",
+        ),
+        aggregate(
+            "Errors",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "sum(Errors)",
+        ),
+        aggregate(
+            "DurationSum",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "sum(DurationSum)",
+        ),
+        aggregate(
+            "DurationMax",
+            "SimpleAggregateFunction(max, UInt64)",
+            "max(DurationMax)",
+        ),
+        aggregate(
+            "DurationQuantiles",
+            "AggregateFunction(quantilesDD(0.01, 0.5, 0.95, 0.99, 0.999), UInt64)",
+            "quantilesDDMergeState(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles)",
+        ),
+    ],
+    partition_by: "toYYYYMM(Timestamp)",
+    ttl_from: "Timestamp",
+    ttl_factor: 16,
 };
 
 /// The view that fills `otel_traces_trace_id_ts` (Grafana's trace-id lookup).
 pub const TRACE_ID_TS_VIEW: &str = "otel_traces_trace_id_ts_mv";
 
-pub const ALL_ROLLUPS: [&Rollup; 1] = [&TRACES_RED_1M];
+/// In creation order: a rollup's source comes before it.
+pub const ALL_ROLLUPS: [&Rollup; 2] = [&TRACES_RED_1M, &TRACES_RED_1H];
 
 #[cfg(test)]
 mod tests {
@@ -189,6 +236,13 @@ mod tests {
         assert!(q
             .expr
             .starts_with(&params.replace("quantilesDD", "quantilesDDState")));
+    }
+
+    #[test]
+    fn the_hourly_rollup_has_the_minute_rollups_columns() {
+        assert_eq!(TRACES_RED_1H.table_columns(), TRACES_RED_1M.table_columns());
+        let position = |name| ALL_ROLLUPS.iter().position(|r| r.name == name);
+        assert!(position(TRACES_RED_1H.source) < position(TRACES_RED_1H.name));
     }
 
     #[test]
