@@ -32,6 +32,15 @@ ensure_service 5432 PostgreSQL sh -c 'pg_ctlcluster --skip-systemctl-redirect "$
 ensure_service 6379 Redis redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 ensure_service 5672 RabbitMQ rabbitmq-server -detached
 
+step "compose file (Debian's docker-compose: docker-compose config)"
+if ! command -v docker-compose >/dev/null; then
+  as_root=""
+  [ "$(id -u)" -eq 0 ] || as_root="sudo"
+  $as_root apt-get install -y --no-install-recommends docker-compose >/dev/null 2>&1 \
+    || { $as_root apt-get update >/dev/null && $as_root apt-get install -y --no-install-recommends docker-compose >/dev/null; }
+fi
+docker-compose config -q
+
 step "format and lints"
 cargo fmt --all --check
 # One feature set for every step (the lapin carrier included), so clippy, build and

@@ -16,7 +16,7 @@ use crate::pipeline::Pipeline;
 use crate::receivers::{self, Receivers};
 use crate::schema::ALL_TABLES;
 use crate::spool::Spool;
-use crate::telemetry::{admin_router, Health, Metrics};
+use crate::telemetry::{admin_router, run_self_export, Health, Metrics, SpoolAge};
 
 /// How many recent INSERT blocks each table remembers to drop repeats.
 const DEDUP_WINDOW: u32 = 1000;
@@ -121,18 +121,29 @@ impl Collector {
         ));
 
         let stop_receivers = CancellationToken::new();
-        let receivers = Receivers::start(&config.receivers, pipeline, stop_receivers.clone())
-            .await
-            .context("starting the OTLP receivers")?;
+        let receivers =
+            Receivers::start(&config.receivers, pipeline.clone(), stop_receivers.clone())
+                .await
+                .context("starting the OTLP receivers")?;
 
         let admin = receivers::bind(&config.admin.addr).await?;
         let admin_addr = admin.local_addr()?;
-        let app = admin_router(Health {
+        let health = Health {
             gate: gate.clone(),
             inserts: exporter.health(),
             spool: spool.clone(),
             metrics: metrics.clone(),
-        });
+            spool_age: Arc::new(SpoolAge::new(std::time::Instant::now())),
+        };
+        health.sample_spool_age();
+        // Writes into the pipeline like a receiver, so it stops with them.
+        tokio::spawn(run_self_export(
+            health.clone(),
+            pipeline,
+            config.telemetry.clone(),
+            stop_receivers.clone(),
+        ));
+        let app = admin_router(health);
         let stop = stop_background.clone();
         tokio::spawn(async move {
             let _ = axum::serve(admin, app)

@@ -10,6 +10,7 @@ use crate::embedded::EmbeddedConfig;
 use crate::exporters::clickhouse::ClickHouseConfig;
 use crate::receivers::ReceiversConfig;
 use crate::spool::SpoolConfig;
+use crate::telemetry::TelemetryConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +22,8 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// The collector's own metrics written into ClickHouse.
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

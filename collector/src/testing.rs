@@ -2,6 +2,8 @@
 //! collector on free loopback ports, writing into its own database of a real
 //! ClickHouse (`CLICKHOUSE_URL`, or one embedded engine shared by the test process).
 
+pub mod dashboards;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -91,6 +93,8 @@ pub fn test_config(database: &str) -> Config {
         .display()
         .to_string();
     config.batching.max_delay_ms = 100;
+    // Tests count rows in the metric tables; the collector's own would join them.
+    config.telemetry.export_interval_ms = 0;
     config
 }
 

@@ -3,16 +3,19 @@
 //! Every table is one [`Table`] whose columns come from the row struct that fills it
 //! (see the `row!` macro in [`tables`]): the DDL, the INSERT column list, the
 //! RowBinary encoding and the schema probe are all derived from that declaration, so
-//! they cannot drift apart.
+//! they cannot drift apart. `views.rs` declares the pre-aggregations the same way:
+//! each rollup column with the expression that fills it.
 
 mod ddl;
 mod probe;
 pub mod rowbinary;
 mod tables;
+mod views;
 
-pub use ddl::{create_statements, SchemaOptions};
+pub use ddl::{create_statements, rollup_ttl_days, SchemaOptions};
 pub use probe::{probe, SchemaProblem};
 pub use tables::*;
+pub use views::*;
 
 /// One column as ClickHouse's `DESCRIBE TABLE` reports it (nested columns flattened:
 /// `Events.Name Array(LowCardinality(String))`).

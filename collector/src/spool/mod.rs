@@ -161,6 +161,20 @@ impl Spool {
         self.budget
     }
 
+    /// The sequence number the next appended part gets; every part below it was
+    /// appended before this call.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// The oldest part not yet confirmed by ClickHouse (None: the spool is empty).
+    pub fn oldest_seq(&self) -> Result<Option<u64>, SpoolError> {
+        Ok(self
+            .parts
+            .first()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes)))
+    }
+
     /// Writes a request's parts atomically; returns once they are durable.
     pub async fn append(&self, parts: Vec<TablePart>) -> Result<Vec<SpooledPart>, SpoolError> {
         let bytes: u64 = parts.iter().map(|p| p.data.len() as u64).sum();

@@ -1,6 +1,8 @@
 //! `/health/live`, `/health/ready` and `/metrics`.
 
+use std::fmt::Write;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -8,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use super::spool_age::SpoolAge;
 use super::Metrics;
 use crate::exporters::clickhouse::{InsertHealth, SchemaGate, SchemaState};
 use crate::spool::Spool;
@@ -18,6 +21,37 @@ pub struct Health {
     pub inserts: InsertHealth,
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
+    pub spool_age: Arc<SpoolAge>,
+}
+
+impl Health {
+    /// Notes how far the spool's appends have gone (see [`SpoolAge`]).
+    pub fn sample_spool_age(&self) {
+        let oldest = self.spool.oldest_seq().ok().flatten();
+        self.spool_age
+            .sample(Instant::now(), self.spool.next_seq(), oldest);
+    }
+
+    fn spool_age_seconds(&self) -> f64 {
+        let oldest = self.spool.oldest_seq().ok().flatten();
+        self.spool_age.age(Instant::now(), oldest).as_secs_f64()
+    }
+}
+
+/// What `/metrics` serves (and the collector writes into its own tables).
+pub fn exposition(h: &Health) -> String {
+    let mut out = h.metrics.render();
+    for (name, value) in [
+        ("collector_spool_bytes", h.spool.used_bytes() as f64),
+        (
+            "collector_spool_budget_bytes",
+            h.spool.budget_bytes() as f64,
+        ),
+        ("collector_spool_oldest_age_seconds", h.spool_age_seconds()),
+    ] {
+        let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
+    }
+    out
 }
 
 pub fn router(health: Health) -> Router {
@@ -48,11 +82,6 @@ async fn ready(State(h): State<Health>) -> impl IntoResponse {
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        format!(
-            "{}# TYPE collector_spool_bytes gauge\ncollector_spool_bytes {}\n# TYPE collector_spool_budget_bytes gauge\ncollector_spool_budget_bytes {}\n",
-            h.metrics.render(),
-            h.spool.used_bytes(),
-            h.spool.budget_bytes()
-        ),
+        exposition(&h),
     )
 }

@@ -1,9 +1,14 @@
-//! The collector's own observability: JSON logs, Prometheus metrics, health.
+//! The collector's own observability: JSON logs, Prometheus metrics, health, and
+//! the same metrics written into its own ClickHouse tables.
 
 mod admin;
 mod logging;
 mod metrics;
+mod self_export;
+mod spool_age;
 
-pub use admin::{router as admin_router, Health};
+pub use admin::{exposition, router as admin_router, Health};
 pub use logging::init_logging;
 pub use metrics::{Metrics, Outcome};
+pub use self_export::{run as run_self_export, to_otlp, TelemetryConfig};
+pub use spool_age::SpoolAge;

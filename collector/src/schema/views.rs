@@ -1,0 +1,259 @@
+//! Pre-aggregations filled by materialized views at insert time, declared once.
+//!
+//! A [`Rollup`] is an AggregatingMergeTree table together with the view that fills
+//! it: every column carries the expression that computes it from the source rows,
+//! and whether it is a dimension (grouped by, part of the sorting key) or an
+//! aggregate. The table's DDL, the view's SELECT and GROUP BY, and the schema probe
+//! all derive from that one list.
+//!
+//! Dashboards read rollups for long ranges: a minute (or an hour) of one route is
+//! one row however many spans it had. The hourly rollup is fed from the minute one
+//! (a view on a view), so weeks are a few thousand rows. Raw spans stay the source
+//! for drill-down.
+
+use super::{Column, TRACES};
+
+/// The relative accuracy of the duration sketches (DDSketch, `quantilesDD`): every
+/// quantile read from a rollup is within 1 % of the exact value of the span at that
+/// rank (`floor(q * (n - 1))` of the sorted durations). Merging minutes, versions or
+/// replicas adds no error: sketches merge by adding bucket counts.
+pub const DURATION_RELATIVE_ACCURACY: f64 = 0.01;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnRole {
+    /// Grouped by and part of the sorting key.
+    Dimension,
+    /// An aggregate (`SimpleAggregateFunction` / `AggregateFunction` state).
+    Aggregate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupColumn {
+    pub column: Column,
+    /// Computes the column from one source row (dimensions) or a group (aggregates).
+    pub expr: &'static str,
+    pub role: ColumnRole,
+}
+
+#[derive(Debug)]
+pub struct Rollup {
+    pub name: &'static str,
+    /// The materialized view that fills the table.
+    pub view: &'static str,
+    /// The table the view reads (its inserts trigger the view).
+    pub source: &'static str,
+    /// Which source rows count (empty: all).
+    pub filter: &'static str,
+    pub columns: &'static [RollupColumn],
+    pub partition_by: &'static str,
+    pub ttl_from: &'static str,
+    /// Rows are kept this many times longer than the raw tables' TTL.
+    pub ttl_factor: u32,
+}
+
+impl Rollup {
+    /// The table's columns as the probe compares them with `system.columns`.
+    pub fn table_columns(&self) -> Vec<Column> {
+        self.columns.iter().map(|c| c.column).collect()
+    }
+
+    pub fn dimensions(&self) -> impl Iterator<Item = &RollupColumn> {
+        self.columns
+            .iter()
+            .filter(|c| c.role == ColumnRole::Dimension)
+    }
+}
+
+const fn dimension(name: &'static str, ty: &'static str, expr: &'static str) -> RollupColumn {
+    RollupColumn {
+        column: Column {
+            name,
+            ty,
+            codec: "ZSTD(1)",
+        },
+        expr,
+        role: ColumnRole::Dimension,
+    }
+}
+
+const fn aggregate(name: &'static str, ty: &'static str, expr: &'static str) -> RollupColumn {
+    RollupColumn {
+        column: Column {
+            name,
+            ty,
+            codec: "ZSTD(1)",
+        },
+        expr,
+        role: ColumnRole::Aggregate,
+    }
+}
+
+/// `http.response.status_code`, or the name older semantic conventions used.
+macro_rules! http_status {
+    () => {
+        "if(SpanAttributes['http.response.status_code'] != '', \
+         SpanAttributes['http.response.status_code'], SpanAttributes['http.status_code'])"
+    };
+}
+
+/// Rate, errors and duration (RED) of SERVER spans per minute, service, service
+/// version, route and status class.
+///
+/// - `Route` is `http.route` (the route template), else the span name.
+/// - `StatusClass` is `2xx`…`5xx` from the HTTP status code; spans without one are
+///   `error` when their status is Error, else `ok`.
+/// - `Errors` counts spans whose status is Error or whose HTTP status is 5xx.
+/// - `Duration*` are nanoseconds; `DurationQuantiles` is a DDSketch state
+///   ([`DURATION_RELATIVE_ACCURACY`]): read it with
+///   `quantilesDDMerge(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles)` (any levels).
+pub const TRACES_RED_1M: Rollup = Rollup {
+    name: "otel_traces_red_1m",
+    view: "otel_traces_red_1m_mv",
+    source: TRACES.name,
+    filter: "SpanKind = 'Server'",
+    columns: &[
+        dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
+        dimension(
+            "Route",
+            "LowCardinality(String)",
+            "if(SpanAttributes['http.route'] != '', SpanAttributes['http.route'], SpanName)",
+        ),
+        dimension(
+            "ServiceVersion",
+            "LowCardinality(String)",
+            "ResourceAttributes['service.version']",
+        ),
+        dimension(
+            "StatusClass",
+            "LowCardinality(String)",
+            concat!(
+                "multiIf(",
+                http_status!(),
+                " != '', concat(substring(",
+                http_status!(),
+                ", 1, 1), 'xx'), StatusCode = 'Error', 'error', 'ok')"
+            ),
+        ),
+        dimension("Timestamp", "DateTime", "toStartOfMinute(Timestamp)"),
+        aggregate(
+            "Requests",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(count())",
+        ),
+        aggregate(
+            "Errors",
+            "SimpleAggregateFunction(sum, UInt64)",
+            concat!(
+                "toUInt64(countIf(StatusCode = 'Error' OR toUInt16OrZero(",
+                http_status!(),
+                ") >= 500))"
+            ),
+        ),
+        aggregate(
+            "DurationSum",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(sum(Duration))",
+        ),
+        aggregate(
+            "DurationMax",
+            "SimpleAggregateFunction(max, UInt64)",
+            "max(Duration)",
+        ),
+        aggregate(
+            "DurationQuantiles",
+            "AggregateFunction(quantilesDD(0.01, 0.5, 0.95, 0.99, 0.999), UInt64)",
+            "quantilesDDState(0.01, 0.5, 0.95, 0.99, 0.999)(Duration)",
+        ),
+    ],
+    partition_by: "toDate(Timestamp)",
+    ttl_from: "Timestamp",
+    ttl_factor: 4,
+};
+
+/// [`TRACES_RED_1M`] per hour, with the same columns (dashboards read either with
+/// the same SQL), merged from the minute rows as they are inserted.
+pub const TRACES_RED_1H: Rollup = Rollup {
+    name: "otel_traces_red_1h",
+    view: "otel_traces_red_1h_mv",
+    source: TRACES_RED_1M.name,
+    filter: "",
+    columns: &[
+        dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
+        dimension("Route", "LowCardinality(String)", "Route"),
+        dimension("ServiceVersion", "LowCardinality(String)", "ServiceVersion"),
+        dimension("StatusClass", "LowCardinality(String)", "StatusClass"),
+        dimension("Timestamp", "DateTime", "toStartOfHour(Timestamp)"),
+        aggregate(
+            "Requests",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "sum(Requests)",
+        ),
+        aggregate(
+            "Errors",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "sum(Errors)",
+        ),
+        aggregate(
+            "DurationSum",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "sum(DurationSum)",
+        ),
+        aggregate(
+            "DurationMax",
+            "SimpleAggregateFunction(max, UInt64)",
+            "max(DurationMax)",
+        ),
+        aggregate(
+            "DurationQuantiles",
+            "AggregateFunction(quantilesDD(0.01, 0.5, 0.95, 0.99, 0.999), UInt64)",
+            "quantilesDDMergeState(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles)",
+        ),
+    ],
+    partition_by: "toYYYYMM(Timestamp)",
+    ttl_from: "Timestamp",
+    ttl_factor: 16,
+};
+
+/// The view that fills `otel_traces_trace_id_ts` (Grafana's trace-id lookup).
+pub const TRACE_ID_TS_VIEW: &str = "otel_traces_trace_id_ts_mv";
+
+/// In creation order: a rollup's source comes before it.
+pub const ALL_ROLLUPS: [&Rollup; 2] = [&TRACES_RED_1M, &TRACES_RED_1H];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sketch_type_and_state_function_agree_on_accuracy_and_levels() {
+        let q = TRACES_RED_1M
+            .columns
+            .iter()
+            .find(|c| c.column.name == "DurationQuantiles")
+            .expect("quantile column");
+        let params = format!("quantilesDD({DURATION_RELATIVE_ACCURACY}, 0.5, 0.95, 0.99, 0.999)");
+        assert!(q.column.ty.contains(&params), "{}", q.column.ty);
+        assert!(q
+            .expr
+            .starts_with(&params.replace("quantilesDD", "quantilesDDState")));
+    }
+
+    #[test]
+    fn the_hourly_rollup_has_the_minute_rollups_columns() {
+        assert_eq!(TRACES_RED_1H.table_columns(), TRACES_RED_1M.table_columns());
+        let position = |name| ALL_ROLLUPS.iter().position(|r| r.name == name);
+        assert!(position(TRACES_RED_1H.source) < position(TRACES_RED_1H.name));
+    }
+
+    #[test]
+    fn every_aggregate_column_is_an_aggregate_type() {
+        for r in ALL_ROLLUPS {
+            for c in r.columns {
+                let is_agg = c.column.ty.starts_with("SimpleAggregateFunction(")
+                    || c.column.ty.starts_with("AggregateFunction(");
+                assert_eq!(is_agg, c.role == ColumnRole::Aggregate, "{}", c.column.name);
+            }
+            assert!(r.dimensions().any(|d| d.column.name == r.ttl_from));
+        }
+    }
+}
