@@ -91,11 +91,7 @@ impl Output {
             .into_iter()
             .zip(ALL_TABLES)
             .filter(|((rows, _), _)| *rows > 0)
-            .map(|((rows, data), t)| TablePart {
-                table: t.id,
-                rows,
-                data,
-            })
+            .map(|((rows, data), t)| TablePart::compress(t.id, rows, &data))
             .collect();
         let error_message = match self.first_error {
             Some(e) => format!("{} {items} rejected; first: {e}", self.rejected),

@@ -186,6 +186,7 @@ impl Spool {
                     seq,
                     table: p.table,
                     rows: p.rows,
+                    raw_len: p.raw_len,
                     len: p.data.len() as u32,
                     data: Some(p.data),
                 }
@@ -318,6 +319,7 @@ mod tests {
         TablePart {
             table,
             rows,
+            raw_len: rows * 10,
             data: vec![byte; rows as usize * 3],
         }
     }

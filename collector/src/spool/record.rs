@@ -11,6 +11,9 @@ pub struct SpooledPart {
     pub seq: u64,
     pub table: TableId,
     pub rows: u32,
+    /// RowBinary bytes before compression.
+    pub raw_len: u32,
+    /// Stored (compressed) bytes.
     pub len: u32,
     pub data: Option<Vec<u8>>,
 }
@@ -25,31 +28,35 @@ pub struct BatchRecord {
     pub seqs: Vec<u64>,
 }
 
-/// `[table u8][rows u32 LE][rows bytes]`
+/// `[table u8][rows u32 LE][raw_len u32 LE][compressed rows]`
 pub fn encode_part(p: &TablePart) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + p.data.len());
+    let mut v = Vec::with_capacity(META + p.data.len());
     v.push(p.table as u8);
     v.extend_from_slice(&p.rows.to_le_bytes());
+    v.extend_from_slice(&p.raw_len.to_le_bytes());
     v.extend_from_slice(&p.data);
     v
 }
 
+const META: usize = 9;
+
 pub fn decode_part(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
     let mut part = decode_meta(seq, v)?;
-    part.data = Some(v[5..].to_vec());
+    part.data = Some(v[META..].to_vec());
     Ok(part)
 }
 
 /// A part's table and size, without copying its rows.
 pub fn decode_meta(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
-    if v.len() < 5 {
+    if v.len() < META {
         return Err(SpoolError::Corrupt(seq));
     }
     Ok(SpooledPart {
         seq,
         table: TableId::from_u8(v[0]).ok_or(SpoolError::Corrupt(seq))?,
         rows: u32::from_le_bytes(v[1..5].try_into().expect("4 bytes")),
-        len: (v.len() - 5) as u32,
+        raw_len: u32::from_le_bytes(v[5..9].try_into().expect("4 bytes")),
+        len: (v.len() - META) as u32,
         data: None,
     })
 }
