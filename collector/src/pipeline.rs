@@ -1,7 +1,7 @@
 //! The door between the receivers and everything downstream.
 //!
-//! A receiver decodes a request and calls [`Pipeline::accept`]; when that returns Ok,
-//! the rows are durable in the spool and the client may be told so.
+//! A receiver decodes and maps a request and calls [`Pipeline::accept`]; when that
+//! returns Ok, the rows are durable in the spool and the client may be told so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +44,8 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Maps a decoded request to rows, spools them and hands them downstream.
-    pub async fn accept<S: Signal>(&self, request: S::Request) -> Result<S::Response, IngestError> {
-        let mapped = S::map(&request);
-        drop(request);
+    /// Spools a request's rows and hands them downstream.
+    pub async fn accept<S: Signal>(&self, mapped: Mapped) -> Result<S::Response, IngestError> {
         let response = S::response(&mapped);
         let Mapped {
             parts,
