@@ -80,7 +80,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 1)]
     pub load_core: usize,
     /// Spool budget in the overload scenarios (small, so it fills within the run).
-    #[arg(long, default_value_t = 128 << 20)]
+    #[arg(long, default_value_t = 32 << 20)]
     pub overload_spool_bytes: u64,
     /// Request timeout of the load generator.
     #[arg(long, default_value_t = 5_000)]
@@ -152,7 +152,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         args.protocol,
         args.collector_core,
         args.load_core,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        procfs::online_cpus(),
         procfs::load_average()
     );
     let results_path = work.join("results.jsonl");

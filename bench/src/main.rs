@@ -26,6 +26,9 @@ enum Cmd {
         /// Print every statement other than INSERT data.
         #[arg(long)]
         log_queries: bool,
+        /// Refuse every INSERT as an overloaded ClickHouse does (Code 252).
+        #[arg(long)]
+        refuse_inserts: bool,
     },
     /// Run the collectors side by side and print the comparison table.
     Compare(compare::CompareArgs),
@@ -40,10 +43,15 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }),
-        Cmd::Sink { addr, log_queries } => runtime(true)?.block_on(async {
+        Cmd::Sink {
+            addr,
+            log_queries,
+            refuse_inserts,
+        } => runtime(true)?.block_on(async {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             eprintln!("discard sink on http://{}", listener.local_addr()?);
             let sink = sink::Sink::new(log_queries);
+            sink.set_refuse_inserts(refuse_inserts);
             let stats = sink.clone();
             tokio::spawn(async move {
                 let mut last = Default::default();

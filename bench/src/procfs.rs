@@ -48,6 +48,12 @@ fn clock_ticks() -> f64 {
     }
 }
 
+/// CPUs online on the machine (not just those this process may use).
+pub fn online_cpus() -> i64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+}
+
 /// The 1-minute load average, to record next to the figures.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -20,15 +20,25 @@ pub struct TablePart {
 /// Uncompressed bytes per block: ClickHouse's own insert blocks are about this size.
 const BLOCK_BYTES: usize = 1 << 20;
 const CHECKSUM: usize = 16;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 const HEADER: usize = 9;
 const LZ4: u8 = 0x82;
 
 impl TablePart {
     pub fn compress(table: TableId, rows: u32, raw: &[u8]) -> TablePart {
-        let mut data = Vec::with_capacity(raw.len() / 4 + 64);
-        for chunk in raw.chunks(BLOCK_BYTES) {
-            compress_block(chunk, &mut data);
-        }
+        // Compressing needs room for the worst case; the part keeps only what it
+        // uses (it may wait in memory for a while).
+        let data = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            for chunk in raw.chunks(BLOCK_BYTES) {
+                compress_block(chunk, &mut scratch);
+            }
+            scratch.to_vec()
+        });
         TablePart {
             table,
             rows,

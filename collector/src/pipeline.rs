@@ -44,6 +44,17 @@ impl Pipeline {
         &self.metrics
     }
 
+    /// Refuses at once while the spool is full, before a request costs any mapping.
+    pub fn has_room<S: Signal>(&self, items: u64) -> Result<(), IngestError> {
+        let (used, budget) = (self.spool.used_bytes(), self.spool.budget_bytes());
+        if used < budget {
+            return Ok(());
+        }
+        let (outcome, err) = refusal(SpoolError::Full { used, budget });
+        self.metrics.request(S::NAME, outcome, items, 0, 0);
+        Err(err)
+    }
+
     /// Spools a request's rows and hands them downstream.
     pub async fn accept<S: Signal>(&self, mapped: Mapped) -> Result<S::Response, IngestError> {
         let response = S::response(&mapped);

@@ -106,6 +106,7 @@ impl Ingest {
                 });
             }
         }
+        self.pipeline.has_room::<S>(items)?;
         // Traces are read in full only here; a malformed span deep inside is found now.
         let (mapped, report) = S::map(request, &self.limits).map_err(|e| self.refused::<S>(e))?;
         metrics.limited(
