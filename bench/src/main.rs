@@ -2,11 +2,7 @@
 //! ClickHouse) and `bench compare` (ours and rotel side by side). `scripts/bench.sh`
 //! builds everything and runs the comparison; see BENCHMARKS.md.
 
-mod compare;
-mod load;
-mod procfs;
-mod sink;
-
+use bench::{compare, load, procfs, sink};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
