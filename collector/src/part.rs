@@ -52,12 +52,9 @@ impl TablePart {
 /// included), raw size, LZ4 payload.
 fn compress_block(raw: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
-    let max = lz4_flex::block::get_maximum_output_size(raw.len());
-    out.resize(start + CHECKSUM + HEADER + max, 0);
+    out.resize(start + CHECKSUM + HEADER, 0);
     let payload = start + CHECKSUM + HEADER;
-    let n = lz4_flex::block::compress_into(raw, &mut out[payload..])
-        .expect("the buffer has the maximum output size");
-    out.truncate(payload + n);
+    let n = crate::lz4::compress(raw, out);
     let header = &mut out[start + CHECKSUM..payload];
     header[0] = LZ4;
     header[1..5].copy_from_slice(&((HEADER + n) as u32).to_le_bytes());
