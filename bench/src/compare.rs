@@ -82,6 +82,9 @@ pub struct CompareArgs {
     /// Spool budget in the overload scenarios (small, so it fills within the run).
     #[arg(long, default_value_t = 32 << 20)]
     pub overload_spool_bytes: u64,
+    /// A collector past this resident memory is killed (MiB).
+    #[arg(long, default_value_t = 4096)]
+    pub rss_cap_mib: u64,
     /// Request timeout of the load generator.
     #[arg(long, default_value_t = 5_000)]
     pub timeout_ms: u64,
@@ -270,10 +273,21 @@ async fn run_one(
         Protocol::Grpc => format!("http://127.0.0.1:{grpc}"),
         Protocol::Http => format!("http://127.0.0.1:{http}"),
     };
-    let load = run_load(args, &endpoint).await?;
+    // A collector whose memory grows without bound is stopped at the cap: the
+    // machine is shared, and the point is made.
+    let cap = args.rss_cap_mib << 20;
+    let (load, capped) = tokio::select! {
+        load = run_load(args, &endpoint) => (load?, None),
+        t = rss_cap(pid, cap) => {
+            let at_kill = (procfs::cpu_seconds(pid)? - cpu0, procfs::peak_rss_bytes(pid)?);
+            let _ = child.kill();
+            (killed_at_cap(t), Some(at_kill))
+        }
+    };
     let load_average = procfs::load_average();
     // Everything acknowledged must leave before the CPU is read: batching delays differ.
     let stored_rows = match (scenario, engine) {
+        _ if capped.is_some() => None,
         (Scenario::OursEmbedded, Some(e)) => Some(
             e.wait_rows(&database, load.spans_acknowledged, Duration::from_secs(60))
                 .await?,
@@ -284,9 +298,14 @@ async fn run_one(
             None
         }
     };
-    let cpu_seconds = procfs::cpu_seconds(pid)? - cpu0;
-    let peak_rss_bytes = procfs::peak_rss_bytes(pid)?;
-    let rss_end_bytes = procfs::rss_bytes(pid)?;
+    let (cpu_seconds, peak_rss_bytes, rss_end_bytes) = match capped {
+        Some((cpu, peak)) => (cpu, peak, peak),
+        None => (
+            procfs::cpu_seconds(pid)? - cpu0,
+            procfs::peak_rss_bytes(pid)?,
+            procfs::rss_bytes(pid)?,
+        ),
+    };
     let engine_cpu_seconds = match (engine, engine_cpu0) {
         (Some(e), Some(c0)) if scenario == Scenario::OursEmbedded => {
             Some(procfs::cpu_seconds(e.pid)? - c0)
@@ -336,6 +355,7 @@ async fn run_load(args: &CompareArgs, endpoint: &str) -> anyhow::Result<LoadRepo
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--timeout-ms", &args.timeout_ms.to_string()])
         .stderr(Stdio::inherit())
+        .kill_on_drop(true)
         .output()
         .await?;
     if !out.status.success() {
@@ -347,6 +367,29 @@ async fn run_load(args: &CompareArgs, endpoint: &str) -> anyhow::Result<LoadRepo
         .last()
         .context("no output from the load generator")?;
     Ok(serde_json::from_str(last)?)
+}
+
+/// Returns (seconds since called) once `pid` holds more than `cap` bytes resident.
+async fn rss_cap(pid: u32, cap: u64) -> f64 {
+    let started = Instant::now();
+    loop {
+        if procfs::rss_bytes(pid).is_ok_and(|r| r > cap) {
+            return started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The report of a load cut short: the collector was killed at the memory cap, and
+/// the load generator with it, so nothing counts as acknowledged.
+fn killed_at_cap(after: f64) -> LoadReport {
+    LoadReport {
+        seconds: after,
+        first_error: Some(format!(
+            "the collector passed the memory cap after {after:.1} s and was killed"
+        )),
+        ..Default::default()
+    }
 }
 
 async fn wait_ready(
