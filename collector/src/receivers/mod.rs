@@ -109,7 +109,11 @@ impl Receivers {
             .map(TlsFiles::http_acceptor)
             .transpose()
             .map_err(std::io::Error::other)?;
-        let mut builder = tonic::transport::Server::builder();
+        // OTLP requests are hundreds of KiB: with HTTP/2's default 64 KiB windows each
+        // one waits for window updates, round trips that cap a client's throughput.
+        let mut builder = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
         if let Some(files) = &tls {
             builder = builder
                 .tls_config(files.grpc_config())
