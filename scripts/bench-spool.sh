@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} secs=${2:-10} clients=${3:-8} spans=${4:-512}
 
-cargo build --release -q -p collector --bin collector --example otlp_load
-bin=target/release/collector load=target/release/examples/otlp_load
+cargo build --release -q -p collector --bin collector -p bench --bin bench
+bin=target/release/collector load="target/release/bench load"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -27,7 +27,7 @@ run() { # mode round → spans/s
     --set clickhouse.database="bench_${mode}_$round" 2>>"$work/collector.log" &
   local pid=$!
   for _ in $(seq 1 120); do curl -sf "127.0.0.1:$((port + 2))/health/ready" >/dev/null && break; sleep 0.5; done
-  "$load" --endpoint "http://127.0.0.1:$port" --clients "$clients" --spans "$spans" --seconds "$secs" |
+  $load --endpoint "http://127.0.0.1:$port" --clients "$clients" --spans "$spans" --seconds "$secs" |
     sed -E 's/.*"spans_per_second":([0-9.]+).*/\1/'
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }

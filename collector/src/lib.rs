@@ -9,6 +9,7 @@ pub mod batching;
 pub mod config;
 pub mod embedded;
 pub mod exporters;
+mod lz4;
 pub mod mapping;
 pub mod part;
 pub mod pipeline;

@@ -1,7 +1,7 @@
 //! The door between the receivers and everything downstream.
 //!
-//! A receiver decodes a request and calls [`Pipeline::accept`]; when that returns Ok,
-//! the rows are durable in the spool and the client may be told so.
+//! A receiver decodes and maps a request and calls [`Pipeline::accept`]; when that
+//! returns Ok, the rows are durable in the spool and the client may be told so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +44,19 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Maps a decoded request to rows, spools them and hands them downstream.
-    pub async fn accept<S: Signal>(&self, request: S::Request) -> Result<S::Response, IngestError> {
-        let mapped = S::map(&request);
-        drop(request);
+    /// Refuses at once while the spool is full, before a request costs any mapping.
+    pub fn has_room<S: Signal>(&self, items: u64) -> Result<(), IngestError> {
+        let (used, budget) = (self.spool.used_bytes(), self.spool.budget_bytes());
+        if used < budget {
+            return Ok(());
+        }
+        let (outcome, err) = refusal(SpoolError::Full { used, budget });
+        self.metrics.request(S::NAME, outcome, items, 0, 0);
+        Err(err)
+    }
+
+    /// Spools a request's rows and hands them downstream.
+    pub async fn accept<S: Signal>(&self, mapped: Mapped) -> Result<S::Response, IngestError> {
         let response = S::response(&mapped);
         let Mapped {
             parts,

@@ -7,6 +7,33 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 
+fn events(index: u16, start: u64) -> Vec<span::Event> {
+    let mut events = Vec::new();
+    if index % 10 == 3 {
+        events.push(span::Event {
+            time_unix_nano: start + 200_000,
+            name: "cache.miss".into(),
+            attributes: vec![string("cache.key", &format!("order:{index}"))],
+            ..Default::default()
+        });
+    }
+    if index % 50 == 0 {
+        events.push(span::Event {
+            time_unix_nano: start + 900_000,
+            name: "exception".into(),
+            attributes: vec![
+                string("exception.type", "UpstreamTimeout"),
+                string(
+                    "exception.message",
+                    "inventory did not answer within 800 ms",
+                ),
+            ],
+            ..Default::default()
+        });
+    }
+    events
+}
+
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.into(),
@@ -29,7 +56,9 @@ pub fn span_id(client: u32, request: u32, index: u16) -> [u8; 8] {
     id
 }
 
-/// A request of `spans` server spans of one service, shaped like real HTTP traffic.
+/// A request of `spans` server spans of one service, shaped like real HTTP traffic:
+/// ten attributes each, an `exception` event on every failed span (one in fifty) and
+/// a `cache.miss` event on one span in ten.
 pub fn traces_request(
     client: u32,
     request: u32,
@@ -74,6 +103,7 @@ pub fn traces_request(
                     ),
                     string("network.protocol.version", "1.1"),
                 ],
+                events: events(i, start),
                 status: Some(Status {
                     code: if status_code == 500 {
                         status::StatusCode::Error as i32

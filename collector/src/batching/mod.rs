@@ -66,6 +66,8 @@ pub trait BatchSink: Send + Sync + 'static {
 /// A batch being filled.
 struct Open {
     rows: u64,
+    /// RowBinary bytes before compression, what `max_bytes` limits.
+    raw_bytes: usize,
     seqs: Vec<u64>,
     data: Vec<u8>,
     _permits: Vec<OwnedSemaphorePermit>,
@@ -75,6 +77,7 @@ impl Open {
     fn new() -> Open {
         Open {
             rows: 0,
+            raw_bytes: 0,
             seqs: Vec::new(),
             data: Vec::new(),
             _permits: Vec::new(),
@@ -92,6 +95,7 @@ impl Open {
             self.data.extend_from_slice(&bytes);
         }
         self.rows += u64::from(q.part.rows);
+        self.raw_bytes += q.part.raw_len as usize;
         self.seqs.push(q.part.seq);
         if let Some(p) = q.permit {
             self._permits.push(p);
@@ -115,7 +119,7 @@ pub async fn run<K: BatchSink>(
         let mut open = Open::new();
         add(&mut open, first, &spool);
         let deadline = Instant::now() + max_delay;
-        while open.rows < config.max_rows && open.data.len() < config.max_bytes {
+        while open.rows < config.max_rows && open.raw_bytes < config.max_bytes {
             tokio::select! {
                 next = next(&mut input, &stop) => match next {
                     Some(q) => add(&mut open, q, &spool),
@@ -241,6 +245,7 @@ mod tests {
             let parts = vec![TablePart {
                 table: TableId::Logs,
                 rows: 3,
+                raw_len: 30,
                 data: vec![i; 3],
             }];
             let mut spooled = spool.append(parts).await.unwrap().pop().unwrap();

@@ -5,7 +5,11 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
 use super::attributes::{service_name, to_map, value_to_string};
 use super::ids::{hex, nanos, optional_span_id, optional_trace_id};
-use super::{Mapped, Output, Signal};
+use bytes::Bytes;
+
+use super::{decode_message, limit_then_map, Mapped, Output, Signal};
+use crate::receivers::limits::{Limitable, Limits, Report};
+use crate::receivers::{Encoding, IngestError};
 use crate::schema::{LogRow, TableId};
 
 pub struct Logs;
@@ -17,43 +21,16 @@ impl Signal for Logs {
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
 
-    fn map(request: &Self::Request) -> Mapped {
-        let mut out = Output::new();
-        for rl in &request.resource_logs {
-            let resource_attributes =
-                to_map(rl.resource.as_ref().map_or(&[][..], |r| &r.attributes));
-            let service = service_name(&resource_attributes);
-            for sl in &rl.scope_logs {
-                let scope = sl.scope.clone().unwrap_or_default();
-                let scope_attributes = to_map(&scope.attributes);
-                for record in &sl.log_records {
-                    if let Err(why) = check_ids(record) {
-                        out.reject(|| why);
-                        continue;
-                    }
-                    let row = LogRow {
-                        timestamp: nanos(timestamp(record)),
-                        trace_id: hex(&record.trace_id),
-                        span_id: hex(&record.span_id),
-                        trace_flags: (record.flags & 0xff) as u8,
-                        severity_text: record.severity_text.clone(),
-                        severity_number: u8::try_from(record.severity_number).unwrap_or(0),
-                        service_name: service.clone(),
-                        body: value_to_string(record.body.as_ref()),
-                        resource_schema_url: rl.schema_url.clone(),
-                        resource_attributes: resource_attributes.clone(),
-                        scope_schema_url: sl.schema_url.clone(),
-                        scope_name: scope.name.clone(),
-                        scope_version: scope.version.clone(),
-                        scope_attributes: scope_attributes.clone(),
-                        log_attributes: to_map(&record.attributes),
-                        event_name: record.event_name.clone(),
-                    };
-                    out.push(TableId::Logs, &row);
-                }
-            }
-        }
-        out.finish(Self::ITEMS)
+    fn decode(body: Bytes, encoding: Encoding) -> Result<Self::Request, IngestError> {
+        decode_message(&body, encoding)
+    }
+
+    fn items(request: &Self::Request) -> u64 {
+        request.items()
+    }
+
+    fn map(request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError> {
+        Ok(limit_then_map(request, limits, rows))
     }
 
     fn response(mapped: &Mapped) -> Self::Response {
@@ -96,4 +73,43 @@ fn check_ids(record: &LogRecord) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The rows of a request whose limits were applied.
+fn rows(request: &ExportLogsServiceRequest) -> Mapped {
+    let mut out = Output::new();
+    for rl in &request.resource_logs {
+        let resource_attributes = to_map(rl.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        let service = service_name(&resource_attributes);
+        for sl in &rl.scope_logs {
+            let scope = sl.scope.clone().unwrap_or_default();
+            let scope_attributes = to_map(&scope.attributes);
+            for record in &sl.log_records {
+                if let Err(why) = check_ids(record) {
+                    out.reject(|| why);
+                    continue;
+                }
+                let row = LogRow {
+                    timestamp: nanos(timestamp(record)),
+                    trace_id: hex(&record.trace_id),
+                    span_id: hex(&record.span_id),
+                    trace_flags: (record.flags & 0xff) as u8,
+                    severity_text: record.severity_text.clone(),
+                    severity_number: u8::try_from(record.severity_number).unwrap_or(0),
+                    service_name: service.clone(),
+                    body: value_to_string(record.body.as_ref()),
+                    resource_schema_url: rl.schema_url.clone(),
+                    resource_attributes: resource_attributes.clone(),
+                    scope_schema_url: sl.schema_url.clone(),
+                    scope_name: scope.name.clone(),
+                    scope_version: scope.version.clone(),
+                    scope_attributes: scope_attributes.clone(),
+                    log_attributes: to_map(&record.attributes),
+                    event_name: record.event_name.clone(),
+                };
+                out.push(TableId::Logs, &row);
+            }
+        }
+    }
+    out.finish(<Logs as Signal>::ITEMS)
 }

@@ -7,7 +7,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
 
 use super::attributes::{service_name, to_map};
 use super::ids::{hex, optional_span_id, optional_trace_id, seconds};
-use super::{Mapped, Output, Signal};
+use bytes::Bytes;
+
+use super::{decode_message, limit_then_map, Mapped, Output, Signal};
+use crate::receivers::limits::{Limitable, Limits, Report};
+use crate::receivers::{Encoding, IngestError};
 use crate::schema::rowbinary::Map;
 use crate::schema::{ExponentialHistogramRow, GaugeRow, HistogramRow, SumRow, SummaryRow, TableId};
 
@@ -20,29 +24,16 @@ impl Signal for Metrics {
     type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
 
-    fn map(request: &Self::Request) -> Mapped {
-        let mut out = Output::new();
-        for rm in &request.resource_metrics {
-            let resource_attributes =
-                to_map(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
-            for sm in &rm.scope_metrics {
-                let scope = sm.scope.clone().unwrap_or_default();
-                let ctx = Scope {
-                    service_name: service_name(&resource_attributes),
-                    resource_attributes: &resource_attributes,
-                    resource_schema_url: &rm.schema_url,
-                    scope_name: &scope.name,
-                    scope_version: &scope.version,
-                    scope_attributes: to_map(&scope.attributes),
-                    scope_dropped_attr_count: scope.dropped_attributes_count,
-                    scope_schema_url: &sm.schema_url,
-                };
-                for metric in &sm.metrics {
-                    map_metric(&ctx, metric, &mut out);
-                }
-            }
-        }
-        out.finish(Self::ITEMS)
+    fn decode(body: Bytes, encoding: Encoding) -> Result<Self::Request, IngestError> {
+        decode_message(&body, encoding)
+    }
+
+    fn items(request: &Self::Request) -> u64 {
+        request.items()
+    }
+
+    fn map(request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError> {
+        Ok(limit_then_map(request, limits, rows))
     }
 
     fn response(mapped: &Mapped) -> Self::Response {
@@ -252,4 +243,29 @@ fn map_metric(ctx: &Scope, metric: &Metric, out: &mut Output) {
             }
         }
     }
+}
+
+/// The rows of a request whose limits were applied.
+fn rows(request: &ExportMetricsServiceRequest) -> Mapped {
+    let mut out = Output::new();
+    for rm in &request.resource_metrics {
+        let resource_attributes = to_map(rm.resource.as_ref().map_or(&[][..], |r| &r.attributes));
+        for sm in &rm.scope_metrics {
+            let scope = sm.scope.clone().unwrap_or_default();
+            let ctx = Scope {
+                service_name: service_name(&resource_attributes),
+                resource_attributes: &resource_attributes,
+                resource_schema_url: &rm.schema_url,
+                scope_name: &scope.name,
+                scope_version: &scope.version,
+                scope_attributes: to_map(&scope.attributes),
+                scope_dropped_attr_count: scope.dropped_attributes_count,
+                scope_schema_url: &sm.schema_url,
+            };
+            for metric in &sm.metrics {
+                map_metric(&ctx, metric, &mut out);
+            }
+        }
+    }
+    out.finish(<Metrics as Signal>::ITEMS)
 }

@@ -2,19 +2,25 @@
 //!
 //! The pipeline is written once for all signals; what differs per signal is a
 //! [`Signal`] implementation: its request and response types and how one request
-//! becomes rows.
+//! becomes rows. Traces, the bulk of the traffic, are mapped straight from the
+//! protobuf bytes ([`wire`]); logs and metrics from prost's decoded messages.
 
 mod attributes;
 mod ids;
 mod logs;
 mod metrics;
 mod traces;
+pub mod wire;
 
 pub use logs::Logs;
 pub use metrics::Metrics;
-pub use traces::Traces;
+pub use traces::{Traces, TracesRequest};
+
+use bytes::Bytes;
 
 use crate::part::TablePart;
+use crate::receivers::limits::{self, Limitable, Limits, Report};
+use crate::receivers::{Encoding, IngestError};
 use crate::schema::{Row, TableId, ALL_TABLES};
 
 pub trait Signal: Send + Sync + 'static {
@@ -24,15 +30,40 @@ pub trait Signal: Send + Sync + 'static {
     const ITEMS: &'static str;
     /// The OTLP gRPC service, e.g. `opentelemetry.proto.collector.trace.v1.TraceService`.
     const GRPC_SERVICE: &'static str;
-    type Request: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static;
+    /// A request as the receivers hold it: decoded far enough to count its items.
+    type Request: Send + 'static;
     type Response: prost::Message + serde::Serialize + Default + Send + 'static;
 
-    fn map(request: &Self::Request) -> Mapped;
+    /// A request body (protobuf or JSON, decompressed); a malformed one is refused.
+    fn decode(body: Bytes, encoding: Encoding) -> Result<Self::Request, IngestError>;
+    /// Spans, log records or data points in the request.
+    fn items(request: &Self::Request) -> u64;
+    /// The request's rows, with the attribute limits applied, and what the limits
+    /// changed.
+    fn map(request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError>;
     /// The export response, with `partial_success` set when items were rejected.
     fn response(mapped: &Mapped) -> Self::Response;
     /// Adds a note for the client to `partial_success.error_message` without
     /// counting any item as rejected (e.g. "12 attributes dropped (limit 256)").
     fn add_note(response: &mut Self::Response, note: &str);
+}
+
+/// `decode` for signals mapped from prost's messages.
+fn decode_message<M>(body: &[u8], encoding: Encoding) -> Result<M, IngestError>
+where
+    M: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    crate::receivers::decode_message(body, encoding)
+}
+
+/// `map` for signals mapped from prost's messages: limits first, then the rows.
+fn limit_then_map<M: Limitable>(
+    mut request: M,
+    limits: &Limits,
+    map: impl FnOnce(&M) -> Mapped,
+) -> (Mapped, Report) {
+    let report = limits::apply(&mut request, limits);
+    (map(&request), report)
 }
 
 /// `message` with `note` appended, `; `-separated.
@@ -72,10 +103,15 @@ impl Output {
     }
 
     fn push<R: Row>(&mut self, table: TableId, row: &R) {
+        row.encode(self.row(table));
+    }
+
+    /// The buffer the next row of `table` is to be encoded into, counted as accepted.
+    fn row(&mut self, table: TableId) -> &mut Vec<u8> {
         let (rows, buf) = &mut self.tables[table as usize];
         *rows += 1;
-        row.encode(buf);
         self.accepted += 1;
+        buf
     }
 
     fn reject(&mut self, why: impl FnOnce() -> String) {
@@ -91,11 +127,7 @@ impl Output {
             .into_iter()
             .zip(ALL_TABLES)
             .filter(|((rows, _), _)| *rows > 0)
-            .map(|((rows, data), t)| TablePart {
-                table: t.id,
-                rows,
-                data,
-            })
+            .map(|((rows, data), t)| TablePart::compress(t.id, rows, &data))
             .collect();
         let error_message = match self.first_error {
             Some(e) => format!("{} {items} rejected; first: {e}", self.rejected),

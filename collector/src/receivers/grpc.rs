@@ -1,8 +1,10 @@
 //! OTLP/gRPC: the trace, logs and metrics `Export` services, gzip accepted.
 //!
 //! The services are written here instead of taking the generated servers so that we
-//! decode the protobuf ourselves: a malformed message is the client's fault
-//! (INVALID_ARGUMENT), where the generated code answers INTERNAL.
+//! decode the protobuf ourselves, like the HTTP receiver does: the codec hands over
+//! the message bytes and [`Signal::decode`] reads them, so a malformed message is the
+//! client's fault (INVALID_ARGUMENT, where the generated code answers INTERNAL) and
+//! traces are mapped from the bytes without prost's message types.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use http::HeaderValue;
 use tonic::body::Body;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -18,9 +21,8 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
 use super::ingest::{Caller, Ingest};
-use super::limits::Limitable;
 use super::status::retry_info_details;
-use super::IngestError;
+use super::{Encoding, IngestError};
 use crate::mapping::Signal;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Outcome;
@@ -31,7 +33,7 @@ pub struct OtlpCodec<S>(PhantomData<fn() -> S>);
 
 impl<S: Signal> Codec for OtlpCodec<S> {
     type Encode = S::Response;
-    type Decode = S::Request;
+    type Decode = Bytes;
     type Encoder = OtlpEncoder<S>;
     type Decoder = OtlpDecoder<S>;
 
@@ -58,13 +60,11 @@ impl<S: Signal> Encoder for OtlpEncoder<S> {
 pub struct OtlpDecoder<S>(PhantomData<fn() -> S>);
 
 impl<S: Signal> Decoder for OtlpDecoder<S> {
-    type Item = S::Request;
+    type Item = Bytes;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<S::Request>, Status> {
-        <S::Request as prost::Message>::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("invalid protobuf message: {e}")))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -110,18 +110,17 @@ impl<S: Signal> NamedService for ExportService<S> {
 
 struct Export<S>(Arc<Ingest>, Caller, PhantomData<fn() -> S>);
 
-impl<S: Signal> UnaryService<S::Request> for Export<S>
-where
-    S::Request: Limitable,
-{
+impl<S: Signal> UnaryService<Bytes> for Export<S> {
     type Response = S::Response;
     type Future = BoxFuture<Result<tonic::Response<S::Response>, Status>>;
 
-    fn call(&mut self, request: tonic::Request<S::Request>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let (ingest, caller) = (self.0.clone(), self.1);
         Box::pin(async move {
+            let request = S::decode(request.into_inner(), Encoding::Protobuf)
+                .map_err(|e| to_status(&ingest.refused::<S>(e)))?;
             ingest
-                .accept::<S>(caller, request.into_inner())
+                .accept::<S>(caller, request)
                 .await
                 .map(tonic::Response::new)
                 .map_err(|e| to_status(&e))
@@ -131,7 +130,6 @@ where
 
 impl<S: Signal, B> tower::Service<http::Request<B>> for ExportService<S>
 where
-    S::Request: Limitable,
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
@@ -167,8 +165,8 @@ where
 }
 
 /// Tonic refuses an oversized message before our code runs, as OUT_OF_RANGE; OTLP
-/// says a payload that is too large is RESOURCE_EXHAUSTED. Refusals made before the
-/// pipeline saw the request are counted here.
+/// says a payload that is too large is RESOURCE_EXHAUSTED. That refusal is counted
+/// here; malformed messages are counted where they are decoded.
 fn count_framing_refusals<S: Signal>(pipeline: &Pipeline, response: &mut http::Response<Body>) {
     let code = response
         .headers()
@@ -184,7 +182,6 @@ fn count_framing_refusals<S: Signal>(pipeline: &Pipeline, response: &mut http::R
             );
             Outcome::TooLarge
         }
-        Some(Code::InvalidArgument) => Outcome::Malformed,
         _ => return,
     };
     pipeline.metrics().request(S::NAME, outcome, 0, 0, 0);

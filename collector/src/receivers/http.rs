@@ -10,9 +10,8 @@ use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::decode::{decode, decompress, encode, too_large, Encoding};
+use super::decode::{decompress, encode, too_large, Encoding};
 use super::ingest::Ingest;
-use super::limits::Limitable;
 use super::status::error_body;
 use super::IngestError;
 use crate::mapping::{Logs, Metrics, Signal, Traces};
@@ -31,10 +30,7 @@ async fn export<S: Signal>(
     State(ingest): State<Arc<Ingest>>,
     headers: HeaderMap,
     body: Body,
-) -> Response
-where
-    S::Request: Limitable,
-{
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -95,7 +91,7 @@ async fn read<S: Signal>(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
     let body = decompress(raw, content_encoding, max)?;
-    decode(&body, encoding)
+    S::decode(body, encoding)
 }
 
 /// Renders a refusal; counting it is the job of whoever made it.

@@ -1,6 +1,6 @@
 //! What both receivers do between the wire and the pipeline, written once: check the
 //! token (before the body is read), then, on the decoded request, the item limit,
-//! the rate limit and the attribute limits.
+//! the rate limit, and mapping with the attribute limits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 
 use super::auth::{Auth, TokenId};
-use super::limits::{self, Limitable, Limits};
+use super::limits::Limits;
 use super::rate_limit::RateLimiter;
 use super::IngestError;
 use crate::mapping::Signal;
@@ -80,13 +80,10 @@ impl Ingest {
     pub async fn accept<S: Signal>(
         &self,
         caller: Caller,
-        mut request: S::Request,
-    ) -> Result<S::Response, IngestError>
-    where
-        S::Request: Limitable,
-    {
+        request: S::Request,
+    ) -> Result<S::Response, IngestError> {
         let metrics = self.pipeline.metrics();
-        let items = request.items();
+        let items = S::items(&request);
         if items > self.limits.max_items {
             metrics.request(S::NAME, Outcome::TooLarge, items, 0, 0);
             return Err(IngestError::TooLarge(format!(
@@ -109,14 +106,16 @@ impl Ingest {
                 });
             }
         }
-        let report = limits::apply(&mut request, &self.limits);
+        self.pipeline.has_room::<S>(items)?;
+        // Traces are read in full only here; a malformed span deep inside is found now.
+        let (mapped, report) = S::map(request, &self.limits).map_err(|e| self.refused::<S>(e))?;
         metrics.limited(
             S::NAME,
             report.attributes_dropped,
             report.values_truncated,
             report.values_too_deep,
         );
-        let mut response = self.pipeline.accept::<S>(request).await?;
+        let mut response = self.pipeline.accept::<S>(mapped).await?;
         if !report.is_empty() {
             S::add_note(&mut response, &report.note(&self.limits));
         }

@@ -104,10 +104,7 @@ pub trait Limitable {
 /// Applies the attribute limits in place. The item limit is checked by the caller
 /// (it refuses the request instead of repairing it).
 pub fn apply<R: Limitable>(request: &mut R, limits: &Limits) -> Report {
-    let mut pass = Pass {
-        limits,
-        report: Report::default(),
-    };
+    let mut pass = Pass::new(limits);
     request.walk(&mut pass);
     pass.report
 }
@@ -118,7 +115,50 @@ pub struct Pass<'a> {
     report: Report,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    pub fn new(limits: &'a Limits) -> Pass<'a> {
+        Pass {
+            limits,
+            report: Report::default(),
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        self.report
+    }
+
+    /// Whether the entry at `index` of an attribute list is kept; the ones past the
+    /// limit are counted as dropped. For mappers that read lists in place.
+    pub fn admit(&mut self, index: usize) -> bool {
+        let keep = index < self.limits.max_attributes;
+        if !keep {
+            self.report.attributes_dropped += 1;
+        }
+        keep
+    }
+
+    /// `s` cut to the value limit at a UTF-8 boundary (counted when cut).
+    pub fn cut<'s>(&mut self, s: &'s str) -> &'s str {
+        if s.len() <= self.limits.max_value_bytes {
+            return s;
+        }
+        let mut end = self.limits.max_value_bytes;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.report.values_truncated += 1;
+        &s[..end]
+    }
+
+    /// `b` cut to the value limit (counted when cut).
+    pub fn cut_bytes<'s>(&mut self, b: &'s [u8]) -> &'s [u8] {
+        if b.len() <= self.limits.max_value_bytes {
+            return b;
+        }
+        self.report.values_truncated += 1;
+        &b[..self.limits.max_value_bytes]
+    }
+
     pub fn attributes(&mut self, list: &mut Vec<KeyValue>) {
         self.list(list, 1);
     }
@@ -159,9 +199,9 @@ impl Pass<'_> {
         }
         match value.value.as_mut() {
             Some(Value::StringValue(s)) => self.string(s),
-            Some(Value::BytesValue(b)) if b.len() > self.limits.max_value_bytes => {
-                b.truncate(self.limits.max_value_bytes);
-                self.report.values_truncated += 1;
+            Some(Value::BytesValue(b)) => {
+                let end = self.cut_bytes(b).len();
+                b.truncate(end);
             }
             Some(Value::ArrayValue(a)) => {
                 self.count(&mut a.values);
@@ -175,14 +215,8 @@ impl Pass<'_> {
     }
 
     fn string(&mut self, s: &mut String) {
-        if s.len() > self.limits.max_value_bytes {
-            let mut end = self.limits.max_value_bytes;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.truncate(end);
-            self.report.values_truncated += 1;
-        }
+        let end = self.cut(s).len();
+        s.truncate(end);
     }
 }
 

@@ -6,7 +6,7 @@ mod error;
 mod grpc;
 mod http;
 mod ingest;
-mod limits;
+pub mod limits;
 mod rate_limit;
 mod status;
 mod tls;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use decode::decode as decode_message;
 pub use decode::Encoding;
 pub use error::IngestError;
 
@@ -25,7 +26,7 @@ use crate::mapping::{Logs, Mapped, Metrics, Signal, Traces};
 use crate::pipeline::Pipeline;
 use auth::Auth;
 use ingest::Ingest;
-use limits::{Limitable, Limits};
+use limits::Limits;
 use rate_limit::RateLimiter;
 use tls::TlsFiles;
 
@@ -108,7 +109,11 @@ impl Receivers {
             .map(TlsFiles::http_acceptor)
             .transpose()
             .map_err(std::io::Error::other)?;
-        let mut builder = tonic::transport::Server::builder();
+        // OTLP requests are hundreds of KiB: with HTTP/2's default 64 KiB windows each
+        // one waits for window updates, round trips that cap a client's throughput.
+        let mut builder = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
         if let Some(files) = &tls {
             builder = builder
                 .tls_config(files.grpc_config())
@@ -211,17 +216,14 @@ pub fn decode_for_tests(
         body: &[u8],
         encoding: Encoding,
         config: &ReceiversConfig,
-    ) -> Result<(Mapped, String), IngestError>
-    where
-        S::Request: Limitable,
-    {
+    ) -> Result<(Mapped, String), IngestError> {
         let limits = Limits::from_config(config);
-        let mut request: S::Request = decode::decode(body, encoding)?;
-        if request.items() > limits.max_items {
+        let request = S::decode(bytes::Bytes::copy_from_slice(body), encoding)?;
+        if S::items(&request) > limits.max_items {
             return Err(IngestError::TooLarge("too many items".into()));
         }
-        let report = limits::apply(&mut request, &limits);
-        Ok((S::map(&request), report.note(&limits)))
+        let (mapped, report) = S::map(request, &limits)?;
+        Ok((mapped, report.note(&limits)))
     }
     match signal {
         "traces" => run::<Traces>(body, encoding, config),

@@ -19,7 +19,11 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(db: sled::Db, interval: Duration) -> Arc<GroupCommit> {
+    /// `flush` makes everything written before it started durable.
+    pub fn start(
+        flush: impl Fn() -> std::io::Result<()> + Send + 'static,
+        interval: Duration,
+    ) -> Arc<GroupCommit> {
         let gc = Arc::new(GroupCommit {
             generation: AtomicU64::new(1),
             flushed: watch::Sender::new(Ok(0)),
@@ -31,13 +35,13 @@ impl GroupCommit {
         // A thread of its own: fsync blocks, and must not stall the async workers.
         let handle = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || this.run(db, interval))
+            .spawn(move || this.run(flush, interval))
             .expect("spawn the spool commit thread");
         *gc.thread.lock().expect("not poisoned") = Some(handle);
         gc
     }
 
-    /// Ends the commit thread (it holds the database open) and waits for it.
+    /// Ends the commit thread and waits for it.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.pending.notify_one();
@@ -46,7 +50,7 @@ impl GroupCommit {
         }
     }
 
-    fn run(self: Arc<Self>, db: sled::Db, interval: Duration) {
+    fn run(self: Arc<Self>, flush: impl Fn() -> std::io::Result<()>, interval: Duration) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -59,10 +63,15 @@ impl GroupCommit {
                 }
                 tokio::time::sleep(interval).await;
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel);
-                let result = db.flush().map(|_| generation).map_err(|e| e.to_string());
+                let result = flush().map(|_| generation).map_err(|e| e.to_string());
                 let _ = self.flushed.send_replace(result);
             }
         });
+    }
+
+    /// Asks for a flush soon without waiting for it.
+    pub fn request(&self) {
+        self.pending.notify_one();
     }
 
     /// Returns once an fsync that started after this call's writes has completed.
@@ -78,14 +87,10 @@ impl GroupCommit {
                 Err(_) => true,
             })
             .await
-            .map_err(|_| {
-                SpoolError::Storage(sled::Error::ReportableBug("commit thread gone".into()))
-            })?;
+            .map_err(|_| SpoolError::Storage(std::io::Error::other("the commit thread is gone")))?;
         match &*state {
             Ok(_) => Ok(()),
-            Err(e) => Err(SpoolError::Storage(sled::Error::Io(std::io::Error::other(
-                e.clone(),
-            )))),
+            Err(e) => Err(SpoolError::Storage(std::io::Error::other(e.clone()))),
         }
     }
 }

@@ -1,13 +1,15 @@
-//! The durable spool between the receivers and batching (sled).
+//! The durable spool between the receivers and batching: an append-only log of
+//! segment files (see [`log`] and [`record`]).
 //!
 //! Guarantee: a request is acknowledged only after its rows are in the spool, and
-//! with `sync = "fsync"` (the default) after the spool's log was fsynced — an
-//! acknowledged request survives `kill -9` and power loss of the process. Writes are
-//! group-committed: every `flush_interval_ms` one fsync covers all requests appended
-//! meanwhile, so latency grows by at most that interval and throughput does not pay
-//! one fsync per request. With `sync = "none"` acknowledgement happens after the
-//! write reached sled's page cache (sled flushes it within half a second), which
-//! survives a process crash only if the OS does not.
+//! with `sync = "fsync"` (the default) after the log was fsynced — an acknowledged
+//! request survives `kill -9` and power loss. Writes are group-committed: every
+//! `flush_interval_ms` one fsync covers all requests appended meanwhile, so latency
+//! grows by at most that interval and throughput does not pay one fsync per request.
+//! With `sync = "none"` acknowledgement happens after the write reached the OS (the
+//! log is fsynced every half second), which survives a process crash, not a machine
+//! crash. A request's parts are one record, written with one write: after a crash it
+//! is in the spool whole or not at all.
 //!
 //! Rows leave the spool only after ClickHouse confirmed their INSERT. A batch is
 //! recorded (its parts and its deduplication token) before its first INSERT attempt,
@@ -15,11 +17,14 @@
 //! land is dropped by ClickHouse's deduplication instead of duplicating rows.
 
 mod commit;
+mod log;
 mod record;
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -27,6 +32,7 @@ use thiserror::Error;
 use crate::part::TablePart;
 use crate::schema::TableId;
 use commit::GroupCommit;
+use log::{Log, PartLoc};
 pub use record::{BatchRecord, SpooledPart};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,11 +49,12 @@ pub struct SpoolConfig {
     pub sync: SyncMode,
     /// Group-commit window: how long an append may wait for the shared fsync.
     pub flush_interval_ms: u64,
-    /// Rows (encoded bytes) the spool may hold; past it, requests are refused with
-    /// 429 / RESOURCE_EXHAUSTED until ClickHouse catches up.
+    /// Rows (stored, compressed bytes) the spool may hold; past it, requests are
+    /// refused with 429 / RESOURCE_EXHAUSTED until ClickHouse catches up.
     pub max_disk_bytes: u64,
-    /// sled's page cache.
-    pub cache_bytes: u64,
+    /// Size at which a segment file is closed and the next one started; a segment
+    /// is deleted once all its rows are in ClickHouse.
+    pub segment_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -57,7 +64,7 @@ impl Default for SpoolConfig {
             sync: SyncMode::Fsync,
             flush_interval_ms: 1,
             max_disk_bytes: 1 << 30,
-            cache_bytes: 64 << 20,
+            segment_bytes: 32 << 20,
         }
     }
 }
@@ -65,11 +72,13 @@ impl Default for SpoolConfig {
 #[derive(Debug, Error)]
 pub enum SpoolError {
     #[error("spool storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] std::io::Error),
     #[error("the spool is full ({used} of {budget} bytes); ClickHouse is behind")]
     Full { used: u64, budget: u64 },
-    #[error("spool record {0} is corrupt")]
-    Corrupt(u64),
+    #[error("spool record {0} is missing")]
+    Missing(u64),
+    #[error("{0} holds a spool of the earlier format (sled): deliver it with the version that wrote it, or remove it")]
+    OldFormat(String),
 }
 
 /// What a restart found: batches to re-send as they were, and parts not yet batched.
@@ -79,9 +88,7 @@ pub struct Recovered {
 }
 
 pub struct Spool {
-    db: sled::Db,
-    parts: sled::Tree,
-    batches: sled::Tree,
+    log: Arc<Mutex<Log>>,
     /// Random per spool directory, so tokens never repeat even if the directory is
     /// recreated and sequence numbers start over.
     instance: u64,
@@ -91,63 +98,54 @@ pub struct Spool {
     next_batch: AtomicU64,
     used_bytes: AtomicU64,
     budget: u64,
-    commit: Option<Arc<GroupCommit>>,
+    sync: SyncMode,
+    commit: Arc<GroupCommit>,
 }
 
-const META_INSTANCE: &[u8] = b"instance";
+const INSTANCE_FILE: &str = "instance";
+/// With `sync = "none"`, how often the log is fsynced anyway.
+const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 
 impl Spool {
     pub fn open(config: &SpoolConfig) -> Result<(Arc<Spool>, Recovered), SpoolError> {
-        let db = sled::Config::new()
-            .path(PathBuf::from(&config.dir))
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
-        let parts = db.open_tree("parts")?;
-        let batches = db.open_tree("batches")?;
-        let meta = db.open_tree("meta")?;
-        let instance = match meta.get(META_INSTANCE)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
-            _ => {
-                let id: u64 = rand::random();
-                meta.insert(META_INSTANCE, &id.to_be_bytes())?;
-                db.flush()?;
-                id
-            }
+        let dir = PathBuf::from(&config.dir);
+        if dir.join("conf").exists() && dir.join("db").exists() {
+            return Err(SpoolError::OldFormat(config.dir.clone()));
+        }
+        std::fs::create_dir_all(&dir)?;
+        let instance = instance(&dir)?;
+        let found = recover(&dir)?;
+        let used: u64 = found.parts.values().map(|(p, _)| u64::from(p.len)).sum();
+        let (recovered, locs, batch_segments) = found.split();
+        let log = Log::open(
+            &dir,
+            config.segment_bytes.max(1),
+            found_segments(&dir)?,
+            locs,
+            batch_segments,
+        )?;
+        let log = Arc::new(Mutex::new(log));
+        let flushed = log.clone();
+        let interval = match config.sync {
+            SyncMode::Fsync => Duration::from_millis(config.flush_interval_ms),
+            SyncMode::None => BACKGROUND_SYNC,
         };
-        let recovered = recover(&parts, &batches)?;
-        let next_seq = last_key(&parts)?.max(
-            recovered
-                .batches
-                .iter()
-                .flat_map(|(b, _)| b.seqs.iter().copied())
-                .max()
-                .unwrap_or(0),
-        ) + 1;
-        let next_batch = last_key(&batches)? + 1;
-        let used: u64 = recovered
-            .batches
-            .iter()
-            .flat_map(|(_, p)| p.iter())
-            .chain(recovered.parts.iter())
-            .map(|p| p.len as u64)
-            .sum();
-        let commit = (config.sync == SyncMode::Fsync).then(|| {
-            GroupCommit::start(
-                db.clone(),
-                std::time::Duration::from_millis(config.flush_interval_ms),
-            )
-        });
+        let commit = GroupCommit::start(
+            move || {
+                let file = flushed.lock().expect("not poisoned").current_file();
+                file.sync_data()
+            },
+            interval,
+        );
         let spool = Spool {
-            db,
-            parts,
-            batches,
+            log,
             instance,
             epoch: rand::random(),
-            next_seq: AtomicU64::new(next_seq),
-            next_batch: AtomicU64::new(next_batch),
+            next_seq: AtomicU64::new(found.max_seq + 1),
+            next_batch: AtomicU64::new(found.max_batch + 1),
             used_bytes: AtomicU64::new(used),
             budget: config.max_disk_bytes,
+            sync: config.sync,
             commit,
         };
         Ok((Arc::new(spool), recovered))
@@ -169,13 +167,10 @@ impl Spool {
 
     /// The oldest part not yet confirmed by ClickHouse (None: the spool is empty).
     pub fn oldest_seq(&self) -> Result<Option<u64>, SpoolError> {
-        Ok(self
-            .parts
-            .first()?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes)))
+        Ok(self.log.lock().expect("not poisoned").oldest_part())
     }
 
-    /// Writes a request's parts atomically; returns once they are durable.
+    /// Writes a request's parts as one record; returns once they are durable.
     pub async fn append(&self, parts: Vec<TablePart>) -> Result<Vec<SpooledPart>, SpoolError> {
         let bytes: u64 = parts.iter().map(|p| p.data.len() as u64).sum();
         let used = self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -189,44 +184,62 @@ impl Spool {
         let first = self
             .next_seq
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
-        let mut batch = sled::Batch::default();
-        let spooled: Vec<SpooledPart> = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let seq = first + i as u64;
-                batch.insert(&seq.to_be_bytes(), record::encode_part(&p));
-                SpooledPart {
-                    seq,
-                    table: p.table,
-                    rows: p.rows,
-                    len: p.data.len() as u32,
-                    data: Some(p.data),
-                }
-            })
-            .collect();
-        if let Err(e) = self.parts.apply_batch(batch) {
+        let head = record::parts_head(first, &parts);
+        let written = {
+            let mut log = self.log.lock().expect("not poisoned");
+            log.append(&record::parts_slices(&head, &parts))
+                .map(|start| {
+                    let segment = log.current_segment();
+                    let mut offset = start + head.len() as u64;
+                    for (i, p) in parts.iter().enumerate() {
+                        let loc = PartLoc {
+                            segment,
+                            offset,
+                            len: p.data.len() as u32,
+                        };
+                        log.add_part(first + i as u64, loc);
+                        offset += p.data.len() as u64;
+                    }
+                })
+        };
+        if let Err(e) = written {
             self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return Err(e.into());
         }
         self.durable().await?;
-        Ok(spooled)
+        Ok(parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| SpooledPart {
+                seq: first + i as u64,
+                table: p.table,
+                rows: p.rows,
+                raw_len: p.raw_len,
+                len: p.data.len() as u32,
+                data: Some(p.data),
+            })
+            .collect())
     }
 
     async fn durable(&self) -> Result<(), SpoolError> {
-        match &self.commit {
-            Some(c) => c.wait().await,
-            None => Ok(()),
+        match self.sync {
+            SyncMode::Fsync => self.commit.wait().await,
+            SyncMode::None => {
+                self.commit.request();
+                Ok(())
+            }
         }
     }
 
     /// The rows of a part whose bytes were not kept in memory.
     pub fn read(&self, seq: u64) -> Result<Vec<u8>, SpoolError> {
-        let v = self
-            .parts
-            .get(seq.to_be_bytes())?
-            .ok_or(SpoolError::Corrupt(seq))?;
-        record::decode_part(seq, &v).map(|p| p.data.expect("decoded with data"))
+        let (loc, file) = self
+            .log
+            .lock()
+            .expect("not poisoned")
+            .part(seq)
+            .ok_or(SpoolError::Missing(seq))?;
+        Ok(Log::read(&file, loc)?)
     }
 
     /// Records a batch before its first INSERT; returns once the record is durable.
@@ -242,8 +255,13 @@ impl Spool {
             table,
             seqs,
         };
-        self.batches
-            .insert(id.to_be_bytes(), record::encode_batch(&record))?;
+        let bytes = record::batch(&record);
+        {
+            let mut log = self.log.lock().expect("not poisoned");
+            log.append(&[std::io::IoSlice::new(&bytes)])?;
+            let segment = log.current_segment();
+            log.add_batch(id, segment);
+        }
         self.durable().await?;
         Ok(record)
     }
@@ -253,68 +271,139 @@ impl Spool {
         format!("{:016x}-{:016x}-{}", self.instance, record.epoch, record.id)
     }
 
-    /// ClickHouse confirmed the batch (or refused it for good): its rows leave.
+    /// ClickHouse confirmed the batch (or refused it for good): its rows leave. Not
+    /// waited for: if the confirmation is lost, a restart re-sends the batch with
+    /// its token and ClickHouse drops the repeat.
     pub fn confirm(&self, record: &BatchRecord, bytes: u64) -> Result<(), SpoolError> {
-        let mut batch = sled::Batch::default();
-        for seq in &record.seqs {
-            batch.remove(&seq.to_be_bytes());
-        }
-        self.parts.apply_batch(batch)?;
-        self.batches.remove(record.id.to_be_bytes())?;
+        let confirm = record::confirm(record.id);
+        let mut log = self.log.lock().expect("not poisoned");
+        log.append(&[std::io::IoSlice::new(&confirm)])?;
+        log.done(record.id, &record.seqs)?;
+        drop(log);
         self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
     }
 
     /// Flushes everything to disk (at shutdown).
     pub fn flush(&self) -> Result<(), SpoolError> {
-        self.db.flush()?;
+        let file = self.log.lock().expect("not poisoned").current_file();
+        file.sync_data()?;
         Ok(())
     }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        if let Some(c) = &self.commit {
-            c.stop();
+        self.commit.stop();
+    }
+}
+
+/// The spool directory's random id, created on first use.
+fn instance(dir: &Path) -> Result<u64, SpoolError> {
+    let path = dir.join(INSTANCE_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
+            return Ok(id);
         }
     }
+    let id: u64 = rand::random();
+    let tmp = dir.join("instance.tmp");
+    std::fs::write(&tmp, format!("{id:016x}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
-fn last_key(tree: &sled::Tree) -> Result<u64, SpoolError> {
-    Ok(match tree.last()? {
-        Some((k, _)) if k.len() == 8 => u64::from_be_bytes(k.as_ref().try_into().expect("8 bytes")),
-        _ => 0,
-    })
+fn found_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    log::segment_ids(dir)
 }
 
-fn recover(parts: &sled::Tree, batches: &sled::Tree) -> Result<Recovered, SpoolError> {
-    let mut by_seq = std::collections::BTreeMap::new();
-    for item in parts.iter() {
-        let (k, v) = item?;
-        let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| SpoolError::Corrupt(0))?);
-        by_seq.insert(seq, record::decode_meta(seq, &v)?);
-    }
-    let mut recorded = Vec::new();
-    for item in batches.iter() {
-        let (k, v) = item?;
-        let id = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| SpoolError::Corrupt(0))?);
-        let record = record::decode_batch(id, &v)?;
-        let members: Vec<SpooledPart> = record
-            .seqs
+/// Everything the segments hold, before it is sorted into batches and free parts.
+struct Found {
+    /// seq → (part, where its bytes are)
+    parts: BTreeMap<u64, (SpooledPart, PartLoc)>,
+    /// id → (record, its segment), not confirmed
+    batches: BTreeMap<u64, (BatchRecord, u64)>,
+    max_seq: u64,
+    max_batch: u64,
+}
+
+impl Found {
+    /// Recorded batches with the parts still present, the free parts, and where
+    /// everything live is.
+    fn split(&self) -> (Recovered, HashMap<u64, PartLoc>, HashMap<u64, u64>) {
+        let mut claimed = HashSet::new();
+        let mut batches = Vec::new();
+        let mut batch_segments = HashMap::new();
+        for (id, (record, segment)) in &self.batches {
+            let members: Vec<SpooledPart> = record
+                .seqs
+                .iter()
+                .filter(|s| claimed.insert(**s))
+                .filter_map(|s| self.parts.get(s).map(|(p, _)| p.clone()))
+                .collect();
+            // A batch with no parts left was delivered; its confirm was lost.
+            if !members.is_empty() {
+                batch_segments.insert(*id, *segment);
+                batches.push((record.clone(), members));
+            }
+        }
+        let parts = self
+            .parts
             .iter()
-            .filter_map(|s| by_seq.remove(s))
+            .filter(|(s, _)| !claimed.contains(*s))
+            .map(|(_, (p, _))| p.clone())
             .collect();
-        if members.is_empty() {
-            // Confirmed, but the process died before the record was removed.
-            batches.remove(k)?;
-        } else {
-            recorded.push((record, members));
+        let locs = self.parts.iter().map(|(s, (_, loc))| (*s, *loc)).collect();
+        (Recovered { batches, parts }, locs, batch_segments)
+    }
+}
+
+fn recover(dir: &Path) -> Result<Found, SpoolError> {
+    let mut found = Found {
+        parts: BTreeMap::new(),
+        batches: BTreeMap::new(),
+        max_seq: 0,
+        max_batch: 0,
+    };
+    let mut confirmed = Vec::new();
+    for id in log::segment_ids(dir)? {
+        let path = log::segment_path(dir, id);
+        let bytes = std::fs::read(&path)?;
+        let (records, end) = record::scan(&bytes);
+        if end < bytes.len() {
+            tracing::warn!(segment = %path.display(), valid = end, size = bytes.len(), "spool segment ends in an incomplete record (a write cut short); ignoring the rest");
+        }
+        for r in records {
+            match r {
+                record::Record::Parts(parts) => {
+                    for (p, offset) in parts {
+                        found.max_seq = found.max_seq.max(p.seq);
+                        let loc = PartLoc {
+                            segment: id,
+                            offset,
+                            len: p.len,
+                        };
+                        found.parts.insert(p.seq, (p, loc));
+                    }
+                }
+                record::Record::Batch(b) => {
+                    found.max_batch = found.max_batch.max(b.id);
+                    found.batches.insert(b.id, (b, id));
+                }
+                record::Record::Confirm(b) => confirmed.push(b),
+            }
         }
     }
-    Ok(Recovered {
-        batches: recorded,
-        parts: by_seq.into_values().collect(),
-    })
+    for b in confirmed {
+        if let Some((record, _)) = found.batches.remove(&b) {
+            for s in &record.seqs {
+                found.parts.remove(s);
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -332,6 +421,7 @@ mod tests {
         TablePart {
             table,
             rows,
+            raw_len: rows * 10,
             data: vec![byte; rows as usize * 3],
         }
     }
@@ -408,5 +498,67 @@ mod tests {
             "{e}"
         );
         assert_eq!(spool.used_bytes(), 9);
+    }
+
+    #[tokio::test]
+    async fn segments_are_deleted_once_delivered_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = SpoolConfig {
+            segment_bytes: 50,
+            ..config(dir.path())
+        };
+        let (spool, _) = Spool::open(&small).unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..6 {
+            let p = spool
+                .append(vec![part(TableId::Logs, 20, i)])
+                .await
+                .unwrap();
+            seqs.push(p[0].seq);
+        }
+        let segments = |spool: &Spool| spool.log.lock().unwrap().segment_count();
+        assert!(segments(&spool) >= 6, "{}", segments(&spool));
+        let first = spool
+            .record_batch(TableId::Logs, seqs[..3].to_vec())
+            .await
+            .unwrap();
+        let second = spool
+            .record_batch(TableId::Logs, seqs[3..].to_vec())
+            .await
+            .unwrap();
+        // Confirming the newer batch frees nothing: older segments still hold rows.
+        spool.confirm(&second, 180).unwrap();
+        let before = segments(&spool);
+        spool.confirm(&first, 180).unwrap();
+        assert!(segments(&spool) < before);
+        assert_eq!(spool.used_bytes(), 0);
+        // One part more, then half a record as a crash would leave it.
+        let kept = spool
+            .append(vec![part(TableId::Traces, 1, 7)])
+            .await
+            .unwrap();
+        drop(spool);
+        let last = *log::segment_ids(dir.path()).unwrap().last().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log::segment_path(dir.path(), last))
+            .unwrap();
+        std::io::Write::write_all(&mut f, &record::confirm(1)[..5]).unwrap();
+        let (spool, rec) = Spool::open(&small).unwrap();
+        assert!(rec.batches.is_empty());
+        assert_eq!(
+            rec.parts.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [kept[0].seq]
+        );
+        assert_eq!(spool.read(kept[0].seq).unwrap(), [7, 7, 7]);
+    }
+
+    #[test]
+    fn refuses_a_sled_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("conf"), "").unwrap();
+        std::fs::write(dir.path().join("db"), "").unwrap();
+        let e = Spool::open(&config(dir.path())).err().unwrap();
+        assert!(e.to_string().contains("earlier format"), "{e}");
     }
 }

@@ -1,6 +1,17 @@
-//! How parts and batch records are laid out in sled.
+//! The records of the spool's log.
+//!
+//! Framing: `[body length u32 LE][CRC-32 of the body u32 LE][body]`; the body starts
+//! with its kind. A record is written whole by one write; after a crash, the first
+//! record that is short or fails its CRC ends what a segment holds.
+//!
+//! - parts: `[1][count u16]`, per part `[seq u64][table u8][rows u32][raw_len u32]
+//!   [len u32]`, then the parts' bytes one after the other — every part of one request
+//!   in one record, so a request is spooled whole or not at all;
+//! - batch: `[2][id u64][epoch u64][table u8][seq u64]*`;
+//! - confirm: `[3][batch id u64]` — the batch's rows are in ClickHouse.
 
-use super::SpoolError;
+use std::io::IoSlice;
+
 use crate::part::TablePart;
 use crate::schema::TableId;
 
@@ -11,6 +22,9 @@ pub struct SpooledPart {
     pub seq: u64,
     pub table: TableId,
     pub rows: u32,
+    /// RowBinary bytes before compression.
+    pub raw_len: u32,
+    /// Stored (compressed) bytes.
     pub len: u32,
     pub data: Option<Vec<u8>>,
 }
@@ -25,59 +39,200 @@ pub struct BatchRecord {
     pub seqs: Vec<u64>,
 }
 
-/// `[table u8][rows u32 LE][rows bytes]`
-pub fn encode_part(p: &TablePart) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + p.data.len());
-    v.push(p.table as u8);
-    v.extend_from_slice(&p.rows.to_le_bytes());
-    v.extend_from_slice(&p.data);
-    v
+pub const FRAME: usize = 8;
+const PARTS: u8 = 1;
+const BATCH: u8 = 2;
+const CONFIRM: u8 = 3;
+const PART_META: usize = 8 + 1 + 4 + 4 + 4;
+
+/// A record read back from a segment; parts carry where their bytes are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    /// (part, offset of its bytes in the segment)
+    Parts(Vec<(SpooledPart, u64)>),
+    Batch(BatchRecord),
+    Confirm(u64),
 }
 
-pub fn decode_part(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
-    let mut part = decode_meta(seq, v)?;
-    part.data = Some(v[5..].to_vec());
-    Ok(part)
-}
-
-/// A part's table and size, without copying its rows.
-pub fn decode_meta(seq: u64, v: &[u8]) -> Result<SpooledPart, SpoolError> {
-    if v.len() < 5 {
-        return Err(SpoolError::Corrupt(seq));
+/// The frame and part table of a parts record; the parts' bytes follow it on disk.
+pub fn parts_head(first_seq: u64, parts: &[TablePart]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(FRAME + 3 + PART_META * parts.len());
+    body.extend_from_slice(&[0; FRAME]);
+    body.push(PARTS);
+    body.extend_from_slice(&(parts.len() as u16).to_le_bytes());
+    for (i, p) in parts.iter().enumerate() {
+        body.extend_from_slice(&(first_seq + i as u64).to_le_bytes());
+        body.push(p.table as u8);
+        body.extend_from_slice(&p.rows.to_le_bytes());
+        body.extend_from_slice(&p.raw_len.to_le_bytes());
+        body.extend_from_slice(&(p.data.len() as u32).to_le_bytes());
     }
-    Ok(SpooledPart {
-        seq,
-        table: TableId::from_u8(v[0]).ok_or(SpoolError::Corrupt(seq))?,
-        rows: u32::from_le_bytes(v[1..5].try_into().expect("4 bytes")),
-        len: (v.len() - 5) as u32,
-        data: None,
-    })
+    let len: usize = body.len() - FRAME + parts.iter().map(|p| p.data.len()).sum::<usize>();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&body[FRAME..]);
+    for p in parts {
+        crc.update(&p.data);
+    }
+    body[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    body[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    body
 }
 
-/// `[table u8][epoch u64 BE][seq u64 BE]*`
-pub fn encode_batch(b: &BatchRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + 8 * b.seqs.len());
-    v.push(b.table as u8);
-    v.extend_from_slice(&b.epoch.to_be_bytes());
+/// The slices to write for a parts record.
+pub fn parts_slices<'a>(head: &'a [u8], parts: &'a [TablePart]) -> Vec<IoSlice<'a>> {
+    std::iter::once(IoSlice::new(head))
+        .chain(parts.iter().map(|p| IoSlice::new(&p.data)))
+        .collect()
+}
+
+pub fn batch(b: &BatchRecord) -> Vec<u8> {
+    let mut body = vec![BATCH];
+    body.extend_from_slice(&b.id.to_le_bytes());
+    body.extend_from_slice(&b.epoch.to_le_bytes());
+    body.push(b.table as u8);
     for s in &b.seqs {
-        v.extend_from_slice(&s.to_be_bytes());
+        body.extend_from_slice(&s.to_le_bytes());
     }
-    v
+    framed(body)
 }
 
-pub fn decode_batch(id: u64, v: &[u8]) -> Result<BatchRecord, SpoolError> {
-    let (&table, rest) = v.split_first().ok_or(SpoolError::Corrupt(id))?;
-    if rest.len() < 8 || rest.len() % 8 != 0 {
-        return Err(SpoolError::Corrupt(id));
+pub fn confirm(id: u64) -> Vec<u8> {
+    let mut body = vec![CONFIRM];
+    body.extend_from_slice(&id.to_le_bytes());
+    framed(body)
+}
+
+fn framed(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The records of a segment, in order, with the offset where each ends; stops at
+/// the first incomplete or corrupt one (a write cut short by a crash).
+pub fn scan(segment: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while segment.len() - at >= FRAME {
+        let len = u32::from_le_bytes(segment[at..at + 4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(segment[at + 4..at + 8].try_into().expect("4"));
+        let start = at + FRAME;
+        let Some(body) = segment.get(start..start + len) else {
+            break;
+        };
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        match decode(body, start as u64) {
+            Some(r) => records.push(r),
+            None => break,
+        }
+        at = start + len;
     }
-    let (epoch, seqs) = rest.split_at(8);
-    Ok(BatchRecord {
-        id,
-        epoch: u64::from_be_bytes(epoch.try_into().expect("8 bytes")),
-        table: TableId::from_u8(table).ok_or(SpoolError::Corrupt(id))?,
-        seqs: seqs
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-    })
+    (records, at)
+}
+
+fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
+    let (&kind, rest) = body.split_first()?;
+    let u64_at = |b: &[u8], i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
+    let u32_at = |b: &[u8], i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
+    match kind {
+        PARTS => {
+            let count = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+            let mut data = 1 + 2 + count * PART_META;
+            let mut parts = Vec::with_capacity(count);
+            for i in 0..count {
+                let m = &rest[2 + i * PART_META..];
+                let len = u32_at(m, 17)?;
+                parts.push((
+                    SpooledPart {
+                        seq: u64_at(m, 0)?,
+                        table: TableId::from_u8(*m.get(8)?)?,
+                        rows: u32_at(m, 9)?,
+                        raw_len: u32_at(m, 13)?,
+                        len,
+                        data: None,
+                    },
+                    body_offset + data as u64,
+                ));
+                data += len as usize;
+            }
+            (data == body.len()).then_some(Record::Parts(parts))
+        }
+        BATCH => {
+            let seqs = rest.get(17..)?;
+            if seqs.len() % 8 != 0 {
+                return None;
+            }
+            Some(Record::Batch(BatchRecord {
+                id: u64_at(rest, 0)?,
+                epoch: u64_at(rest, 8)?,
+                table: TableId::from_u8(*rest.get(16)?)?,
+                seqs: seqs
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+                    .collect(),
+            }))
+        }
+        CONFIRM => Some(Record::Confirm(u64_at(rest, 0)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_ends_the_segment() {
+        let parts = vec![
+            TablePart {
+                table: TableId::Traces,
+                rows: 2,
+                raw_len: 20,
+                data: vec![1; 5],
+            },
+            TablePart {
+                table: TableId::Logs,
+                rows: 1,
+                raw_len: 9,
+                data: vec![2; 3],
+            },
+        ];
+        let head = parts_head(7, &parts);
+        let mut segment: Vec<u8> = parts_slices(&head, &parts)
+            .iter()
+            .flat_map(|s| s.to_vec())
+            .collect();
+        let b = BatchRecord {
+            id: 3,
+            epoch: 99,
+            table: TableId::Traces,
+            seqs: vec![7],
+        };
+        segment.extend(batch(&b));
+        segment.extend(confirm(3));
+        let whole = segment.len();
+        segment.extend(&confirm(4)[..6]);
+        let (records, end) = scan(&segment);
+        assert_eq!(end, whole);
+        assert_eq!(records.len(), 3);
+        let Record::Parts(p) = &records[0] else {
+            panic!("parts first")
+        };
+        assert_eq!(
+            (p[0].0.seq, p[1].0.seq, p[1].0.table),
+            (7, 8, TableId::Logs)
+        );
+        let (at0, at1) = (p[0].1 as usize, p[1].1 as usize);
+        assert_eq!(&segment[at0..at0 + 5], &[1; 5]);
+        assert_eq!(&segment[at1..at1 + 3], &[2; 3]);
+        assert_eq!(records[1], Record::Batch(b));
+        assert_eq!(records[2], Record::Confirm(3));
+        // A flipped bit ends the segment at that record.
+        segment[at0] ^= 1;
+        assert_eq!(scan(&segment).0.len(), 0);
+    }
 }

@@ -55,6 +55,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let started_unix_nanos = unix_nanos(SystemTime::now());
+    // The collector's own few series: the default limits never bind.
+    let limits = crate::receivers::limits::Limits::from_config(&Default::default());
     let resource = resource(&config.service_name);
     let export_every = Duration::from_millis(config.export_interval_ms);
     let mut next_export = Instant::now() + export_every;
@@ -81,7 +83,15 @@ pub async fn run(
             started_unix_nanos,
             unix_nanos(SystemTime::now()),
         );
-        if let Err(e) = pipeline.accept::<crate::mapping::Metrics>(request).await {
+        let accepted =
+            match <crate::mapping::Metrics as crate::mapping::Signal>::map(request, &limits) {
+                Ok((mapped, _)) => pipeline
+                    .accept::<crate::mapping::Metrics>(mapped)
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            };
+        if let Err(e) = accepted {
             // The spool is full or shutting down: this sample is dropped, the next
             // one carries the same cumulative totals.
             tracing::warn!(error = %e, "writing the collector's own metrics failed");

@@ -1,0 +1,36 @@
+//! Per-span cost of what a receiver does to a request before the spool: decoding,
+//! attribute limits, mapping to RowBinary and LZ4 compression, for 512 realistic
+//! spans (`collector::synthetic`) in protobuf and in JSON.
+//!
+//! `cargo bench -p collector --bench ingest` — compare before and after a change to
+//! the hot path (see BENCHMARKS.md); criterion reports time per span.
+
+use collector::receivers::{decode_for_tests, Encoding, ReceiversConfig};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+const SPANS: u16 = 512;
+
+fn request() -> ExportTraceServiceRequest {
+    collector::synthetic::traces_request(0, 1, SPANS, 1_700_000_000_000_000_000)
+}
+
+fn ingest(c: &mut Criterion) {
+    let body = request().encode_to_vec();
+    let json = serde_json::to_vec(&request()).expect("serialisable");
+    let config = ReceiversConfig::default();
+    let mut g = c.benchmark_group("traces");
+    g.throughput(Throughput::Elements(u64::from(SPANS)));
+    g.bench_function("protobuf decode + map + compress", |b| {
+        b.iter(|| decode_for_tests("traces", &body, Encoding::Protobuf, &config).expect("maps"))
+    });
+    g.sample_size(20);
+    g.bench_function("json decode + map + compress", |b| {
+        b.iter(|| decode_for_tests("traces", &json, Encoding::Json, &config).expect("maps"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ingest);
+criterion_main!(benches);

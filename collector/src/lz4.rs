@@ -1,0 +1,187 @@
+//! An LZ4 block compressor for rows (the standard block format; any LZ4 decoder,
+//! ClickHouse's included, reads it).
+//!
+//! Rows of one table repeat the previous row almost byte for byte, a few hundred
+//! bytes back. Next to the usual hash-table candidate, every position also tries the
+//! offset of the previous match ("same place in the previous row") and keeps the
+//! longer match; a 64 Ki-entry table loses fewer candidates to collisions than the
+//! reference's 4 Ki. That gives about 5 % smaller blocks than a plain greedy LZ4 at
+//! much the same speed.
+
+use std::cell::RefCell;
+
+const MIN_MATCH: usize = 4;
+/// The format's end rules: the last 5 bytes are literals, and the last match starts
+/// at least 12 bytes before the end.
+const LAST_LITERALS: usize = 5;
+const MF_LIMIT: usize = 12;
+const MAX_OFFSET: usize = 65_535;
+const HASH_BITS: u32 = 16;
+
+thread_local! {
+    // Stale entries from earlier inputs are harmless: every candidate is checked
+    // against the bytes before it is used.
+    static TABLE: RefCell<Vec<u32>> = RefCell::new(vec![0; 1 << HASH_BITS]);
+}
+
+/// Appends the LZ4 block of `src` to `out`; returns its length.
+pub fn compress(src: &[u8], out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    TABLE.with(|t| compress_with(src, out, &mut t.borrow_mut()));
+    out.len() - start
+}
+
+fn read_u32(s: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"))
+}
+
+fn hash(v: u32) -> usize {
+    (v.wrapping_mul(2_654_435_761) >> (32 - HASH_BITS)) as usize
+}
+
+/// How many bytes from `a` and `b` (`a` < `b`) are equal, `b` not passing `end`.
+fn common(s: &[u8], mut a: usize, mut b: usize, end: usize) -> usize {
+    let from = b;
+    while b + 8 <= end {
+        let x = u64::from_le_bytes(s[a..a + 8].try_into().expect("8"))
+            ^ u64::from_le_bytes(s[b..b + 8].try_into().expect("8"));
+        if x != 0 {
+            return b - from + (x.trailing_zeros() / 8) as usize;
+        }
+        a += 8;
+        b += 8;
+    }
+    while b < end && s[a] == s[b] {
+        a += 1;
+        b += 1;
+    }
+    b - from
+}
+
+fn compress_with(src: &[u8], out: &mut Vec<u8>, table: &mut [u32]) {
+    let n = src.len();
+    let mut anchor = 0;
+    if n > MF_LIMIT {
+        let limit = n - MF_LIMIT;
+        let match_end = n - LAST_LITERALS;
+        let mut rep = 0usize;
+        let mut i = 0;
+        while i < limit {
+            let seq = read_u32(src, i);
+            let h = hash(seq);
+            let cand = table[h] as usize;
+            table[h] = i as u32;
+            let (mut len, mut offset) = (0, 0);
+            if cand < i && i - cand <= MAX_OFFSET && read_u32(src, cand) == seq {
+                len = MIN_MATCH + common(src, cand + MIN_MATCH, i + MIN_MATCH, match_end);
+                offset = i - cand;
+            }
+            if rep != 0 && rep != offset && rep <= i && read_u32(src, i - rep) == seq {
+                let l = MIN_MATCH + common(src, i - rep + MIN_MATCH, i + MIN_MATCH, match_end);
+                if l > len {
+                    (len, offset) = (l, rep);
+                }
+            }
+            if len < MIN_MATCH {
+                // Skip faster through bytes that do not compress.
+                i += 1 + ((i - anchor) >> 6);
+                continue;
+            }
+            let mut at = i;
+            while at > anchor && at - offset > 0 && src[at - 1] == src[at - offset - 1] {
+                at -= 1;
+                len += 1;
+            }
+            sequence(out, &src[anchor..at], offset, len);
+            i = at + len;
+            anchor = i;
+            rep = offset;
+            if i >= 2 && i - 2 < limit {
+                table[hash(read_u32(src, i - 2))] = (i - 2) as u32;
+            }
+        }
+    }
+    let literals = &src[anchor..];
+    out.push((literals.len().min(15) as u8) << 4);
+    if literals.len() >= 15 {
+        length(out, literals.len() - 15);
+    }
+    out.extend_from_slice(literals);
+}
+
+fn sequence(out: &mut Vec<u8>, literals: &[u8], offset: usize, len: usize) {
+    let (ll, ml) = (literals.len(), len - MIN_MATCH);
+    out.push(((ll.min(15) as u8) << 4) | ml.min(15) as u8);
+    if ll >= 15 {
+        length(out, ll - 15);
+    }
+    out.extend_from_slice(literals);
+    out.extend_from_slice(&(offset as u16).to_le_bytes());
+    if ml >= 15 {
+        length(out, ml - 15);
+    }
+}
+
+fn length(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 255 {
+        out.push(255);
+        n -= 255;
+    }
+    out.push(n as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(src: &[u8]) -> usize {
+        let mut out = Vec::new();
+        let n = compress(src, &mut out);
+        assert_eq!(n, out.len());
+        let back = lz4_flex::block::decompress(&out, src.len()).expect("valid LZ4");
+        assert_eq!(back, src);
+        n
+    }
+
+    #[test]
+    fn edges() {
+        for src in [&b""[..], b"a", b"abcdefghijklm", &[7; 100], &[0; 70_000]] {
+            round_trip(src);
+        }
+    }
+
+    #[test]
+    fn span_rows_compress_smaller_than_plain_greedy_lz4() {
+        use prost::Message;
+        let body =
+            crate::synthetic::traces_request(1, 2, 512, 1_700_000_000_000_000_000).encode_to_vec();
+        let (mapped, _) = crate::receivers::decode_for_tests(
+            "traces",
+            &body,
+            crate::receivers::Encoding::Protobuf,
+            &Default::default(),
+        )
+        .unwrap();
+        let rows = crate::part::decompress(&mapped.parts[0].data).unwrap();
+        let ours = round_trip(&rows);
+        let reference = lz4_flex::block::compress(&rows).len();
+        assert!(ours * 100 < reference * 97, "{ours} vs {reference}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_input_round_trips(parts in proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 0..64), 0usize..300), 0..40)) {
+            // Random pieces, each repeated, so that matches of every length occur.
+            let mut src = Vec::new();
+            for (piece, times) in &parts {
+                for _ in 0..*times % 7 {
+                    src.extend_from_slice(piece);
+                }
+                src.extend(piece.iter().rev());
+            }
+            round_trip(&src);
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Segment files: the spool's log on disk, appended to and deleted whole.
+//!
+//! Each process start opens a new segment; a segment past [`Log::segment_bytes`] is
+//! fsynced and the next one started. A segment is deleted once nothing in it is
+//! live (every part confirmed, every batch record done) and every older segment is
+//! gone: a confirm record then never outlives the batch record it cancels.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a part's bytes are.
+#[derive(Debug, Clone, Copy)]
+pub struct PartLoc {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Parts and batch records in it not yet confirmed.
+    live: u64,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    pub segment_bytes: u64,
+    segments: BTreeMap<u64, Segment>,
+    current: u64,
+    current_len: u64,
+    /// By sequence number, so the oldest unconfirmed part is the first.
+    parts: BTreeMap<u64, PartLoc>,
+    /// The segment of each batch record not yet confirmed.
+    batches: HashMap<u64, u64>,
+}
+
+pub fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.log"))
+}
+
+/// The ids of the segment files in `dir`, oldest first.
+pub fn segment_ids(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut ids: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            u64::from_str_radix(name.strip_suffix(".log")?, 16).ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+impl Log {
+    /// Opens the segments recovery found, with what is live in each, and starts a
+    /// new one after them.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        existing: Vec<u64>,
+        parts: HashMap<u64, PartLoc>,
+        batches: HashMap<u64, u64>,
+    ) -> std::io::Result<Log> {
+        let mut segments = BTreeMap::new();
+        for id in existing {
+            let file = File::open(segment_path(dir, id))?;
+            segments.insert(
+                id,
+                Segment {
+                    file: Arc::new(file),
+                    live: 0,
+                },
+            );
+        }
+        for loc in parts.values() {
+            if let Some(s) = segments.get_mut(&loc.segment) {
+                s.live += 1;
+            }
+        }
+        for seg in batches.values() {
+            if let Some(s) = segments.get_mut(seg) {
+                s.live += 1;
+            }
+        }
+        let current = segments.keys().next_back().map_or(1, |id| id + 1);
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments,
+            current,
+            current_len: 0,
+            parts: parts.into_iter().collect(),
+            batches,
+        };
+        log.create(current)?;
+        log.delete_dead()?;
+        Ok(log)
+    }
+
+    fn create(&mut self, id: u64) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(segment_path(&self.dir, id))?;
+        // The new file's name must be durable before anything in it is.
+        File::open(&self.dir)?.sync_all()?;
+        self.segments.insert(
+            id,
+            Segment {
+                file: Arc::new(file),
+                live: 0,
+            },
+        );
+        self.current = id;
+        self.current_len = 0;
+        Ok(())
+    }
+
+    /// The file a group commit must fsync: the current segment (older ones were
+    /// fsynced when they were closed).
+    pub fn current_file(&self) -> Arc<File> {
+        self.segments[&self.current].file.clone()
+    }
+
+    /// Appends one record given as slices; returns the offset where it starts.
+    pub fn append(&mut self, slices: &[IoSlice<'_>]) -> std::io::Result<u64> {
+        if self.current_len >= self.segment_bytes {
+            self.current_file().sync_data()?;
+            self.create(self.current + 1)?;
+        }
+        let start = self.current_len;
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let file = self.current_file();
+        let mut owned: Vec<IoSlice<'_>> = slices.to_vec();
+        let mut rest = &mut owned[..];
+        let mut written = 0;
+        while written < total {
+            let n = (&*file).write_vectored(rest)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            written += n;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        self.current_len += total as u64;
+        Ok(start)
+    }
+
+    pub fn current_segment(&self) -> u64 {
+        self.current
+    }
+
+    /// The oldest part not yet confirmed.
+    pub fn oldest_part(&self) -> Option<u64> {
+        self.parts.keys().next().copied()
+    }
+
+    pub fn add_part(&mut self, seq: u64, loc: PartLoc) {
+        if let Some(s) = self.segments.get_mut(&loc.segment) {
+            s.live += 1;
+        }
+        self.parts.insert(seq, loc);
+    }
+
+    pub fn add_batch(&mut self, id: u64, segment: u64) {
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.live += 1;
+        }
+        self.batches.insert(id, segment);
+    }
+
+    pub fn part(&self, seq: u64) -> Option<(PartLoc, Arc<File>)> {
+        let loc = *self.parts.get(&seq)?;
+        Some((loc, self.segments.get(&loc.segment)?.file.clone()))
+    }
+
+    /// The batch and its parts are done: they stop holding their segments.
+    pub fn done(&mut self, batch: u64, seqs: &[u64]) -> std::io::Result<()> {
+        let segments = seqs
+            .iter()
+            .filter_map(|s| self.parts.remove(s).map(|l| l.segment))
+            .chain(self.batches.remove(&batch));
+        for id in segments.collect::<Vec<_>>() {
+            if let Some(s) = self.segments.get_mut(&id) {
+                s.live = s.live.saturating_sub(1);
+            }
+        }
+        self.delete_dead()
+    }
+
+    fn delete_dead(&mut self) -> std::io::Result<()> {
+        while let Some((&id, s)) = self.segments.iter().next() {
+            if id == self.current || s.live > 0 {
+                break;
+            }
+            self.segments.remove(&id);
+            std::fs::remove_file(segment_path(&self.dir, id))?;
+        }
+        Ok(())
+    }
+
+    pub fn read(file: &File, loc: PartLoc) -> std::io::Result<Vec<u8>> {
+        let mut data = vec![0; loc.len as usize];
+        file.read_exact_at(&mut data, loc.offset)?;
+        Ok(data)
+    }
+
+    #[cfg(test)]
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
