@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod messaging;
 pub mod metrics;
 pub mod protection;
+pub mod report;
 pub mod store;
 mod telemetry;
 

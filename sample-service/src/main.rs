@@ -30,6 +30,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: std::net::SocketAddr,
     },
+    /// Print what the collector stored, read back from ClickHouse: RED per service and
+    /// route, the latest complete order trace as a waterfall, its log lines.
+    Report(sample_service::report::ReportArgs),
 }
 
 async fn ctrl_c_or_term() {
@@ -70,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             guard.shutdown_async().await.ok();
+        }
+        Some(Command::Report(args)) => {
+            sample_service::report::run(&args, &mut std::io::stdout()).await?;
         }
         None => {
             let guard = agent::builder()
