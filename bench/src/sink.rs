@@ -17,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use collector::schema::ALL_TABLES;
+use collector::schema::{ALL_ROLLUPS, ALL_TABLES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -44,6 +44,8 @@ pub struct Sink {
 #[derive(Default)]
 struct SinkState {
     created: BTreeSet<(String, String)>,
+    /// Materialized views created here (database, name).
+    views: BTreeSet<(String, String)>,
     tables: BTreeMap<String, TableStats>,
     refused_inserts: u64,
 }
@@ -153,8 +155,45 @@ fn statement(sink: &Sink, sql: &str, format: &str) -> Response {
                 .expect("not poisoned")
                 .created
                 .insert((db, table));
+        } else if let Some((db, view)) = created_view(sql) {
+            sink.state
+                .lock()
+                .expect("not poisoned")
+                .views
+                .insert((db, view));
         }
         return StatusCode::OK.into_response();
+    }
+    if starts_with_keyword(sql, "SELECT")
+        && sql.contains("system.tables")
+        && sql.contains("'MaterializedView'")
+    {
+        let Some(db) = literal_after(sql, "database = ") else {
+            return error(
+                501,
+                48,
+                "the discard sink answers system.tables only by database",
+            );
+        };
+        let views: Vec<String> = sink
+            .state
+            .lock()
+            .expect("not poisoned")
+            .views
+            .iter()
+            .filter(|(d, _)| *d == db)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut out = Vec::new();
+        if explicit_format(sql).unwrap_or(format) == "RowBinaryWithNamesAndTypes" {
+            varint(1, &mut out);
+            string("name", &mut out);
+            string("String", &mut out);
+        }
+        for v in &views {
+            string(v, &mut out);
+        }
+        return binary(out);
     }
     if starts_with_keyword(sql, "SELECT") && sql.contains("system.columns") {
         let (Some(db), Some(table)) = (
@@ -175,10 +214,16 @@ fn statement(sink: &Sink, sql: &str, format: &str) -> Response {
             .created
             .contains(&(db.clone(), table.clone()));
         // Only a table created here exists here; its columns are the declaration.
+        let rollups: Vec<(&str, Vec<collector::schema::Column>)> = ALL_ROLLUPS
+            .iter()
+            .map(|r| (r.name, r.table_columns()))
+            .collect();
         let columns: Vec<(&str, &str)> = ALL_TABLES
             .iter()
-            .filter(|t| created && t.name == table)
-            .flat_map(|t| t.columns.iter().map(|c| (c.name, c.ty)))
+            .map(|t| (t.name, t.columns))
+            .chain(rollups.iter().map(|(n, c)| (*n, c.as_slice())))
+            .filter(|(name, _)| created && *name == table)
+            .flat_map(|(_, cols)| cols.iter().map(|c| (c.name, c.ty)))
             .collect();
         return match format {
             "RowBinaryWithNamesAndTypes" => binary(columns_result(&columns, true)),
@@ -265,10 +310,23 @@ fn insert_table(query: &str) -> Option<String> {
 
 /// (database, table) of `CREATE TABLE [IF NOT EXISTS] db.table …`; None for others.
 fn created_table(sql: &str) -> Option<(String, String)> {
+    created_object(sql, &["TABLE"])
+}
+
+/// (database, view) of `CREATE MATERIALIZED VIEW [IF NOT EXISTS] db.view …`.
+fn created_view(sql: &str) -> Option<(String, String)> {
+    created_object(sql, &["MATERIALIZED", "VIEW"])
+}
+
+fn created_object(sql: &str, kind: &[&str]) -> Option<(String, String)> {
     let mut words = sql.split_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("CREATE") || !words.next()?.eq_ignore_ascii_case("TABLE")
-    {
+    if !words.next()?.eq_ignore_ascii_case("CREATE") {
         return None;
+    }
+    for k in kind {
+        if !words.next()?.eq_ignore_ascii_case(k) {
+            return None;
+        }
     }
     let mut name = words.next()?;
     if name.eq_ignore_ascii_case("IF") {
