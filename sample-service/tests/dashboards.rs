@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use collector::schema::DURATION_RELATIVE_ACCURACY;
@@ -42,43 +41,7 @@ async fn every_panel_has_data_after_a_load_run() {
     let subscriber = tracing_subscriber::registry().with(shop.agent.agent().log_layer());
     tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
 
-    let report = tempfile::NamedTempFile::new().unwrap();
-    let (base, path) = (shop.base.clone(), report.path().to_path_buf());
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args([
-                "--base-url",
-                &base,
-                "--requests",
-                "1500",
-                "--duration",
-                "60s",
-                "--concurrency",
-                "8",
-            ])
-            .args([
-                "--principals",
-                "4",
-                "--seed",
-                "11",
-                "--burst-every",
-                "1s",
-                "--no-progress",
-                "--json",
-            ])
-            .arg(&path)
-            .arg("--jwt-private-key")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/dev-keys/jwt-private.pem"
-            ))
-            .status()
-            .expect("run loadgen")
-    })
-    .await
-    .unwrap();
-    assert!(status.success());
-    let report: Value = serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
+    let report = run_loadgen(&shop.base, 1500, 11).await;
     let trace_id = report["sample_order_traces"][0]["trace_id"]
         .as_str()
         .expect("a sampled order trace")

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -16,45 +14,7 @@ async fn a_bounded_load_run_gets_answers_from_every_route() {
     config.max_attempts = 2;
     config.retry_base = std::time::Duration::from_millis(100);
     let shop = RunningShop::start(config, None).await;
-    let report = tempfile::NamedTempFile::new().unwrap();
-    let base = shop.base.clone();
-    let path = report.path().to_path_buf();
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .args([
-                "--base-url",
-                &base,
-                "--requests",
-                "800",
-                "--duration",
-                "60s",
-                "--concurrency",
-                "8",
-            ])
-            .args([
-                "--principals",
-                "4",
-                "--seed",
-                "7",
-                "--burst-every",
-                "1s",
-                "--no-progress",
-                "--json",
-            ])
-            .arg(&path)
-            .arg("--jwt-private-key")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/dev-keys/jwt-private.pem"
-            ))
-            .status()
-            .expect("run loadgen")
-    })
-    .await
-    .unwrap();
-    assert!(status.success());
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
+    let report = run_loadgen(&shop.base, 800, 7).await;
     let total = &report["total"];
     assert_eq!(total["requests"], 800, "{report:#}");
     assert_eq!(total["outcomes"]["server_error"], 0, "no 5xx: {report:#}");

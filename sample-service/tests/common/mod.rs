@@ -467,3 +467,43 @@ pub async fn scraped_counter(base: &str, name: &str, label: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Runs the `loadgen` binary against `base` for `requests` requests (8 workers, 4
+/// principals, a burst every second) and returns its JSON report.
+pub async fn run_loadgen(base: &str, requests: u32, seed: u64) -> serde_json::Value {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let path = report.path().to_path_buf();
+    let (base, requests, seed) = (base.to_string(), requests.to_string(), seed.to_string());
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                "--base-url",
+                &base,
+                "--requests",
+                &requests,
+                "--duration",
+                "60s",
+                "--concurrency",
+                "8",
+            ])
+            .args([
+                "--principals",
+                "4",
+                "--seed",
+                &seed,
+                "--burst-every",
+                "1s",
+                "--no-progress",
+                "--json",
+            ])
+            .arg(&path)
+            .arg("--jwt-private-key")
+            .arg(PRIVATE_KEY)
+            .status()
+            .expect("run loadgen")
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "loadgen failed");
+    serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap()
+}
