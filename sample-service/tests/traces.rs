@@ -71,6 +71,9 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
     assert_eq!(r.status(), 202);
 
     // server + 2 database spans, then per event a producer, a consumer and its database span.
+    // Spans arrive as each part ends: wait for the three workers' database calls.
+    let filter = format!("TraceId = '{trace_id}' AND SpanName = 'INSERT processed_messages'");
+    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 3).await, 3);
     let spans = spans(&collector, &trace_id, 12).await;
     for s in &spans {
         eprintln!(
