@@ -217,22 +217,15 @@ impl LayeredCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, StoreError>>,
     {
-        let lock = format!("lock:{key}");
-        let token = uuid::Uuid::new_v4().to_string();
-        let held = shared
-            .try_lock(&lock, &token, self.settings.lock_wait * 4)
-            .await
-            .unwrap_or(false);
-        if held {
-            self.metrics
-                .cache_locks
-                .add(1, &[("lock.result", "acquired")]);
-            let result = self.load_and_store(shared, key, load).await;
-            if let Err(e) = shared.unlock(&lock, &token).await {
-                tracing::warn!(error = %e, key, "rebuild lock release failed; it expires by itself");
+        let load = match self.under_lock(shared, key, load).await {
+            Ok(result) => {
+                self.metrics
+                    .cache_locks
+                    .add(1, &[("lock.result", "acquired")]);
+                return result;
             }
-            return result;
-        }
+            Err(load) => load,
+        };
         self.metrics
             .cache_locks
             .add(1, &[("lock.result", "contended")]);
@@ -263,19 +256,11 @@ impl LayeredCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, StoreError>>,
     {
-        let lock = format!("lock:{key}");
-        let token = uuid::Uuid::new_v4().to_string();
-        if !shared
-            .try_lock(&lock, &token, self.settings.lock_wait * 4)
-            .await
-            .unwrap_or(false)
-        {
+        let Ok(result) = self.under_lock(shared, key, load).await else {
             // Someone else is refreshing it; the current value is still valid.
             return Ok(current.value);
-        }
+        };
         self.metrics.cache_early_refresh.add(1, &[]);
-        let result = self.load_and_store(shared, key, load).await;
-        let _ = shared.unlock(&lock, &token).await;
         match result {
             Ok(v) => Ok(v),
             // The old value has not expired yet: better than an error.
@@ -284,6 +269,34 @@ impl LayeredCache {
                 Ok(current.value)
             }
         }
+    }
+
+    /// Loads and stores `key` while holding its rebuild lock (`SET NX PX`, released
+    /// by compare-and-delete); hands `load` back when another caller holds the lock.
+    async fn under_lock<F, Fut>(
+        &self,
+        shared: &dyn SharedCache,
+        key: &str,
+        load: F,
+    ) -> Result<Result<Cached, StoreError>, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Bytes>, StoreError>>,
+    {
+        let lock = format!("lock:{key}");
+        let token = uuid::Uuid::new_v4().to_string();
+        let held = shared
+            .try_lock(&lock, &token, self.settings.lock_wait * 4)
+            .await
+            .unwrap_or(false);
+        if !held {
+            return Err(load);
+        }
+        let result = self.load_and_store(shared, key, load).await;
+        if let Err(e) = shared.unlock(&lock, &token).await {
+            tracing::warn!(error = %e, key, "rebuild lock release failed; it expires by itself");
+        }
+        Ok(result)
     }
 
     async fn load_and_store<F, Fut>(
