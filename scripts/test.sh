@@ -74,4 +74,5 @@ if [ -z "${CLICKHOUSE_URL:-}" ]; then
 fi
 
 step "tests"
-cargo test --workspace --all-features
+# Every test binary runs even after a failure, so one run shows every failure.
+cargo test --workspace --all-features --no-fail-fast
