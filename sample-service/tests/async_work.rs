@@ -52,6 +52,21 @@ async fn effects(env: &Env) -> Vec<(i64, i64, i64)> {
         .collect()
 }
 
+/// Checks that every order got each effect exactly once, and returns how many
+/// redelivered messages the surviving worker recognised as already done.
+async fn exactly_once_with_duplicates(done: &[(i64, i64, i64)], survivor: &str) -> u64 {
+    assert!(
+        done.iter().all(|x| *x == (1, 1, 1)),
+        "each effect exactly once: {done:?}"
+    );
+    scraped_counter(
+        survivor,
+        "shop_queue_processed_total",
+        "result=\"duplicate\"",
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn effects_happen_once_when_a_worker_dies_before_acknowledging() {
     let env = Env::new("exactly_once").await;
@@ -93,17 +108,7 @@ async fn effects_happen_once_when_a_worker_dies_before_acknowledging() {
     })
     .await
     .expect("every order's effects were applied");
-    assert!(
-        done.iter().all(|x| *x == (1, 1, 1)),
-        "each effect exactly once: {done:?}"
-    );
-
-    let duplicates = scraped_counter(
-        &survivor.base,
-        "shop_queue_processed_total",
-        "result=\"duplicate\"",
-    )
-    .await;
+    let duplicates = exactly_once_with_duplicates(&done, &survivor.base).await;
     eprintln!(
         "10 orders: the first worker committed {applied} effects and aborted before acking; \
          the second skipped {duplicates} redelivered duplicates; every order has payment, email, sms exactly once"
@@ -252,16 +257,7 @@ async fn effects_happen_once_when_a_worker_dies_before_acknowledging_embedded() 
     })
     .await
     .expect("every order's effects were applied");
-    assert!(
-        done.iter().all(|x| *x == (1, 1, 1)),
-        "each effect exactly once: {done:?}"
-    );
-    let duplicates = scraped_counter(
-        &survivor.base,
-        "shop_queue_processed_total",
-        "result=\"duplicate\"",
-    )
-    .await;
+    let duplicates = exactly_once_with_duplicates(&done, &survivor.base).await;
     eprintln!("embedded: the aborted worker's unacknowledged messages came back; {duplicates} recognised as done, every effect once");
     assert!(duplicates >= 1);
     drop(survivor);
