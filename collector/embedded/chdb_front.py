@@ -535,8 +535,11 @@ class Engine:
             pooled = self._idle.pop() if self._idle else None
         if pooled is None:
             pooled = PooledConnection(chdb.connect(self.path))
+        # A request without a database runs in `default`, as on a server: a
+        # pooled connection may still be in the database an earlier request named.
+        database = database or "default"
         try:
-            if database and database != pooled.database:
+            if database != pooled.database:
                 pooled.conn.query(f"USE {quote_identifier(database)}")
                 pooled.database = database
             if settings:

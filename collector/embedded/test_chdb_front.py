@@ -245,6 +245,17 @@ class FrontTest(unittest.TestCase):
         self.assertEqual(self.front.query(f"DROP TABLE {db}.events"), b"")
         self.assertEqual(self.front.query(f"EXISTS TABLE {db}.events"), b"0\n")
 
+    def test_request_without_database_runs_in_default(self):
+        db = "d_" + uuid.uuid4().hex[:12]
+        self.front.query(f"CREATE DATABASE {db}")
+        try:
+            # The pool hands the connection that just ran in `db` to the next request.
+            self.assertEqual(self.front.query("SELECT currentDatabase()", database=db),
+                             f"{db}\n".encode())
+            self.assertEqual(self.front.query("SELECT currentDatabase()"), b"default\n")
+        finally:
+            self.front.query(f"DROP DATABASE {db}")
+
     def test_unknown_database(self):
         result = self.front.request(params={"database": "no_such_db"}, body=b"SELECT 1")
         self.assertClickHouseError(result, 81, 404)
