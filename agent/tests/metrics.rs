@@ -189,8 +189,9 @@ async fn summary_holds_exact_percentiles_and_histogram_the_right_counts() {
     }
     assert_eq!(histogram.bucket_counts, want);
     assert_eq!(histogram.bucket_counts.iter().sum::<u64>(), REQUESTS);
-    // The mix really spreads over the first buckets (1 to 45 ms sleeps).
-    assert!(want[..4].iter().all(|n| *n >= 50), "{want:?}");
+    // The mix really spreads over several buckets (1 to 45 ms sleeps; on a busy machine
+    // the shortest may land a bucket higher, so which buckets is not fixed).
+    assert!(want.iter().filter(|n| **n >= 50).count() >= 3, "{want:?}");
     collector.stop().await;
 }
 

@@ -705,19 +705,38 @@ fn clickhouse_credentials_are_never_logged() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("collector starts");
-    // Long enough for start-up and several failed attempts to reach ClickHouse.
-    std::thread::sleep(Duration::from_secs(4));
+    // Logs are read as they come, so a slow start-up only makes the test wait longer:
+    // it stops once start-up and, past 4 s, several failed attempts are logged.
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let captured = captured.clone();
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                captured.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let logged = {
+            let logs = captured.lock().unwrap();
+            let logs = String::from_utf8_lossy(&logs);
+            logs.contains("starting") && logs.matches(&dead).count() >= 2
+        };
+        let waited = started.elapsed();
+        if (logged && waited >= Duration::from_secs(4)) || waited > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = child.kill();
     let _ = child.wait();
-    let mut logs = String::new();
+    reader.join().unwrap();
+    let mut logs = String::from_utf8_lossy(&captured.lock().unwrap()).into_owned();
     child
         .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child
-        .stderr
         .take()
         .unwrap()
         .read_to_string(&mut logs)

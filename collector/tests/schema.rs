@@ -102,7 +102,15 @@ async fn wrong_schema_blocks_writes_until_fixed() {
 
     let c = TestCollector::launch(test_config(&database)).await;
     assert!(!c.wait_ready(Duration::from_secs(2)).await);
-    let (status, body) = c.admin_get("/health/ready").await;
+    // Until its first probe finishes, readiness says the schema is not checked yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let (status, body) = c.admin_get("/health/ready").await;
+        if !body.contains("not checked yet") || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status, 503);
     assert!(
         body.contains("table otel_logs lacks columns EventName; column SeverityNumber is UInt16, expected UInt8"),

@@ -71,9 +71,14 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
     assert_eq!(r.status(), 202);
 
     // server + 2 database spans, then per event a producer, a consumer and its database span.
-    // Spans arrive as each part ends: wait for the three workers' database calls.
+    // Spans arrive as each part ends, each process's in its own export: wait for every
+    // span the checks below look at, not for a total.
     let filter = format!("TraceId = '{trace_id}' AND SpanName = 'INSERT processed_messages'");
     assert_eq!(collector.wait_for_rows("otel_traces", &filter, 3).await, 3);
+    let filter = format!("TraceId = '{trace_id}' AND SpanKind IN ('Producer', 'Consumer')");
+    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 6).await, 6);
+    let filter = format!("TraceId = '{trace_id}' AND SpanKind = 'Server'");
+    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 1).await, 1);
     let spans = spans(&collector, &trace_id, 12).await;
     for s in &spans {
         eprintln!(
@@ -151,7 +156,13 @@ async fn the_summary_calls_its_three_downstreams_in_parallel() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // server, the order read, three client calls and the three downstream servers.
+    // server, the order read, three client calls and the three downstream servers; the
+    // downstreams export on their own, so wait for all four server spans and the calls.
+    let filter = format!("TraceId = '{trace_id}' AND SpanKind = 'Server'");
+    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 4).await, 4);
+    let filter =
+        format!("TraceId = '{trace_id}' AND SpanKind = 'Client' AND startsWith(SpanName, 'GET')");
+    assert!(collector.wait_for_rows("otel_traces", &filter, 3).await >= 3);
     let spans = spans(&collector, &trace_id, 8).await;
     let server = spans
         .iter()

@@ -241,6 +241,8 @@ mod tests {
             sink.clone(),
             CancellationToken::new(),
         ));
+        // Spooled before any is queued, so fsync time cannot eat into the batch delay.
+        let mut appended = Vec::new();
         for i in 0..5u8 {
             let parts = vec![TablePart {
                 table: TableId::Logs,
@@ -248,7 +250,9 @@ mod tests {
                 raw_len: 30,
                 data: vec![i; 3],
             }];
-            let mut spooled = spool.append(parts).await.unwrap().pop().unwrap();
+            appended.push(spool.append(parts).await.unwrap().pop().unwrap());
+        }
+        for mut spooled in appended {
             // The first two fit the memory budget; the rest spill.
             let permit = budget.clone().try_acquire_many_owned(3).ok();
             if permit.is_none() {

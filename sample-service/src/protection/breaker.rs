@@ -224,7 +224,8 @@ mod tests {
 
     #[test]
     fn opens_on_failures_probes_and_closes() {
-        let b = breaker(Duration::from_millis(30));
+        // Long enough that a descheduled test thread does not see it half-open early.
+        let b = breaker(Duration::from_millis(300));
         // Three failures are below the minimum number of calls.
         for _ in 0..3 {
             b.try_acquire().unwrap().record(false);
@@ -234,7 +235,7 @@ mod tests {
         assert_eq!(b.state(), State::Open);
         assert!(b.try_acquire().is_err());
 
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         let probe = b.try_acquire().unwrap();
         assert_eq!(b.state(), State::HalfOpen);
         // Only one probe at a time.
@@ -242,7 +243,7 @@ mod tests {
         probe.record(false);
         assert_eq!(b.state(), State::Open);
 
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         b.try_acquire().unwrap().record(true);
         assert_eq!(b.state(), State::Closed);
         b.try_acquire().unwrap().record(true);
