@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bench::sink::Sink;
+use collector::testing::eventually;
 use collector::{Collector, Config};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
@@ -42,14 +43,12 @@ async fn the_collector_becomes_ready_and_writes_into_the_sink() {
         assert_eq!(response.partial_success, None);
     }
     // The three requests may leave in more than one INSERT; the counts add up.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let traces = loop {
-        let stats = sink.stats().get("otel_traces").copied().unwrap_or_default();
-        if stats.raw_bytes > 300 * 300 || Instant::now() > deadline {
-            break stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let traces = || sink.stats().get("otel_traces").copied().unwrap_or_default();
+    let traces = eventually(Duration::from_secs(20), || async {
+        Some(traces()).filter(|t| t.raw_bytes > 300 * 300)
+    })
+    .await
+    .unwrap_or_else(traces);
     assert!(traces.inserts >= 1, "{traces:?}");
     // 300 spans of about 500 RowBinary bytes each, LZ4-compressed on the wire.
     assert!(traces.raw_bytes > 300 * 300, "{traces:?}");

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use collector::schema::{create_statements, probe, SchemaOptions};
-use collector::testing::{clickhouse_url, test_config, unique_database, TestCollector};
+use collector::testing::{clickhouse_url, eventually, test_config, unique_database, TestCollector};
 use common::*;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
@@ -103,14 +103,12 @@ async fn wrong_schema_blocks_writes_until_fixed() {
     let c = TestCollector::launch(test_config(&database)).await;
     assert!(!c.wait_ready(Duration::from_secs(2)).await);
     // Until its first probe finishes, readiness says the schema is not checked yet.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let (status, body) = loop {
+    let (status, body) = eventually(Duration::from_secs(30), || async {
         let (status, body) = c.admin_get("/health/ready").await;
-        if !body.contains("not checked yet") || std::time::Instant::now() > deadline {
-            break (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (!body.contains("not checked yet")).then_some((status, body))
+    })
+    .await
+    .expect("the first schema probe answered");
     assert_eq!(status, 503);
     assert!(
         body.contains("table otel_logs lacks columns EventName; column SeverityNumber is UInt16, expected UInt8"),

@@ -267,23 +267,7 @@ pub fn order_body(product: i64, quantity: i32) -> serde_json::Value {
     })
 }
 
-/// Polls `f` until it returns `Some`, for at most `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use collector::testing::{eventually, free_port};
 
 /// The shop binary as a child process with `env` on top of the test's config.
 pub struct ShopProcess {
@@ -364,14 +348,6 @@ impl Drop for ShopProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The value of a pattern counter in the shop's agent, summed over the series that
