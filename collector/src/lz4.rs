@@ -18,16 +18,43 @@ const MF_LIMIT: usize = 12;
 const MAX_OFFSET: usize = 65_535;
 const HASH_BITS: u32 = 16;
 
-thread_local! {
-    // Stale entries from earlier inputs are harmless: every candidate is checked
-    // against the bytes before it is used.
-    static TABLE: RefCell<Vec<u32>> = RefCell::new(vec![0; 1 << HASH_BITS]);
+/// The hash table, kept between calls so that it is not cleared for every block.
+/// Its entries are positions plus `base`, which grows past every input: entries
+/// below the current `base` are from earlier inputs and never used, so a block's
+/// bytes depend on its input alone (the spool's request fingerprints hash them).
+struct Table {
+    entries: Vec<u32>,
+    base: u32,
 }
 
-/// Appends the LZ4 block of `src` to `out`; returns its length.
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table {
+        entries: vec![0; 1 << HASH_BITS],
+        base: 1,
+    });
+}
+
+/// Appends the LZ4 block of `src` to `out`; returns its length. The same `src`
+/// always gives the same bytes.
 pub fn compress(src: &[u8], out: &mut Vec<u8>) -> usize {
     let start = out.len();
-    TABLE.with(|t| compress_with(src, out, &mut t.borrow_mut()));
+    TABLE.with(|t| {
+        let t = &mut *t.borrow_mut();
+        let end = u32::try_from(src.len())
+            .ok()
+            .and_then(|n| t.base.checked_add(n)?.checked_add(1));
+        let next = match end {
+            Some(next) => next,
+            None => {
+                // Positions would wrap: start the table over.
+                t.entries.fill(0);
+                t.base = 1;
+                1 + src.len() as u32 + 1
+            }
+        };
+        compress_with(src, out, &mut t.entries, t.base);
+        t.base = next;
+    });
     out.len() - start
 }
 
@@ -58,7 +85,7 @@ fn common(s: &[u8], mut a: usize, mut b: usize, end: usize) -> usize {
     b - from
 }
 
-fn compress_with(src: &[u8], out: &mut Vec<u8>, table: &mut [u32]) {
+fn compress_with(src: &[u8], out: &mut Vec<u8>, table: &mut [u32], base: u32) {
     let n = src.len();
     let mut anchor = 0;
     if n > MF_LIMIT {
@@ -69,10 +96,11 @@ fn compress_with(src: &[u8], out: &mut Vec<u8>, table: &mut [u32]) {
         while i < limit {
             let seq = read_u32(src, i);
             let h = hash(seq);
-            let cand = table[h] as usize;
-            table[h] = i as u32;
+            let entry = table[h];
+            table[h] = base + i as u32;
+            let cand = entry.wrapping_sub(base) as usize;
             let (mut len, mut offset) = (0, 0);
-            if cand < i && i - cand <= MAX_OFFSET && read_u32(src, cand) == seq {
+            if entry >= base && cand < i && i - cand <= MAX_OFFSET && read_u32(src, cand) == seq {
                 len = MIN_MATCH + common(src, cand + MIN_MATCH, i + MIN_MATCH, match_end);
                 offset = i - cand;
             }
@@ -97,7 +125,7 @@ fn compress_with(src: &[u8], out: &mut Vec<u8>, table: &mut [u32]) {
             anchor = i;
             rep = offset;
             if i >= 2 && i - 2 < limit {
-                table[hash(read_u32(src, i - 2))] = (i - 2) as u32;
+                table[hash(read_u32(src, i - 2))] = base + (i - 2) as u32;
             }
         }
     }
@@ -149,6 +177,30 @@ mod tests {
         for src in [&b""[..], b"a", b"abcdefghijklm", &[7; 100], &[0; 70_000]] {
             round_trip(src);
         }
+    }
+
+    #[test]
+    fn the_same_input_compresses_to_the_same_bytes_whatever_came_before() {
+        let a: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 13).to_le_bytes())
+            .collect();
+        let alone = {
+            let mut out = Vec::new();
+            compress(&b, &mut out);
+            out
+        };
+        let mut after = Vec::new();
+        compress(&a, &mut Vec::new());
+        compress(&b, &mut after);
+        assert_eq!(after, alone);
+        // Also across the table's start-over.
+        TABLE.with(|t| t.borrow_mut().base = u32::MAX - 10);
+        let mut wrapped = Vec::new();
+        compress(&b, &mut wrapped);
+        assert_eq!(wrapped, alone);
     }
 
     #[test]
