@@ -12,7 +12,7 @@ use crate::batching::Queued;
 use crate::mapping::{Mapped, Signal};
 use crate::receivers::IngestError;
 use crate::schema::ALL_TABLES;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Appended, Spool, SpoolError};
 use crate::telemetry::{Metrics, Outcome};
 
 pub struct Pipeline {
@@ -55,7 +55,9 @@ impl Pipeline {
         Err(err)
     }
 
-    /// Spools a request's rows and hands them downstream.
+    /// Spools a request's rows and hands them downstream. A retry of a request
+    /// stored within the deduplication window gets the same answer and is not
+    /// stored again.
     pub async fn accept<S: Signal>(&self, mapped: Mapped) -> Result<S::Response, IngestError> {
         let response = S::response(&mapped);
         let Mapped {
@@ -66,7 +68,11 @@ impl Pipeline {
         } = mapped;
         let received = accepted + rejected;
         let spooled = match self.spool.append(parts).await {
-            Ok(s) => s,
+            Ok(Appended::Stored(s)) => s,
+            Ok(Appended::Duplicate) => {
+                self.metrics.request(S::NAME, Outcome::Duplicate, 0, 0, 0);
+                return Ok(response);
+            }
             Err(e) => {
                 let (outcome, err) = refusal(e);
                 self.metrics.request(S::NAME, outcome, received, 0, 0);

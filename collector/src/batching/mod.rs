@@ -250,7 +250,7 @@ mod tests {
                 raw_len: 30,
                 data: vec![i; 3],
             }];
-            appended.push(spool.append(parts).await.unwrap().pop().unwrap());
+            appended.push(spool.append(parts).await.unwrap().stored().pop().unwrap());
         }
         for mut spooled in appended {
             // The first two fit the memory budget; the rest spill.

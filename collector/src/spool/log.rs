@@ -12,6 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::dedup::{unix_secs, Recent};
+
 /// Where a part's bytes are.
 #[derive(Debug, Clone, Copy)]
 pub struct PartLoc {
@@ -36,6 +38,8 @@ pub struct Log {
     parts: BTreeMap<u64, PartLoc>,
     /// The segment of each batch record not yet confirmed.
     batches: HashMap<u64, u64>,
+    /// The fingerprints of recent requests; saved before their segments go.
+    pub recent: Recent,
 }
 
 pub fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -64,6 +68,7 @@ impl Log {
         existing: Vec<u64>,
         parts: HashMap<u64, PartLoc>,
         batches: HashMap<u64, u64>,
+        recent: Recent,
     ) -> std::io::Result<Log> {
         let mut segments = BTreeMap::new();
         for id in existing {
@@ -95,6 +100,7 @@ impl Log {
             current_len: 0,
             parts: parts.into_iter().collect(),
             batches,
+            recent,
         };
         log.create(current)?;
         log.delete_dead()?;
@@ -194,10 +200,18 @@ impl Log {
     }
 
     fn delete_dead(&mut self) -> std::io::Result<()> {
-        while let Some((&id, s)) = self.segments.iter().next() {
-            if id == self.current || s.live > 0 {
-                break;
-            }
+        let dead: Vec<u64> = self
+            .segments
+            .iter()
+            .take_while(|(&id, s)| id != self.current && s.live == 0)
+            .map(|(&id, _)| id)
+            .collect();
+        let Some(&last) = dead.last() else {
+            return Ok(());
+        };
+        // Their fingerprints must outlive them for the deduplication window.
+        self.recent.save_through(last, unix_secs())?;
+        for id in dead {
             self.segments.remove(&id);
             std::fs::remove_file(segment_path(&self.dir, id))?;
         }

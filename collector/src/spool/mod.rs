@@ -15,8 +15,13 @@
 //! recorded (its parts and its deduplication token) before its first INSERT attempt,
 //! so after a restart it is rebuilt identically and a retry of an INSERT that did
 //! land is dropped by ClickHouse's deduplication instead of duplicating rows.
+//!
+//! A client that lost its answer and sends the request again is recognised by the
+//! request's fingerprint within `dedup_window_secs` ([`dedup`]): the retry is
+//! acknowledged without being stored twice.
 
 mod commit;
+pub mod dedup;
 mod log;
 mod record;
 
@@ -33,6 +38,7 @@ use crate::part::TablePart;
 use crate::schema::TableId;
 use commit::GroupCommit;
 use log::{Log, PartLoc};
+use record::Remembered;
 pub use record::{BatchRecord, SpooledPart};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,6 +61,12 @@ pub struct SpoolConfig {
     /// Size at which a segment file is closed and the next one started; a segment
     /// is deleted once all its rows are in ClickHouse.
     pub segment_bytes: u64,
+    /// How long a request is remembered: a retry of it within this time is
+    /// acknowledged without being stored again. 0 turns deduplication off.
+    pub dedup_window_secs: u32,
+    /// At most this many requests are remembered (about 61 bytes of memory each);
+    /// past it the oldest are forgotten first.
+    pub dedup_max_entries: usize,
 }
 
 impl Default for SpoolConfig {
@@ -65,6 +77,8 @@ impl Default for SpoolConfig {
             flush_interval_ms: 1,
             max_disk_bytes: 1 << 30,
             segment_bytes: 32 << 20,
+            dedup_window_secs: 600,
+            dedup_max_entries: 1_000_000,
         }
     }
 }
@@ -79,6 +93,26 @@ pub enum SpoolError {
     Missing(u64),
     #[error("{0} holds a spool of the earlier format (sled): deliver it with the version that wrote it, or remove it")]
     OldFormat(String),
+}
+
+/// What [`Spool::append`] did with a request.
+#[derive(Debug)]
+pub enum Appended {
+    /// Stored, now durable.
+    Stored(Vec<SpooledPart>),
+    /// The same request was stored within the deduplication window (and is durable):
+    /// nothing was written.
+    Duplicate,
+}
+
+impl Appended {
+    /// The stored parts (none for a duplicate).
+    pub fn stored(self) -> Vec<SpooledPart> {
+        match self {
+            Appended::Stored(parts) => parts,
+            Appended::Duplicate => Vec::new(),
+        }
+    }
 }
 
 /// What a restart found: batches to re-send as they were, and parts not yet batched.
@@ -100,6 +134,8 @@ pub struct Spool {
     budget: u64,
     sync: SyncMode,
     commit: Arc<GroupCommit>,
+    /// Whether requests are fingerprinted (`dedup_window_secs` > 0).
+    dedup: bool,
 }
 
 const INSTANCE_FILE: &str = "instance";
@@ -114,15 +150,23 @@ impl Spool {
         }
         std::fs::create_dir_all(&dir)?;
         let instance = instance(&dir)?;
-        let found = recover(&dir)?;
+        let mut found = recover(&dir)?;
         let used: u64 = found.parts.values().map(|(p, _)| u64::from(p.len)).sum();
         let (recovered, locs, batch_segments) = found.split();
+        let recent = dedup::Recent::open(
+            &dir,
+            config.dedup_window_secs,
+            config.dedup_max_entries,
+            std::mem::take(&mut found.remembered),
+            dedup::unix_secs(),
+        )?;
         let log = Log::open(
             &dir,
             config.segment_bytes.max(1),
             found_segments(&dir)?,
             locs,
             batch_segments,
+            recent,
         )?;
         let log = Arc::new(Mutex::new(log));
         let flushed = log.clone();
@@ -147,6 +191,7 @@ impl Spool {
             budget: config.max_disk_bytes,
             sync: config.sync,
             commit,
+            dedup: config.dedup_window_secs > 0,
         };
         Ok((Arc::new(spool), recovered))
     }
@@ -170,9 +215,71 @@ impl Spool {
         Ok(self.log.lock().expect("not poisoned").oldest_part())
     }
 
-    /// Writes a request's parts as one record; returns once they are durable.
-    pub async fn append(&self, parts: Vec<TablePart>) -> Result<Vec<SpooledPart>, SpoolError> {
+    /// Writes a request's parts as one record; returns once they are durable. A
+    /// request remembered from the deduplication window is not written again; like a
+    /// stored one, it returns once the earlier copy is durable.
+    pub async fn append(&self, parts: Vec<TablePart>) -> Result<Appended, SpoolError> {
         let bytes: u64 = parts.iter().map(|p| p.data.len() as u64).sum();
+        let remembered = (self.dedup && !parts.is_empty()).then(|| Remembered {
+            fingerprint: dedup::fingerprint(self.instance, &parts),
+            secs: dedup::unix_secs(),
+        });
+        let written = {
+            let mut log = self.log.lock().expect("not poisoned");
+            // Checked and remembered under the lock that orders the writes: of two
+            // copies in flight, one is written and the other finds it.
+            if remembered.is_some_and(|r| log.recent.contains(r.fingerprint)) {
+                None
+            } else {
+                Some(self.write(&mut log, &parts, remembered, bytes))
+            }
+        };
+        let Some(written) = written else {
+            self.durable().await?;
+            return Ok(Appended::Duplicate);
+        };
+        let first = written?;
+        if let Err(e) = self.durable().await {
+            if let Some(r) = remembered {
+                self.log
+                    .lock()
+                    .expect("not poisoned")
+                    .recent
+                    .forget(r.fingerprint);
+            }
+            return Err(e);
+        }
+        Ok(Appended::Stored(
+            parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| SpooledPart {
+                    seq: first + i as u64,
+                    table: p.table,
+                    rows: p.rows,
+                    raw_len: p.raw_len,
+                    len: p.data.len() as u32,
+                    data: Some(p.data),
+                })
+                .collect(),
+        ))
+    }
+
+    /// How many requests the deduplication index remembers, and its heap bytes.
+    pub fn remembered(&self) -> (usize, usize) {
+        let log = self.log.lock().expect("not poisoned");
+        (log.recent.entries(), log.recent.heap_bytes())
+    }
+
+    /// Writes the record (not yet durable) and notes where its parts are; returns
+    /// the first part's sequence number.
+    fn write(
+        &self,
+        log: &mut Log,
+        parts: &[TablePart],
+        remembered: Option<Remembered>,
+        bytes: u64,
+    ) -> Result<u64, SpoolError> {
         let used = self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
         if used + bytes > self.budget && bytes > 0 {
             self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -184,41 +291,29 @@ impl Spool {
         let first = self
             .next_seq
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
-        let head = record::parts_head(first, &parts);
-        let written = {
-            let mut log = self.log.lock().expect("not poisoned");
-            log.append(&record::parts_slices(&head, &parts))
-                .map(|start| {
-                    let segment = log.current_segment();
-                    let mut offset = start + head.len() as u64;
-                    for (i, p) in parts.iter().enumerate() {
-                        let loc = PartLoc {
-                            segment,
-                            offset,
-                            len: p.data.len() as u32,
-                        };
-                        log.add_part(first + i as u64, loc);
-                        offset += p.data.len() as u64;
-                    }
-                })
+        let head = record::parts_head(first, remembered, parts);
+        let start = match log.append(&record::parts_slices(&head, parts)) {
+            Ok(start) => start,
+            Err(e) => {
+                self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                return Err(e.into());
+            }
         };
-        if let Err(e) = written {
-            self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(e.into());
-        }
-        self.durable().await?;
-        Ok(parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| SpooledPart {
-                seq: first + i as u64,
-                table: p.table,
-                rows: p.rows,
-                raw_len: p.raw_len,
+        let segment = log.current_segment();
+        let mut offset = start + head.len() as u64;
+        for (i, p) in parts.iter().enumerate() {
+            let loc = PartLoc {
+                segment,
+                offset,
                 len: p.data.len() as u32,
-                data: Some(p.data),
-            })
-            .collect())
+            };
+            log.add_part(first + i as u64, loc);
+            offset += p.data.len() as u64;
+        }
+        if let Some(r) = remembered {
+            log.recent.insert(r, segment);
+        }
+        Ok(first)
     }
 
     async fn durable(&self) -> Result<(), SpoolError> {
@@ -325,6 +420,9 @@ struct Found {
     parts: BTreeMap<u64, (SpooledPart, PartLoc)>,
     /// id → (record, its segment), not confirmed
     batches: BTreeMap<u64, (BatchRecord, u64)>,
+    /// The fingerprints of the requests in the segments, in log order, with their
+    /// segment.
+    remembered: Vec<(Remembered, u64)>,
     max_seq: u64,
     max_batch: u64,
 }
@@ -364,6 +462,7 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
     let mut found = Found {
         parts: BTreeMap::new(),
         batches: BTreeMap::new(),
+        remembered: Vec::new(),
         max_seq: 0,
         max_batch: 0,
     };
@@ -377,7 +476,8 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
         }
         for r in records {
             match r {
-                record::Record::Parts(parts) => {
+                record::Record::Parts { parts, remembered } => {
+                    found.remembered.extend(remembered.map(|r| (r, id)));
                     for (p, offset) in parts {
                         found.max_seq = found.max_seq.max(p.seq);
                         let loc = PartLoc {
@@ -393,6 +493,7 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
                     found.batches.insert(b.id, (b, id));
                 }
                 record::Record::Confirm(b) => confirmed.push(b),
+                record::Record::Fingerprints(_) => {}
             }
         }
     }
@@ -436,11 +537,13 @@ mod tests {
             let a = spool
                 .append(vec![part(TableId::Traces, 2, 1), part(TableId::Logs, 1, 2)])
                 .await
-                .unwrap();
+                .unwrap()
+                .stored();
             let b = spool
                 .append(vec![part(TableId::Traces, 4, 3)])
                 .await
-                .unwrap();
+                .unwrap()
+                .stored();
             assert_eq!(spool.used_bytes(), 21);
             let record = spool
                 .record_batch(TableId::Traces, vec![a[0].seq, b[0].seq])
@@ -470,7 +573,8 @@ mod tests {
         let c = spool
             .append(vec![part(TableId::Gauge, 1, 9)])
             .await
-            .unwrap();
+            .unwrap()
+            .stored();
         assert!(c[0].seq > rec.parts[0].seq);
     }
 
@@ -513,7 +617,8 @@ mod tests {
             let p = spool
                 .append(vec![part(TableId::Logs, 20, i)])
                 .await
-                .unwrap();
+                .unwrap()
+                .stored();
             seqs.push(p[0].seq);
         }
         let segments = |spool: &Spool| spool.log.lock().unwrap().segment_count();
@@ -536,7 +641,8 @@ mod tests {
         let kept = spool
             .append(vec![part(TableId::Traces, 1, 7)])
             .await
-            .unwrap();
+            .unwrap()
+            .stored();
         drop(spool);
         let last = *log::segment_ids(dir.path()).unwrap().last().unwrap();
         let mut f = std::fs::OpenOptions::new()
@@ -551,6 +657,79 @@ mod tests {
             [kept[0].seq]
         );
         assert_eq!(spool.read(kept[0].seq).unwrap(), [7, 7, 7]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_in_the_window_is_stored_once_even_when_both_copies_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        for round in 0..50u8 {
+            let request = || vec![part(TableId::Traces, 2, round), part(TableId::Logs, 1, 9)];
+            let (a, b) = tokio::join!(spool.append(request()), spool.append(request()));
+            let stored = [a.unwrap(), b.unwrap()]
+                .into_iter()
+                .filter(|r| matches!(r, Appended::Stored(_)))
+                .count();
+            assert_eq!(stored, 1, "round {round}");
+        }
+        assert!(matches!(
+            spool
+                .append(vec![part(TableId::Traces, 2, 0)])
+                .await
+                .unwrap(),
+            Appended::Stored(_)
+        ));
+        assert_eq!(spool.remembered().0, 51);
+    }
+
+    #[tokio::test]
+    async fn a_restart_remembers_delivered_requests_and_off_means_off() {
+        let dir = tempfile::tempdir().unwrap();
+        // One record per segment, so a delivered request's segment is deleted.
+        let small = SpoolConfig {
+            segment_bytes: 1,
+            ..config(dir.path())
+        };
+        let request = || vec![part(TableId::Logs, 4, 5)];
+        {
+            let (spool, _) = Spool::open(&small).unwrap();
+            let parts = spool.append(request()).await.unwrap().stored();
+            spool.append(vec![part(TableId::Logs, 1, 6)]).await.unwrap();
+            let batch = spool
+                .record_batch(TableId::Logs, vec![parts[0].seq])
+                .await
+                .unwrap();
+            spool.confirm(&batch, 12).unwrap();
+            assert!(
+                !log::segment_ids(dir.path()).unwrap().contains(&1),
+                "the delivered request's segment is gone"
+            );
+            let fp = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension() == Some("fp".as_ref()))
+                .count();
+            assert_eq!(fp, 1, "its fingerprint moved to a fingerprint file");
+        }
+        let (spool, recovered) = Spool::open(&small).unwrap();
+        assert_eq!(recovered.parts.len(), 1);
+        assert!(matches!(
+            spool.append(request()).await.unwrap(),
+            Appended::Duplicate
+        ));
+        assert!(matches!(
+            spool.append(vec![part(TableId::Logs, 1, 6)]).await.unwrap(),
+            Appended::Duplicate
+        ));
+        drop(spool);
+        let (spool, _) = Spool::open(&SpoolConfig {
+            dedup_window_secs: 0,
+            ..small
+        })
+        .unwrap();
+        assert!(matches!(
+            spool.append(request()).await.unwrap(),
+            Appended::Stored(_)
+        ));
     }
 
     #[test]

@@ -7,8 +7,13 @@
 //! - parts: `[1][count u16]`, per part `[seq u64][table u8][rows u32][raw_len u32]
 //!   [len u32]`, then the parts' bytes one after the other — every part of one request
 //!   in one record, so a request is spooled whole or not at all;
+//! - remembered parts: `[4][fingerprint u128][arrival, Unix seconds u32]`, then as
+//!   parts from the count on — the request's fingerprint is durable exactly when its
+//!   rows are;
 //! - batch: `[2][id u64][epoch u64][table u8][seq u64]*`;
-//! - confirm: `[3][batch id u64]` — the batch's rows are in ClickHouse.
+//! - confirm: `[3][batch id u64]` — the batch's rows are in ClickHouse;
+//! - fingerprints: `[5]([fingerprint u128][arrival u32])*` — in the fingerprint
+//!   files only (see [`super::dedup`]): delivered requests still within the window.
 
 use std::io::IoSlice;
 
@@ -39,26 +44,47 @@ pub struct BatchRecord {
     pub seqs: Vec<u64>,
 }
 
+/// A request's fingerprint and when it arrived: what deduplication remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    pub fingerprint: u128,
+    /// Unix seconds.
+    pub secs: u32,
+}
+
 pub const FRAME: usize = 8;
 const PARTS: u8 = 1;
 const BATCH: u8 = 2;
 const CONFIRM: u8 = 3;
+const REMEMBERED_PARTS: u8 = 4;
+const FINGERPRINTS: u8 = 5;
 const PART_META: usize = 8 + 1 + 4 + 4 + 4;
+const REMEMBERED: usize = 16 + 4;
 
 /// A record read back from a segment; parts carry where their bytes are.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
-    /// (part, offset of its bytes in the segment)
-    Parts(Vec<(SpooledPart, u64)>),
+    Parts {
+        /// (part, offset of its bytes in the segment)
+        parts: Vec<(SpooledPart, u64)>,
+        remembered: Option<Remembered>,
+    },
     Batch(BatchRecord),
     Confirm(u64),
+    Fingerprints(Vec<Remembered>),
 }
 
 /// The frame and part table of a parts record; the parts' bytes follow it on disk.
-pub fn parts_head(first_seq: u64, parts: &[TablePart]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(FRAME + 3 + PART_META * parts.len());
+pub fn parts_head(first_seq: u64, remembered: Option<Remembered>, parts: &[TablePart]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(FRAME + 1 + REMEMBERED + 2 + PART_META * parts.len());
     body.extend_from_slice(&[0; FRAME]);
-    body.push(PARTS);
+    match remembered {
+        Some(r) => {
+            body.push(REMEMBERED_PARTS);
+            put_remembered(&mut body, r);
+        }
+        None => body.push(PARTS),
+    }
     body.extend_from_slice(&(parts.len() as u16).to_le_bytes());
     for (i, p) in parts.iter().enumerate() {
         body.extend_from_slice(&(first_seq + i as u64).to_le_bytes());
@@ -94,6 +120,27 @@ pub fn batch(b: &BatchRecord) -> Vec<u8> {
         body.extend_from_slice(&s.to_le_bytes());
     }
     framed(body)
+}
+
+pub fn fingerprints(entries: &[Remembered]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(1 + REMEMBERED * entries.len());
+    body.push(FINGERPRINTS);
+    for r in entries {
+        put_remembered(&mut body, *r);
+    }
+    framed(body)
+}
+
+fn put_remembered(body: &mut Vec<u8>, r: Remembered) {
+    body.extend_from_slice(&r.fingerprint.to_le_bytes());
+    body.extend_from_slice(&r.secs.to_le_bytes());
+}
+
+fn get_remembered(b: &[u8]) -> Option<Remembered> {
+    Some(Remembered {
+        fingerprint: u128::from_le_bytes(b.get(..16)?.try_into().ok()?),
+        secs: u32::from_le_bytes(b.get(16..20)?.try_into().ok()?),
+    })
 }
 
 pub fn confirm(id: u64) -> Vec<u8> {
@@ -139,9 +186,14 @@ fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
     let u64_at = |b: &[u8], i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
     let u32_at = |b: &[u8], i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
     match kind {
-        PARTS => {
+        PARTS | REMEMBERED_PARTS => {
+            let (remembered, rest) = if kind == REMEMBERED_PARTS {
+                (Some(get_remembered(rest)?), rest.get(REMEMBERED..)?)
+            } else {
+                (None, rest)
+            };
             let count = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-            let mut data = 1 + 2 + count * PART_META;
+            let mut data = body.len() - rest.len() + 2 + count * PART_META;
             let mut parts = Vec::with_capacity(count);
             for i in 0..count {
                 let m = &rest[2 + i * PART_META..];
@@ -159,7 +211,7 @@ fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
                 ));
                 data += len as usize;
             }
-            (data == body.len()).then_some(Record::Parts(parts))
+            (data == body.len()).then_some(Record::Parts { parts, remembered })
         }
         BATCH => {
             let seqs = rest.get(17..)?;
@@ -177,6 +229,11 @@ fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
             }))
         }
         CONFIRM => Some(Record::Confirm(u64_at(rest, 0)?)),
+        FINGERPRINTS if rest.len() % REMEMBERED == 0 => Some(Record::Fingerprints(
+            rest.chunks_exact(REMEMBERED)
+                .filter_map(get_remembered)
+                .collect(),
+        )),
         _ => None,
     }
 }
@@ -201,7 +258,11 @@ mod tests {
                 data: vec![2; 3],
             },
         ];
-        let head = parts_head(7, &parts);
+        let remembered = Remembered {
+            fingerprint: u128::MAX - 5,
+            secs: 1_800_000_000,
+        };
+        let head = parts_head(7, Some(remembered), &parts);
         let mut segment: Vec<u8> = parts_slices(&head, &parts)
             .iter()
             .flat_map(|s| s.to_vec())
@@ -214,14 +275,26 @@ mod tests {
         };
         segment.extend(batch(&b));
         segment.extend(confirm(3));
+        let old_head = parts_head(9, None, &parts[1..]);
+        segment.extend(
+            parts_slices(&old_head, &parts[1..])
+                .iter()
+                .flat_map(|s| s.to_vec()),
+        );
+        segment.extend(fingerprints(&[remembered, remembered]));
         let whole = segment.len();
         segment.extend(&confirm(4)[..6]);
         let (records, end) = scan(&segment);
         assert_eq!(end, whole);
-        assert_eq!(records.len(), 3);
-        let Record::Parts(p) = &records[0] else {
+        assert_eq!(records.len(), 5);
+        let Record::Parts {
+            parts: p,
+            remembered: r,
+        } = &records[0]
+        else {
             panic!("parts first")
         };
+        assert_eq!(*r, Some(remembered));
         assert_eq!(
             (p[0].0.seq, p[1].0.seq, p[1].0.table),
             (7, 8, TableId::Logs)
@@ -231,6 +304,16 @@ mod tests {
         assert_eq!(&segment[at1..at1 + 3], &[2; 3]);
         assert_eq!(records[1], Record::Batch(b));
         assert_eq!(records[2], Record::Confirm(3));
+        let Record::Parts {
+            parts: p,
+            remembered: None,
+        } = &records[3]
+        else {
+            panic!("parts without a fingerprint (the earlier format) read back")
+        };
+        let at = p[0].1 as usize;
+        assert_eq!((p[0].0.seq, &segment[at..at + 3]), (9, &[2u8; 3][..]));
+        assert_eq!(records[4], Record::Fingerprints(vec![remembered; 2]));
         // A flipped bit ends the segment at that record.
         segment[at0] ^= 1;
         assert_eq!(scan(&segment).0.len(), 0);

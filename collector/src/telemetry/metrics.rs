@@ -13,6 +13,8 @@ pub const SIGNALS: [&str; 3] = ["traces", "logs", "metrics"];
 pub enum Outcome {
     Accepted,
     Partial,
+    /// A retry of a request already stored: acknowledged, not stored again.
+    Duplicate,
     Malformed,
     Unsupported,
     TooLarge,
@@ -20,9 +22,10 @@ pub enum Outcome {
     Unavailable,
 }
 
-const OUTCOMES: [(Outcome, &str); 7] = [
+const OUTCOMES: [(Outcome, &str); 8] = [
     (Outcome::Accepted, "accepted"),
     (Outcome::Partial, "partial"),
+    (Outcome::Duplicate, "duplicate"),
     (Outcome::Malformed, "malformed"),
     (Outcome::Unsupported, "unsupported"),
     (Outcome::TooLarge, "too_large"),
@@ -209,6 +212,19 @@ impl Metrics {
                 );
             }
         }
+        // The same count under the name operators look for.
+        out.push_str("# TYPE collector_duplicate_requests_total counter\n");
+        let duplicate = OUTCOMES
+            .iter()
+            .position(|(o, _)| *o == Outcome::Duplicate)
+            .unwrap_or(0);
+        for (sig, s) in SIGNALS.iter().zip(&self.signals) {
+            let _ = writeln!(
+                out,
+                "collector_duplicate_requests_total{{signal=\"{sig}\"}} {}",
+                s.requests[duplicate].load(Relaxed)
+            );
+        }
         for (metric, pick) in [
             ("collector_items_received_total", 0),
             ("collector_items_accepted_total", 1),
@@ -284,10 +300,15 @@ mod tests {
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
         m.request("logs", Outcome::Partial, 5, 4, 1);
+        m.request("traces", Outcome::Duplicate, 0, 0, 0);
         m.exported(&TRACES, 250, Duration::from_millis(20));
         let text = m.render();
         assert!(text.contains("collector_requests_total{signal=\"logs\",outcome=\"partial\"} 1"));
         assert!(text.contains("collector_items_rejected_total{signal=\"logs\"} 1"));
+        assert!(
+            text.contains("collector_requests_total{signal=\"traces\",outcome=\"duplicate\"} 1")
+        );
+        assert!(text.contains("collector_duplicate_requests_total{signal=\"traces\"} 1"));
         assert!(text.contains("collector_exported_rows_total{table=\"otel_traces\"} 250"));
         assert!(text.contains("collector_batch_rows_bucket{table=\"otel_traces\",le=\"100\"} 0"));
         assert!(text.contains("collector_batch_rows_bucket{table=\"otel_traces\",le=\"1000\"} 1"));
