@@ -214,6 +214,20 @@ where
     }
 }
 
+/// The value of one series (e.g. `collector_duplicate_requests_total{signal="traces"}`)
+/// in the `/metrics` of the collector whose admin endpoint is given; None when the
+/// collector does not answer.
+pub async fn scrape(admin_endpoint: &str, series: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{admin_endpoint}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A free loopback port (bound, then released for a child process to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
