@@ -1,6 +1,8 @@
-//! Crash test: the collector process is SIGKILLed twice under load and restarted on
-//! the same spool. Every acknowledged span must end up in ClickHouse exactly once,
-//! and a request whose answer was lost with the process is stored whole or not at all.
+//! Crash test: the collector process is SIGKILLed three times under load and
+//! restarted on the same spool, while clients retry every request until it is
+//! acknowledged. Every span must end up in ClickHouse exactly once: a request whose
+//! answer was lost with the process, and that was stored before the kill, is
+//! recognised when its client retries it (`collector_duplicate_requests_total`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -8,20 +10,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use collector::synthetic::traces_request;
-use collector::testing::{clickhouse_url, unique_database, CollectorProcess};
+use collector::testing::{clickhouse_url, eventually, scrape, unique_database, CollectorProcess};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
 const CLIENTS: u32 = 4;
 const SPANS_PER_REQUEST: u16 = 500;
 /// Kill points and the total, in acknowledged spans.
-const KILL_AT: [u64; 2] = [50_000, 120_000];
+const KILL_AT: [u64; 3] = [40_000, 90_000, 140_000];
 const TOTAL: u64 = 200_000;
+const DUPLICATES: &str = "collector_duplicate_requests_total{signal=\"traces\"}";
 
 #[derive(Default)]
 struct Ledger {
     acked: BTreeSet<(u32, u32)>,
-    /// Sent, but the answer was lost (the process died): stored whole or not at all.
-    unknown: BTreeSet<(u32, u32)>,
+    /// Attempts that were sent on an open connection and got no answer (the
+    /// process died, the connection broke): the request may or may not be stored.
+    broken_attempts: u64,
+    /// Requests acknowledged after at least one such attempt.
+    retried: BTreeSet<(u32, u32)>,
 }
 
 fn spawn(database: &str, spool: &str) -> CollectorProcess {
@@ -38,7 +44,7 @@ fn spawn(database: &str, spool: &str) -> CollectorProcess {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_and_duplicates_nothing() {
+async fn sigkill_under_load_with_retrying_clients_stores_every_span_once() {
     let database = unique_database("crash");
     let spool_dir = tempfile::tempdir().unwrap();
     let spool = spool_dir.path().display().to_string();
@@ -63,25 +69,33 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
         );
         clients.push(tokio::spawn(async move {
             let mut n = 0u32;
-            while !done.load(SeqCst) {
+            let mut broke = false;
+            // A request whose answer was lost is retried even after the end.
+            while !done.load(SeqCst) || broke {
                 let ep = endpoint.read().unwrap().clone();
                 let Ok(mut grpc) = TraceServiceClient::connect(ep).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                while !done.load(SeqCst) {
+                while !done.load(SeqCst) || broke {
+                    // The same request until it is acknowledged, as an OTLP
+                    // exporter retries.
                     let request = traces_request(client, n, SPANS_PER_REQUEST, now);
                     let outcome = grpc.export(request).await;
                     let mut l = ledger.lock().unwrap();
                     match outcome {
                         Ok(_) => {
                             l.acked.insert((client, n));
+                            if broke {
+                                l.retried.insert((client, n));
+                            }
                             acked_spans.fetch_add(u64::from(SPANS_PER_REQUEST), SeqCst);
                             n += 1;
+                            broke = false;
                         }
                         Err(_) => {
-                            l.unknown.insert((client, n));
-                            n += 1;
+                            l.broken_attempts += 1;
+                            broke = true;
                             break;
                         }
                     }
@@ -104,8 +118,14 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
             }
         }
     };
+    // Retries each process recognised; a killed process's count is read just
+    // before the kill (one recognised in between is not counted: a lower bound).
+    let mut recognised = 0;
     for kill_at in KILL_AT {
         wait_for(kill_at).await;
+        recognised += scrape(&process.admin_endpoint(), DUPLICATES)
+            .await
+            .unwrap_or(0);
         let killed_at = acked_spans.load(SeqCst);
         process.kill();
         println!("SIGKILL at {killed_at} acknowledged spans");
@@ -122,25 +142,23 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
     for c in clients {
         c.await.unwrap();
     }
+    // Every request is answered: once the spool is empty, everything stored is in
+    // ClickHouse, duplicates included if there were any.
+    let drained = eventually(Duration::from_secs(120), || async {
+        let bytes = scrape(&process.admin_endpoint(), "collector_spool_bytes").await;
+        (bytes == Some(0)).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "the spool did not drain");
+    recognised += scrape(&process.admin_endpoint(), DUPLICATES)
+        .await
+        .unwrap_or(0);
 
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let acked = ledger.acked.len() as u64 * u64::from(SPANS_PER_REQUEST);
     let client = clickhouse::Client::default()
         .with_url(clickhouse_url())
         .with_database(&database);
-    // Wait for the spool to drain: all acknowledged rows present.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let distinct: u64 = client
-            .query("SELECT uniqExact(SpanId) FROM otel_traces")
-            .fetch_one()
-            .await
-            .unwrap();
-        if distinct >= acked || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     // The request a span came from is encoded in the first 6 bytes of its id.
     let per_request: Vec<(String, u64, u64)> = client
         .query("SELECT substring(SpanId, 1, 12) AS r, count(), uniqExact(SpanId) FROM otel_traces GROUP BY r")
@@ -160,33 +178,43 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
         assert_eq!(
             stored.get(req),
             Some(&whole),
-            "acknowledged request {req:?}"
+            "acknowledged request {req:?}: (rows, distinct spans)"
         );
     }
-    let mut unknown_stored = 0;
-    for (req, counts) in &stored {
-        if ledger.acked.contains(req) {
-            continue;
-        }
-        assert!(
-            ledger.unknown.contains(req),
-            "row from request {req:?} that was never sent"
-        );
-        assert_eq!(
-            *counts, whole,
-            "request {req:?} with a lost answer is stored partly"
-        );
-        unknown_stored += 1;
-    }
+    let never_acked: Vec<_> = stored
+        .keys()
+        .filter(|r| !ledger.acked.contains(r))
+        .collect();
     let total: u64 = stored.values().map(|(c, _)| c).sum();
     let distinct: u64 = stored.values().map(|(_, d)| d).sum();
     println!(
-        "acknowledged {acked} spans in {} requests; rows {total}, distinct {distinct}; {} requests lost their answer at a kill, {unknown_stored} of them stored whole",
+        "acknowledged {acked} spans in {} requests; rows {total}, distinct {distinct}; \
+         {} attempts broke after sending, {} requests were acknowledged on a retry, \
+         {recognised} retries were recognised as already stored",
         ledger.acked.len(),
-        ledger.unknown.len()
+        ledger.broken_attempts,
+        ledger.retried.len(),
     );
     assert!(acked >= TOTAL);
-    assert_eq!(total, distinct, "duplicated rows");
+    // Every request sent was retried until acknowledged.
+    assert!(
+        never_acked.is_empty(),
+        "rows of unacknowledged requests {never_acked:?}"
+    );
+    assert_eq!(
+        (total, distinct),
+        (acked, acked),
+        "count() = uniqExact(SpanId) = acknowledged spans"
+    );
+    assert!(
+        ledger.broken_attempts >= KILL_AT.len() as u64,
+        "each kill breaks some client's request: {}",
+        ledger.broken_attempts
+    );
+    assert!(
+        recognised <= ledger.broken_attempts,
+        "more duplicates ({recognised}) than attempts whose answer was lost"
+    );
     process.terminate();
 }
 
@@ -282,6 +310,10 @@ async fn sigterm_drains_and_keeps_the_rest() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("after SIGTERM with no drain time {left} of 4000 rows were stored; after the restart {rows}");
+    assert!(
+        (2000..4000).contains(&left),
+        "the first run's 2000 rows are stored, the second run's stay spooled: {left}"
+    );
     assert_eq!((rows, distinct), (4000, 4000));
     drop(process);
 }
