@@ -2,10 +2,16 @@
 //! attribute limits, mapping to RowBinary and LZ4 compression, for 512 realistic
 //! spans (`collector::synthetic`) in protobuf and in JSON.
 //!
+//! The last case adds what the spool does for deduplication before it writes: the
+//! request's fingerprint and its check-and-insert into the index of recent ones
+//! (kept at a million entries, each iteration a new one).
+//!
 //! `cargo bench -p collector --bench ingest` — compare before and after a change to
 //! the hot path (see BENCHMARKS.md); criterion reports time per span.
 
 use collector::receivers::{decode_for_tests, Encoding, ReceiversConfig};
+use collector::spool::dedup::{fingerprint, unix_secs, Recent};
+use collector::spool::Remembered;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -25,6 +31,28 @@ fn ingest(c: &mut Criterion) {
     g.bench_function("protobuf decode + map + compress", |b| {
         b.iter(|| decode_for_tests("traces", &body, Encoding::Protobuf, &config).expect("maps"))
     });
+    g.bench_function(
+        "protobuf decode + map + compress + fingerprint and remember",
+        |b| {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let mut recent =
+                Recent::open(dir.path(), 600, 1_000_000, Vec::new(), unix_secs()).expect("index");
+            let mut n = 0u128;
+            b.iter(|| {
+                let mapped =
+                    decode_for_tests("traces", &body, Encoding::Protobuf, &config).expect("maps");
+                n += 1;
+                let r = Remembered {
+                    fingerprint: fingerprint(7, &mapped.0.parts) ^ n,
+                    secs: unix_secs(),
+                };
+                if !recent.contains(r.fingerprint) {
+                    recent.insert(r, 1);
+                }
+                mapped
+            })
+        },
+    );
     g.sample_size(20);
     g.bench_function("json decode + map + compress", |b| {
         b.iter(|| decode_for_tests("traces", &json, Encoding::Json, &config).expect("maps"))

@@ -38,8 +38,8 @@ use crate::part::TablePart;
 use crate::schema::TableId;
 use commit::GroupCommit;
 use log::{Log, PartLoc};
-use record::Remembered;
-pub use record::{BatchRecord, SpooledPart};
+
+pub use record::{BatchRecord, Remembered, SpooledPart};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
