@@ -31,28 +31,36 @@ fn ingest(c: &mut Criterion) {
     g.bench_function("protobuf decode + map + compress", |b| {
         b.iter(|| decode_for_tests("traces", &body, Encoding::Protobuf, &config).expect("maps"))
     });
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut recent =
+        Recent::open(dir.path(), 600, 1_000_000, Vec::new(), unix_secs()).expect("index");
+    let mut n = 0u128;
+    // What deduplication adds per request: a new fingerprint checked and remembered.
+    let mut remember = |parts: &[collector::part::TablePart]| {
+        n += 1;
+        let r = Remembered {
+            fingerprint: fingerprint(7, parts) ^ n,
+            secs: unix_secs(),
+        };
+        if !recent.contains(r.fingerprint) {
+            recent.insert(r, 1);
+        }
+    };
     g.bench_function(
         "protobuf decode + map + compress + fingerprint and remember",
         |b| {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            let mut recent =
-                Recent::open(dir.path(), 600, 1_000_000, Vec::new(), unix_secs()).expect("index");
-            let mut n = 0u128;
             b.iter(|| {
                 let mapped =
                     decode_for_tests("traces", &body, Encoding::Protobuf, &config).expect("maps");
-                n += 1;
-                let r = Remembered {
-                    fingerprint: fingerprint(7, &mapped.0.parts) ^ n,
-                    secs: unix_secs(),
-                };
-                if !recent.contains(r.fingerprint) {
-                    recent.insert(r, 1);
-                }
+                remember(&mapped.0.parts);
                 mapped
             })
         },
     );
+    let (mapped, _) = decode_for_tests("traces", &body, Encoding::Protobuf, &config).expect("maps");
+    g.bench_function("fingerprint and remember alone", |b| {
+        b.iter(|| remember(&mapped.parts))
+    });
     g.sample_size(20);
     g.bench_function("json decode + map + compress", |b| {
         b.iter(|| decode_for_tests("traces", &json, Encoding::Json, &config).expect("maps"))
