@@ -39,14 +39,14 @@ fn spawn(database: &str, spool: &Path) -> CollectorProcess {
     )
 }
 
-/// POSTs a body to `/v1/{signal}`; returns the status and the response body.
+/// POSTs a body to `/v1/{signal}`, expects 200 and returns the response body.
 async fn post(
     process: &CollectorProcess,
     signal: &str,
     content_type: &str,
     gzip: bool,
     body: Vec<u8>,
-) -> (u16, Vec<u8>) {
+) -> Vec<u8> {
     let mut request = reqwest::Client::new()
         .post(format!("{}/v1/{signal}", process.http_endpoint()))
         .header("content-type", content_type);
@@ -59,8 +59,12 @@ async fn post(
         body
     };
     let response = request.body(body).send().await.expect("collector answers");
-    let status = response.status().as_u16();
-    (status, response.bytes().await.unwrap().to_vec())
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{signal} as {content_type}"
+    );
+    response.bytes().await.unwrap().to_vec()
 }
 
 async fn duplicates(process: &CollectorProcess, signal: &str) -> u64 {
@@ -112,7 +116,7 @@ async fn a_retry_after_a_restart_is_acknowledged_and_stored_once() {
     let body = traces_request(0, 1, 50, now).encode_to_vec();
 
     let process = spawn(&database, spool.path());
-    let (status, first) = post(
+    let first = post(
         &process,
         "traces",
         "application/x-protobuf",
@@ -120,7 +124,6 @@ async fn a_retry_after_a_restart_is_acknowledged_and_stored_once() {
         body.clone(),
     )
     .await;
-    assert_eq!(status, 200);
     wait_for_count(&client, "otel_traces", "1", 50).await;
     // Delivered: its segment goes, its fingerprint moves to a fingerprint file.
     let moved = eventually(WAIT, || async {
@@ -132,13 +135,12 @@ async fn a_retry_after_a_restart_is_acknowledged_and_stored_once() {
 
     // The client never got its answer and retries against the restarted process.
     let process = spawn(&database, spool.path());
-    let (status, retried) = post(&process, "traces", "application/x-protobuf", false, body).await;
-    assert_eq!(status, 200, "the retry is acknowledged");
+    let retried = post(&process, "traces", "application/x-protobuf", false, body).await;
     assert_eq!(retried, first, "with the same answer");
     assert_eq!(duplicates(&process, "traces").await, 1);
     // A new request after it: once it is stored, so would the retry have been (one
     // table's parts are batched in arrival order).
-    let (status, _) = post(
+    post(
         &process,
         "traces",
         "application/x-protobuf",
@@ -146,7 +148,6 @@ async fn a_retry_after_a_restart_is_acknowledged_and_stored_once() {
         traces_request(0, 2, 10, now).encode_to_vec(),
     )
     .await;
-    assert_eq!(status, 200);
     wait_for_count(&client, "otel_traces", "1", 60).await;
     assert_eq!(trace_rows(&client, 0, 1).await, (50, 50), "stored once");
     drop(process);
@@ -201,7 +202,7 @@ async fn protobuf_json_and_grpc_of_the_same_content_are_one_request() {
     let now = now_nanos();
 
     let traces = traces_request(3, 1, 40, now);
-    let (status, _) = post(
+    post(
         &process,
         "traces",
         "application/json",
@@ -209,8 +210,7 @@ async fn protobuf_json_and_grpc_of_the_same_content_are_one_request() {
         serde_json::to_vec(&traces).unwrap(),
     )
     .await;
-    assert_eq!(status, 200);
-    let (status, _) = post(
+    post(
         &process,
         "traces",
         "application/x-protobuf",
@@ -218,7 +218,6 @@ async fn protobuf_json_and_grpc_of_the_same_content_are_one_request() {
         traces.encode_to_vec(),
     )
     .await;
-    assert_eq!(status, 200);
     let mut grpc = TraceServiceClient::connect(process.grpc_endpoint())
         .await
         .unwrap();
@@ -231,7 +230,7 @@ async fn protobuf_json_and_grpc_of_the_same_content_are_one_request() {
     assert_eq!(duplicates(&process, "traces").await, 2);
 
     let logs = logs_request(now);
-    let (status, _) = post(
+    post(
         &process,
         "logs",
         "application/x-protobuf",
@@ -239,8 +238,7 @@ async fn protobuf_json_and_grpc_of_the_same_content_are_one_request() {
         logs.encode_to_vec(),
     )
     .await;
-    assert_eq!(status, 200);
-    let (status, _) = post(
+    post(
         &process,
         "logs",
         "application/json",
@@ -248,7 +246,6 @@ async fn protobuf_json_and_grpc_of_the_same_content_are_one_request() {
         serde_json::to_vec(&logs).unwrap(),
     )
     .await;
-    assert_eq!(status, 200);
     assert_eq!(duplicates(&process, "logs").await, 1);
 
     wait_for_count(&client, "otel_traces", "1", 80).await;
