@@ -6,9 +6,11 @@
 //! compressed RowBinary; the compressor is deterministic), seeded with the spool's
 //! random instance id. It is therefore the same for the same content whatever the
 //! transport (gRPC, HTTP), body encoding (protobuf, JSON) or `Content-Encoding`, and
-//! hashing costs one pass over the compressed rows (about 25 bytes a span). The seed
-//! keeps fingerprints unpredictable to clients, so no one can craft a request that
-//! collides with another's.
+//! hashing costs one pass over the compressed rows (about 25 bytes a span). 128 bits
+//! make an accidental collision within a window negligible; the secret seed keeps
+//! clients from computing fingerprints, so a request cannot simply be made to
+//! collide with another's (XXH3 is not a cryptographic hash: this guards against
+//! accidents and casual attempts, not a determined cryptanalyst).
 //!
 //! [`Recent`] remembers the fingerprints of the last `dedup_window_secs`, at most
 //! `dedup_max_entries` of them, oldest first. Durability: a fingerprint is written
@@ -74,8 +76,9 @@ impl Hasher for Identity {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes.iter().take(8) {
-            self.0 = (self.0 << 8) | u64::from(*b);
+        // Only u128 keys are hashed; this keeps any other use well-defined.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
     fn write_u128(&mut self, v: u128) {
