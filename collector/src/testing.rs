@@ -86,6 +86,7 @@ pub fn test_config(database: &str) -> Config {
     config.receivers.grpc_addr = "127.0.0.1:0".into();
     config.receivers.http_addr = "127.0.0.1:0".into();
     config.admin.addr = "127.0.0.1:0".into();
+    config.ui.addr = "127.0.0.1:0".into();
     config.clickhouse.url = clickhouse_url();
     config.clickhouse.database = database.into();
     config.spool.dir = std::env::temp_dir()
