@@ -19,6 +19,8 @@ impl Unit {
     pub fn format(self, v: f64) -> String {
         match self {
             Unit::Nanos => params::duration(v),
+            // Quiet services read better per minute than as 0.00/s.
+            Unit::PerSecond if v > 0.0 && v < 0.1 => format!("{}/min", number(v * 60.0)),
             Unit::PerSecond => format!("{}/s", number(v)),
             Unit::Bytes => bytes(v),
             Unit::Seconds => format!("{v:.0} s"),
@@ -70,6 +72,30 @@ pub fn color_of(name: &str) -> &'static str {
         (h ^ u32::from(b)).wrapping_mul(16_777_619)
     });
     PALETTE[h as usize % PALETTE.len()]
+}
+
+/// Points every `step` seconds over the range, 0 where `points` has none (for
+/// counts: no requests in a bucket is a rate of 0, not a gap).
+pub fn zero_filled(points: &[(u32, f64)], range: &TimeRange, step: u32) -> Vec<(u32, f64)> {
+    let step = step.max(1);
+    let mut out = Vec::new();
+    let mut given = points.iter().peekable();
+    let mut t = range.from - range.from % step;
+    while t <= range.to {
+        let mut v = 0.0;
+        while let Some(&&(pt, pv)) = given.peek() {
+            if pt > t {
+                break;
+            }
+            if pt == t {
+                v += pv;
+            }
+            given.next();
+        }
+        out.push((t, v));
+        t += step;
+    }
+    out
 }
 
 pub struct Series {
@@ -176,6 +202,28 @@ mod tests {
         assert_eq!(number(2_500_000.0), "2.5M");
         assert_eq!(bytes(512.0), "512 B");
         assert_eq!(bytes(3.0 * 1024.0 * 1024.0), "3.0 MiB");
+        assert_eq!(Unit::PerSecond.format(0.05), "3.0/min");
+        assert_eq!(Unit::PerSecond.format(12.0), "12/s");
+    }
+
+    #[test]
+    fn counts_are_zero_filled_per_step() {
+        let range = TimeRange {
+            from: 100,
+            to: 400,
+            preset: String::new(),
+        };
+        assert_eq!(
+            zero_filled(&[(120, 5.0), (300, 2.0)], &range, 60),
+            [
+                (60, 0.0),
+                (120, 5.0),
+                (180, 0.0),
+                (240, 0.0),
+                (300, 2.0),
+                (360, 0.0)
+            ]
+        );
     }
 
     #[test]

@@ -94,7 +94,7 @@ fn layers(nodes: &[&str], edges: &[EdgeRow]) -> BTreeMap<String, usize> {
     layer
 }
 
-const COL: f64 = 290.0;
+const COL: f64 = 400.0;
 const ROW: f64 = 92.0;
 const NODE_W: f64 = 190.0;
 const NODE_H: f64 = 56.0;

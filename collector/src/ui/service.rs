@@ -4,7 +4,7 @@
 use axum::extract::{Path, Query, State};
 use maud::{html, Markup};
 
-use super::charts::{line_chart, Series, Unit, PALETTE};
+use super::charts::{line_chart, zero_filled, Series, Unit, PALETTE};
 use super::layout::{self, Nav, Page};
 use super::params::{self, enc, Params, TimeRange};
 use super::queries::{self, RedBy, SpanSummary};
@@ -54,8 +54,8 @@ pub async fn page(
                     Series { label: "p99".into(), color: PALETTE[1], points: pts(&|p| p.q.get(2).copied().unwrap_or(f64::NAN)) },
                 ]))
                 (line_chart("Requests and errors per second", Unit::PerSecond, &range, &[
-                    Series { label: "requests".into(), color: PALETTE[2], points: pts(&|p| p.requests as f64 / f64::from(step)) },
-                    Series { label: "errors".into(), color: PALETTE[1], points: pts(&|p| p.errors as f64 / f64::from(step)) },
+                    Series { label: "requests".into(), color: PALETTE[2], points: zero_filled(&pts(&|p| p.requests as f64 / f64::from(step)), &range, step) },
+                    Series { label: "errors".into(), color: PALETTE[1], points: zero_filled(&pts(&|p| p.errors as f64 / f64::from(step)), &range, step) },
                 ]))
             }
             h2 { "Routes and operations" }

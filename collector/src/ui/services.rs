@@ -46,7 +46,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
                             tr.service {
                                 td { (layout::service_link(&s.key, &rq)) }
                                 (layout::red_cells(s, &range))
-                                td { (sparkline(&rate_values(points, step), color_of(&s.key))) }
+                                td { (sparkline(&rate_values(points, &range, step), color_of(&s.key))) }
                                 td { (sparkline(&quantile_values(points, 2), color_of(&s.key))) }
                             }
                             @for v in versions.iter().filter(|v| v.key == s.key) {
@@ -63,7 +63,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
                     (line_chart("Requests per second", Unit::PerSecond, &range,
                         &by_service.iter().map(|(name, pts)| Series {
                             label: name.to_string(), color: color_of(name),
-                            points: pts.iter().map(|p| (p.t, p.requests as f64 / f64::from(step))).collect(),
+                            points: charts::zero_filled(&pts.iter().map(|p| (p.t, p.requests as f64 / f64::from(step))).collect::<Vec<_>>(), &range, step),
                         }).collect::<Vec<_>>()))
                     (line_chart("p99 latency", Unit::Nanos, &range,
                         &by_service.iter().map(|(name, pts)| Series {
@@ -81,7 +81,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
                         @for s in &without_server {
                             tr {
                                 td { (layout::service_link(&s.service, &rq)) }
-                                td.num { (charts::number(s.spans as f64)) }
+                                td.num { (s.spans) }
                                 td { a href={"/traces?" (rq) "&service=" (super::params::enc(&s.service))} { "traces" } }
                             }
                         }
@@ -112,10 +112,14 @@ pub fn group_series(points: &[RedPoint]) -> BTreeMap<&str, Vec<&RedPoint>> {
     out
 }
 
-pub fn rate_values(points: &[&RedPoint], step: u32) -> Vec<f64> {
-    points
+pub fn rate_values(points: &[&RedPoint], range: &TimeRange, step: u32) -> Vec<f64> {
+    let given: Vec<(u32, f64)> = points
         .iter()
-        .map(|p| p.requests as f64 / f64::from(step))
+        .map(|p| (p.t, p.requests as f64 / f64::from(step)))
+        .collect();
+    charts::zero_filled(&given, range, step)
+        .into_iter()
+        .map(|p| p.1)
         .collect()
 }
 

@@ -4,6 +4,9 @@
 //! exception, a message with a link), 30 product requests of 20 ms (3 failed),
 //! canary requests and a 1500-span batch trace.
 
+// Each test crate that includes this module reads a different part of it.
+#![allow(dead_code)]
+
 use std::time::{Duration, SystemTime};
 
 use collector::testing::TestCollector;
@@ -24,7 +27,6 @@ pub struct Fixture {
     pub order_spans: Vec<(&'static str, String, String)>,
     /// (start, duration) in ms of the order trace's spans, in that order (the
     /// browser test measures the bars against them).
-    #[allow(dead_code)]
     pub order_times: Vec<(u64, u64)>,
     pub product_traces: Vec<String>,
     pub big_trace: String,
