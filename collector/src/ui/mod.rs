@@ -122,7 +122,7 @@ fn router(ui: Ui) -> Router {
         .route("/collector", get(collector_page::page))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
-        .layer(middleware::from_fn(no_cache))
+        .layer(middleware::from_fn(page_headers))
         .with_state(ui)
 }
 
@@ -130,13 +130,21 @@ async fn not_found(State(_): State<Ui>) -> PageError {
     PageError::new(StatusCode::NOT_FOUND, "no such page")
 }
 
-/// Pages show live data: never serve them from a cache.
-async fn no_cache(req: Request, next: Next) -> Response {
+/// Pages show live data: never serve them from a cache. `Server-Timing` says how
+/// long the page took here (queries and rendering; the body is complete when the
+/// handler returns), for browsers' developer tools and the benchmark.
+async fn page_headers(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
+    let took = format!("page;dur={:.2}", started.elapsed().as_secs_f64() * 1000.0);
+    let headers = resp.headers_mut();
+    headers.insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
     );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&took) {
+        headers.insert("server-timing", v);
+    }
     resp
 }
 

@@ -43,6 +43,7 @@ pub async fn page(
     let body = html! {
         (summary(&spans, &tree, &rq, &trace_id))
         (waterfall(&spans, &tree))
+        (resources(&spans, &tree, &rq))
         h2 #logs { "Log lines (" (logs.len()) ")" }
         (log_table(&logs, &tree, &spans))
     };
@@ -61,6 +62,8 @@ pub async fn page(
 /// and which spans lie on the critical path.
 pub struct Tree {
     pub order: Vec<usize>,
+    /// Per span, which distinct resource it came from (index of its first span).
+    pub resource: Vec<usize>,
     pub depth: Vec<usize>,
     pub critical: Vec<bool>,
     pub start: i64,
@@ -71,6 +74,16 @@ pub struct Tree {
 impl Tree {
     pub fn build(spans: &[SpanRow]) -> Tree {
         let n = spans.len();
+        let mut first_of: HashMap<(&str, &[String], &[String]), usize> = HashMap::new();
+        let resource = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                *first_of
+                    .entry((s.service.as_str(), &s.res_keys[..], &s.res_values[..]))
+                    .or_insert(i)
+            })
+            .collect();
         let index: HashMap<String, usize> = spans
             .iter()
             .enumerate()
@@ -136,6 +149,7 @@ impl Tree {
         }
         Tree {
             order,
+            resource,
             depth,
             critical,
             start,
@@ -207,7 +221,7 @@ fn waterfall(spans: &[SpanRow], tree: &Tree) -> Markup {
                             }
                         }
                     }
-                    (detail(s, tree))
+                    (detail(s, i, tree))
                 }
             }
         }
@@ -224,7 +238,7 @@ fn pairs_table(class: &str, keys: &[String], values: &[String]) -> Markup {
     }
 }
 
-fn detail(s: &SpanRow, tree: &Tree) -> Markup {
+fn detail(s: &SpanRow, i: usize, tree: &Tree) -> Markup {
     html! {
         div.wf-detail {
             p {
@@ -269,7 +283,22 @@ fn detail(s: &SpanRow, tree: &Tree) -> Markup {
                     }
                 }
             }
-            b { "Resource" } (pairs_table("resource", &s.res_keys, &s.res_values))
+            b { "Resource " } a href={"#resource-" (tree.resource[i])} { (s.service) }
+        }
+    }
+}
+
+/// Each distinct resource once (a trace of thousands of spans has a few).
+fn resources(spans: &[SpanRow], tree: &Tree, rq: &str) -> Markup {
+    html! {
+        h2 { "Resources" }
+        div.grid2 {
+            @for (i, s) in spans.iter().enumerate().filter(|(i, _)| tree.resource[*i] == *i) {
+                div id={"resource-" (i)} {
+                    b { (layout::service_link(&s.service, rq)) }
+                    (pairs_table("resource", &s.res_keys, &s.res_values))
+                }
+            }
         }
     }
 }
