@@ -162,7 +162,7 @@ async fn every_page_in_a_real_browser() {
     // The rollup rows arrive a moment after the spans.
     eventually(Duration::from_secs(30), || async {
         b.refresh().await.ok()?;
-        b.find(Locator::Css("a[href^='/service/checkout']"))
+        b.find(Locator::Css("#services a[href^='/service/checkout']"))
             .await
             .ok()
     })

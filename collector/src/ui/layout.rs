@@ -109,6 +109,17 @@ pub fn error_page(status: StatusCode, message: &str) -> String {
     .into_string()
 }
 
+/// The range as hidden fields of a filter form, so searching keeps it.
+pub fn range_inputs(range: &TimeRange) -> Markup {
+    html! {
+        input type="hidden" name="range" value=(range.preset);
+        @if range.preset.is_empty() {
+            input type="hidden" name="from" value=(range.from);
+            input type="hidden" name="to" value=(range.to);
+        }
+    }
+}
+
 /// "No data yet": what to do to get some.
 pub fn no_data(endpoints: &Endpoints, what: &str) -> Markup {
     html! {
@@ -219,7 +230,8 @@ svg.spark{vertical-align:middle}
 .problem{background:#fef2f2;border:1px solid #fecaca;padding:10px 14px;white-space:pre-wrap}
 form.filters{display:flex;flex-wrap:wrap;gap:10px;align-items:end;background:#fff;border:1px solid #e5e7eb;padding:10px 12px;margin-bottom:12px}
 form.filters label{display:flex;flex-direction:column;font-size:12px;color:#4b5563;gap:2px}
-form.filters label.check{flex-direction:row;align-items:center;gap:4px}
+form.filters label.check{flex-direction:row;align-items:center;gap:4px;padding-bottom:6px}
+form.filters label.check input{min-width:0}
 form.filters input,form.filters select{font:inherit;padding:3px 5px;min-width:90px}
 form.filters button{font:inherit;padding:4px 14px}
 .kind{font-size:11px;padding:0 5px;border-radius:3px;background:#e5e7eb;color:#374151}

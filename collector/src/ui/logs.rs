@@ -49,11 +49,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let rq = range.query();
     let body = html! {
         form.filters method="get" id="log-search" {
-            input type="hidden" name="range" value=(range.preset);
-            @if range.preset.is_empty() {
-                input type="hidden" name="from" value=(range.from);
-                input type="hidden" name="to" value=(range.to);
-            }
+            (layout::range_inputs(&range))
             label { "service"
                 select name="service" {
                     option value="" { "any" }

@@ -10,13 +10,13 @@ use maud::{html, Markup};
 use super::charts::{color_of, Unit};
 use super::layout::{self, Nav, Page};
 use super::params::{self, enc, Params, TimeRange};
-use super::queries::{self, EdgeRow, RedBy, RedRow};
+use super::queries::{self, EdgeRow, EdgesOf, RedBy, RedRow};
 use super::{PageResult, Ui};
 
 pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let range = TimeRange::parse(&p)?;
     let (edges, red, spans) = tokio::try_join!(
-        queries::edges(&ui.client, &range, ""),
+        queries::edges(&ui.client, &range, EdgesOf::All),
         queries::red(&ui.client, &range, RedBy::Service, ""),
         queries::services_with_spans(&ui.client, &range),
     )?;

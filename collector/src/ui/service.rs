@@ -7,7 +7,7 @@ use maud::{html, Markup};
 use super::charts::{line_chart, zero_filled, Series, Unit, PALETTE};
 use super::layout::{self, Nav, Page};
 use super::params::{self, enc, Params, TimeRange};
-use super::queries::{self, RedBy, SpanSummary};
+use super::queries::{self, EdgesOf, RedBy, SpanList, SpanSummary};
 use super::services::group_series;
 use super::{PageResult, Ui};
 
@@ -20,13 +20,14 @@ pub async fn page(
     let (_, grain) = queries::rollup(&range);
     let step = range.step(grain);
     let c = &ui.client;
-    let (routes, versions, series, slowest, errors, edges, outgoing) = tokio::try_join!(
+    let (routes, versions, series, slowest, errors, downstream, upstream, outgoing) = tokio::try_join!(
         queries::red(c, &range, RedBy::Route, &name),
         queries::red(c, &range, RedBy::ServiceVersion, &name),
         queries::red_series(c, &range, RedBy::Service, &name, step),
-        queries::slowest_requests(c, &range, &name, 15),
-        queries::recent_errors(c, &range, &name, 15),
-        queries::edges(c, &range, &name),
+        queries::service_spans(c, &range, &name, SpanList::SlowestRequests, 15),
+        queries::service_spans(c, &range, &name, SpanList::RecentErrors, 15),
+        queries::edges(c, &range, EdgesOf::From(&name)),
+        queries::edges(c, &range, EdgesOf::To(&name)),
         queries::outgoing(c, &range, &name),
     )?;
     let rq = range.query();
@@ -35,8 +36,6 @@ pub async fn page(
     let pts = |f: &dyn Fn(&queries::RedPoint) -> f64| -> Vec<(u32, f64)> {
         points.iter().map(|p| (p.t, f(p))).collect()
     };
-    let downstream: Vec<_> = edges.iter().filter(|e| e.parent == name).collect();
-    let upstream: Vec<_> = edges.iter().filter(|e| e.child == name).collect();
     let nothing =
         routes.is_empty() && slowest.is_empty() && errors.is_empty() && outgoing.is_empty();
     let body = html! {

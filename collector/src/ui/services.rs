@@ -38,7 +38,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
                 table #services {
                     thead { tr {
                         th { "service / version" } (layout::red_heads())
-                        th { "rate" } th { "p99" }
+                        th { "rate over time" } th { "p99 over time" }
                     } }
                     tbody {
                         @for s in &services {

@@ -24,11 +24,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let attr = p.get("attr").to_string();
     let body = html! {
         form.filters method="get" id="search" {
-            input type="hidden" name="range" value=(range.preset);
-            @if range.preset.is_empty() {
-                input type="hidden" name="from" value=(range.from);
-                input type="hidden" name="to" value=(range.to);
-            }
+            (layout::range_inputs(&range))
             label { "service"
                 select name="service" {
                     option value="" { "any" }
