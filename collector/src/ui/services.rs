@@ -43,13 +43,18 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
                     tbody {
                         @for s in &services {
                             @let points = by_service.get(s.key.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+                            @let own: Vec<_> = versions.iter().filter(|v| v.key == s.key).collect();
                             tr.service {
-                                td { (layout::service_link(&s.key, &rq)) }
+                                td {
+                                    (layout::service_link(&s.key, &rq))
+                                    // One version: its name is enough; several get a row each.
+                                    @if let [only] = own.as_slice() { " " span.muted { (only.sub) } }
+                                }
                                 (layout::red_cells(s, &range))
                                 td { (sparkline(&rate_values(points, &range, step), color_of(&s.key))) }
                                 td { (sparkline(&quantile_values(points, 2), color_of(&s.key))) }
                             }
-                            @for v in versions.iter().filter(|v| v.key == s.key) {
+                            @for v in own.iter().filter(|_| own.len() > 1) {
                                 tr.sub {
                                     td { "version " (if v.sub.is_empty() { "(none)" } else { &v.sub }) }
                                     (layout::red_cells(v, &range))
