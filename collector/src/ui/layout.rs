@@ -120,6 +120,18 @@ pub fn range_inputs(range: &TimeRange) -> Markup {
     }
 }
 
+/// A filter form's service choice: any, or one of `services`.
+pub fn service_select(services: &[String], selected: &str) -> Markup {
+    html! {
+        label { "service"
+            select name="service" {
+                option value="" { "any" }
+                @for s in services { option value=(s) selected[s == selected] { (s) } }
+            }
+        }
+    }
+}
+
 /// "No data yet": what to do to get some.
 pub fn no_data(endpoints: &Endpoints, what: &str) -> Markup {
     html! {

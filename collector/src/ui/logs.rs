@@ -50,12 +50,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let body = html! {
         form.filters method="get" id="log-search" {
             (layout::range_inputs(&range))
-            label { "service"
-                select name="service" {
-                    option value="" { "any" }
-                    @for s in &services { option value=(s) selected[*s == filter.service] { (s) } }
-                }
-            }
+            (layout::service_select(&services, &filter.service))
             label { "severity at least"
                 select name="severity" {
                     option value="" { "any" }

@@ -25,12 +25,7 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let body = html! {
         form.filters method="get" id="search" {
             (layout::range_inputs(&range))
-            label { "service"
-                select name="service" {
-                    option value="" { "any" }
-                    @for s in &services { option value=(s) selected[*s == filter.service] { (s) } }
-                }
-            }
+            (layout::service_select(&services, &filter.service))
             label { "span name or route"
                 input name="name" list="span-names" value=(filter.name) placeholder="GET /orders/{id}";
                 datalist id="span-names" { @for n in &names { option value=(n) {} } }
