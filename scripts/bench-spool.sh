@@ -23,7 +23,7 @@ run() { # mode round → spans/s
   local mode=$1 round=$2
   local port=$((24000 + round * 10))
   RUST_LOG=warn "$bin" --clickhouse-url "$url" --grpc-addr 127.0.0.1:$port --http-addr 127.0.0.1:$((port + 1)) \
-    --admin-addr 127.0.0.1:$((port + 2)) --set spool.sync="$mode" --set spool.dir="$work/spool-$mode-$round" \
+    --admin-addr 127.0.0.1:$((port + 2)) --ui-addr "" --set spool.sync="$mode" --set spool.dir="$work/spool-$mode-$round" \
     --set clickhouse.database="bench_${mode}_$round" 2>>"$work/collector.log" &
   local pid=$!
   for _ in $(seq 1 120); do curl -sf "127.0.0.1:$((port + 2))/health/ready" >/dev/null && break; sleep 0.5; done

@@ -22,8 +22,9 @@
 #   DEMO_STATE_DIR (.local/demo)
 #   DEMO_KEEP_RUNNING          1: keep the stack up after the report until Ctrl-C; 0: stop
 #   DEMO_GRPC_PORT (14317), DEMO_HTTP_PORT (14318), DEMO_ADMIN_PORT (14133)   collector
+#   DEMO_UI_PORT (18686)       the collector's web UI
 #   DEMO_SHOP_PORT (18080), DEMO_CLICKHOUSE_PORT (18123)
-# The ports are not the usual 4317/4318/13133/8080/8123, so the demo runs next to a
+# The ports are not the usual 4317/4318/13133/16686/8080/8123, so the demo runs next to a
 # collector, shop or ClickHouse you already have. DATABASE_URL, REDIS_URL and AMQP_URL
 # (all three), if set, put the shop on those servers instead of embedded storage
 # (SHOP_PREFIX and the other SHOP_* settings pass through too).
@@ -38,6 +39,7 @@ state=${DEMO_STATE_DIR:-$root/.local/demo}
 grpc_port=${DEMO_GRPC_PORT:-14317}
 http_port=${DEMO_HTTP_PORT:-14318}
 admin_port=${DEMO_ADMIN_PORT:-14133}
+ui_port=${DEMO_UI_PORT:-18686}
 shop_port=${DEMO_SHOP_PORT:-18080}
 clickhouse_port=${DEMO_CLICKHOUSE_PORT:-18123}
 if [ -n "${DEMO_KEEP_RUNNING:-}" ]; then keep=$DEMO_KEEP_RUNNING
@@ -51,10 +53,11 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1=$2 is not a positive whole number"; }
 positive DEMO_SECONDS "$seconds"
 positive DEMO_CONCURRENCY "$concurrency"
-for var in DEMO_GRPC_PORT DEMO_HTTP_PORT DEMO_ADMIN_PORT DEMO_SHOP_PORT DEMO_CLICKHOUSE_PORT; do
+for var in DEMO_GRPC_PORT DEMO_HTTP_PORT DEMO_ADMIN_PORT DEMO_UI_PORT DEMO_SHOP_PORT DEMO_CLICKHOUSE_PORT; do
   case $var in
     DEMO_GRPC_PORT) p=$grpc_port ;; DEMO_HTTP_PORT) p=$http_port ;;
     DEMO_ADMIN_PORT) p=$admin_port ;; DEMO_SHOP_PORT) p=$shop_port ;;
+    DEMO_UI_PORT) p=$ui_port ;;
     *) p=$clickhouse_port ;;
   esac
   positive "$var" "$p"
@@ -116,7 +119,7 @@ fi
 : >"$pidfile"
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for var in DEMO_GRPC_PORT:$grpc_port DEMO_HTTP_PORT:$http_port DEMO_ADMIN_PORT:$admin_port \
+for var in DEMO_GRPC_PORT:$grpc_port DEMO_HTTP_PORT:$http_port DEMO_ADMIN_PORT:$admin_port DEMO_UI_PORT:$ui_port \
   DEMO_SHOP_PORT:$shop_port DEMO_CLICKHOUSE_PORT:$clickhouse_port; do
   port=${var#*:}
   # A stopped leftover may take a moment to release its port.
@@ -213,11 +216,11 @@ clickhouse=$(head -n1 "$state/clickhouse.url")
 ch() { curl -fsS --max-time 10 --data-binary "$1" "$clickhouse/" 2>/dev/null; }
 
 # ---------------------------------------------------------------- collector
-say "collector: OTLP gRPC 127.0.0.1:$grpc_port, HTTP 127.0.0.1:$http_port, admin 127.0.0.1:$admin_port"
+say "collector: OTLP gRPC 127.0.0.1:$grpc_port, HTTP 127.0.0.1:$http_port, admin 127.0.0.1:$admin_port, web UI http://127.0.0.1:$ui_port/"
 start collector env COLLECTOR__SPOOL__DIR="$state/spool" \
   "$bin/collector" --clickhouse-url "$clickhouse" \
   --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
-  --admin-addr "127.0.0.1:$admin_port"
+  --admin-addr "127.0.0.1:$admin_port" --ui-addr "127.0.0.1:$ui_port"
 wait_until 120 collector "${pids[-1]}" ready "http://127.0.0.1:$admin_port/health/ready"
 
 # ---------------------------------------------------------------- shop
@@ -281,10 +284,11 @@ say "what the collector stored, read back from ClickHouse"
 "$bin/sample-service" report --clickhouse-url "$clickhouse" --since-seconds "$(since)" \
   --collector-grpc "127.0.0.1:$grpc_port" --collector-http "127.0.0.1:$http_port" \
   --collector-admin "127.0.0.1:$admin_port" --shop-url "http://127.0.0.1:$shop_port"
+echo "  web UI             http://127.0.0.1:$ui_port/ (services, traces, logs, service map)"
 echo "  logs and state     $logs/, $state/"
 
 if [ "$keep" = 1 ]; then
-  say "everything keeps running for exploring; Ctrl-C stops it"
+  say "everything keeps running for exploring (web UI: http://127.0.0.1:$ui_port/); Ctrl-C stops it"
   # Returns when a service exits on its own (or at Ctrl-C, through the trap).
   wait -n "${pids[@]}" || true
   check_alive

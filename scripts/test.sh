@@ -43,6 +43,15 @@ if ! command -v docker-compose >/dev/null; then
 fi
 docker-compose config -q
 
+step "headless browser (Debian's chromium and chromedriver, for the web UI's browser test)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  as_root=""
+  [ "$(id -u)" -eq 0 ] || as_root="sudo"
+  $as_root apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || { $as_root apt-get update >/dev/null && $as_root apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }
+fi
+chromium --version
+
 step "format and lints"
 cargo fmt --all --check
 # One feature set for every step (the lapin carrier included), so clippy, build and

@@ -231,6 +231,7 @@ async fn run_one(
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--ui-addr", ""])
             .args(["--set", &format!("spool.dir={}", spool.display())])
             .args(["--set", &format!("clickhouse.database={database}")])
             .args([

@@ -17,6 +17,7 @@ use crate::receivers::{self, Receivers};
 use crate::schema::ALL_TABLES;
 use crate::spool::Spool;
 use crate::telemetry::{admin_router, run_self_export, Health, Metrics, SpoolAge};
+use crate::ui;
 
 /// How many recent INSERT blocks each table remembers to drop repeats.
 const DEDUP_WINDOW: u32 = 1000;
@@ -26,6 +27,8 @@ pub struct Collector {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The web UI's address, unless `ui.addr` is empty.
+    pub ui_addr: Option<SocketAddr>,
     clickhouse_url: String,
     gate: SchemaGate,
     metrics: Arc<Metrics>,
@@ -143,6 +146,23 @@ impl Collector {
             config.telemetry.clone(),
             stop_receivers.clone(),
         ));
+        let endpoints = ui::Endpoints {
+            grpc: receivers.grpc_addr,
+            http: receivers.http_addr,
+        };
+        let ui_addr = ui::start(
+            &config.ui,
+            &config.clickhouse,
+            &url,
+            health.clone(),
+            endpoints,
+            stop_background.clone(),
+        )
+        .await
+        .context("starting the web UI")?;
+        if let Some(addr) = ui_addr {
+            tracing::info!(url = %format!("http://{addr}/"), "web UI");
+        }
         let app = admin_router(health);
         let stop = stop_background.clone();
         tokio::spawn(async move {
@@ -155,6 +175,7 @@ impl Collector {
             grpc_addr: receivers.grpc_addr,
             http_addr: receivers.http_addr,
             admin_addr,
+            ui_addr,
             clickhouse_url: url,
             gate,
             metrics,

@@ -11,6 +11,7 @@ use crate::exporters::clickhouse::ClickHouseConfig;
 use crate::receivers::ReceiversConfig;
 use crate::spool::SpoolConfig;
 use crate::telemetry::TelemetryConfig;
+use crate::ui::UiConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +25,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The collector's own metrics written into ClickHouse.
     pub telemetry: TelemetryConfig,
+    /// The built-in web UI.
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

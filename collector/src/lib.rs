@@ -19,6 +19,7 @@ pub mod spool;
 pub mod synthetic;
 pub mod telemetry;
 pub mod testing;
+pub mod ui;
 
 pub use app::Collector;
 pub use config::Config;

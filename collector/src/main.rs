@@ -22,6 +22,9 @@ struct Cli {
     http_addr: Option<String>,
     #[arg(long)]
     admin_addr: Option<String>,
+    /// The web UI's address (`127.0.0.1:16686`); empty disables it.
+    #[arg(long)]
+    ui_addr: Option<String>,
     /// ClickHouse HTTP URL; without one the embedded ClickHouse is used.
     #[arg(long)]
     clickhouse_url: Option<String>,
@@ -59,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         ("receivers.grpc_addr", &cli.grpc_addr),
         ("receivers.http_addr", &cli.http_addr),
         ("admin.addr", &cli.admin_addr),
+        ("ui.addr", &cli.ui_addr),
         ("clickhouse.url", &cli.clickhouse_url),
     ] {
         if let Some(v) = value {

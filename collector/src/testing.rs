@@ -86,6 +86,7 @@ pub fn test_config(database: &str) -> Config {
     config.receivers.grpc_addr = "127.0.0.1:0".into();
     config.receivers.http_addr = "127.0.0.1:0".into();
     config.admin.addr = "127.0.0.1:0".into();
+    config.ui.addr = "127.0.0.1:0".into();
     config.clickhouse.url = clickhouse_url();
     config.clickhouse.database = database.into();
     config.spool.dir = std::env::temp_dir()
@@ -260,6 +261,8 @@ impl CollectorProcess {
         cmd.args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            // Processes run side by side: none may take the UI's default port.
+            .args(["--ui-addr", "127.0.0.1:0"])
             .args(["--set", &format!("spool.dir={}", spool.display())])
             .env("RUST_LOG", "warn");
         for (k, v) in sets {

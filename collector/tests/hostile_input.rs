@@ -682,6 +682,7 @@ fn clickhouse_credentials_are_never_logged() {
             ("--grpc-addr", collector::testing::free_port()),
             ("--http-addr", collector::testing::free_port()),
             ("--admin-addr", collector::testing::free_port()),
+            ("--ui-addr", collector::testing::free_port()),
         ] {
             cmd.args([flag, &format!("127.0.0.1:{port}")]);
         }

@@ -72,6 +72,8 @@ fn the_demo_prints_the_red_table_and_one_order_trace_from_request_to_worker() {
     ] {
         cmd.env(var, free_port().to_string());
     }
+    let ui_port = free_port();
+    cmd.env("DEMO_UI_PORT", ui_port.to_string());
     // Embedded defaults, whatever the environment of the test run holds.
     for var in [
         "DATABASE_URL",
@@ -90,6 +92,11 @@ fn the_demo_prints_the_red_table_and_one_order_trace_from_request_to_worker() {
         output.status.success(),
         "the demo failed ({}):\n{stderr}",
         output.status
+    );
+
+    assert!(
+        stdout.contains(&format!("web UI             http://127.0.0.1:{ui_port}/")),
+        "the demo names the web UI: {stdout}"
     );
 
     let red = section(&stdout, "RED per service and route");

@@ -1,6 +1,6 @@
 //! Receivers: OTLP over gRPC and HTTP, into the [`Pipeline`](crate::pipeline::Pipeline).
 
-mod auth;
+pub(crate) mod auth;
 mod decode;
 mod error;
 mod grpc;

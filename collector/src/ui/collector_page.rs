@@ -1,0 +1,270 @@
+//! `/collector`: what this collector's `/metrics` says, readable — items
+//! accepted and refused per signal, the spool, INSERT latency and failures —
+//! and the spool's history from the metrics it writes into its own tables.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use maud::{html, Markup};
+
+use super::charts::{self, line_chart, Series, Unit, PALETTE};
+use super::layout::{self, Nav, Page};
+use super::params::{Params, TimeRange};
+use super::queries;
+use super::{PageResult, Ui};
+use crate::exporters::clickhouse::SchemaState;
+use crate::telemetry::exposition;
+
+/// One sample of the Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    fn label(&self, key: &str) -> &str {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// Parses `name{k="v",…} value` lines (comments and blank lines skipped).
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => match v.parse() {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+            None => (head, Vec::new()),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    s.split("\",")
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+struct Metrics(Vec<Sample>);
+
+impl Metrics {
+    fn get(&self, name: &str, key: &str, value: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|s| s.name == name && (key.is_empty() || s.label(key) == value))
+            .map(|s| s.value)
+            .sum()
+    }
+
+    fn values_of(&self, name: &str, key: &str) -> Vec<String> {
+        let mut seen: Vec<String> = Vec::new();
+        for s in self.0.iter().filter(|s| s.name == name) {
+            let v = s.label(key).to_string();
+            if !seen.contains(&v) {
+                seen.push(v);
+            }
+        }
+        seen
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile of a histogram.
+    fn bucket_quantile(&self, name: &str, table: &str, q: f64) -> Option<f64> {
+        let buckets: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter(|s| s.name == format!("{name}_bucket") && s.label("table") == table)
+            .map(|s| {
+                (
+                    s.label("le").parse::<f64>().unwrap_or(f64::INFINITY),
+                    s.value,
+                )
+            })
+            .collect();
+        let total = buckets.last()?.1;
+        if total == 0.0 {
+            return None;
+        }
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= q * total)
+            .map(|(le, _)| *le)
+    }
+}
+
+pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
+    let range = TimeRange::parse(&p)?;
+    let m = Metrics(parse_exposition(&exposition(&ui.health)));
+    let step = range.step(15);
+    let history = queries::spool_history(&ui.client, &range, step).await?;
+    let state = match (ui.health.gate.state(), ui.health.inserts.failing()) {
+        (SchemaState::Pending(why), _) => format!("not ready: {why}"),
+        (SchemaState::Ready, Some(why)) => format!("degraded: {why}"),
+        (SchemaState::Ready, None) => "ready".to_string(),
+    };
+    let spool = m.get("collector_spool_bytes", "", "");
+    let budget = m.get("collector_spool_budget_bytes", "", "");
+    let body = html! {
+        div.cards {
+            div.card #state { "state" b.bad[state != "ready"] { (state) } }
+            div.card #spool { "spool" b { (charts::bytes(spool)) } span.muted { "of " (charts::bytes(budget)) " (" (format!("{:.1}", 100.0 * spool / budget.max(1.0))) " %)" } }
+            div.card #oldest { "oldest spooled data" b { (format!("{:.0} s", m.get("collector_spool_oldest_age_seconds", "", ""))) } }
+            div.card { "failed rows (given up)" b.bad[m.get("collector_failed_rows_total", "", "") > 0.0] { (m.get("collector_failed_rows_total", "", "")) } }
+        }
+        h2 { "Items per signal" }
+        table #signals {
+            thead { tr { th { "signal" } th.num { "received" } th.num { "accepted" } th.num { "rejected" }
+                th.num { "requests accepted" } th.num { "requests refused" } th.num { "unauthenticated" } th.num { "rate-limited" }
+                th.num { "attributes dropped" } th.num { "values truncated" } } }
+            tbody {
+                @for sig in m.values_of("collector_items_received_total", "signal") {
+                    @let requests = m.get("collector_requests_total", "signal", &sig);
+                    @let ok = m.0.iter().filter(|s| s.name == "collector_requests_total" && s.label("signal") == sig
+                        && matches!(s.label("outcome"), "accepted" | "partial")).map(|s| s.value).sum::<f64>();
+                    tr {
+                        td { (sig) }
+                        td.num { (m.get("collector_items_received_total", "signal", &sig)) }
+                        td.num { (m.get("collector_items_accepted_total", "signal", &sig)) }
+                        td.num.bad[m.get("collector_items_rejected_total", "signal", &sig) > 0.0] { (m.get("collector_items_rejected_total", "signal", &sig)) }
+                        td.num { (ok) }
+                        td.num.bad[requests - ok > 0.0] { (requests - ok) }
+                        td.num { (m.get("collector_unauthenticated_requests_total", "signal", &sig)) }
+                        td.num { (m.get("collector_rate_limited_requests_total", "signal", &sig)) }
+                        td.num { (m.get("collector_attributes_dropped_total", "signal", &sig)) }
+                        td.num { (m.get("collector_values_truncated_total", "signal", &sig)) }
+                    }
+                }
+            }
+        }
+        (refusals(&m))
+        h2 { "Writing to ClickHouse" }
+        table #tables {
+            thead { tr { th { "table" } th.num { "rows written" } th.num { "INSERTs" } th.num { "rows / INSERT" }
+                th.num { "mean INSERT" } th.num { "p99 INSERT (bucket)" } th.num { "retries" } th.num { "failed rows" } } }
+            tbody {
+                @for t in m.values_of("collector_exported_rows_total", "table") {
+                    @let inserts = m.get("collector_insert_duration_seconds_count", "table", &t);
+                    tr {
+                        td.mono { (t) }
+                        td.num { (m.get("collector_exported_rows_total", "table", &t)) }
+                        td.num { (inserts) }
+                        td.num { (charts::number(m.get("collector_batch_rows_sum", "table", &t) / inserts.max(1.0))) }
+                        td.num { @if inserts > 0.0 { (format!("{:.1} ms", 1000.0 * m.get("collector_insert_duration_seconds_sum", "table", &t) / inserts)) } @else { "–" } }
+                        td.num { @match m.bucket_quantile("collector_insert_duration_seconds", &t, 0.99) {
+                            Some(le) if le.is_finite() => { "≤ " (format!("{:.0} ms", le * 1000.0)) },
+                            Some(_) => "> 10 s",
+                            None => "–",
+                        } }
+                        td.num.bad[m.get("collector_insert_retries_total", "table", &t) > 0.0] { (m.get("collector_insert_retries_total", "table", &t)) }
+                        td.num.bad[m.get("collector_failed_rows_total", "table", &t) > 0.0] { (m.get("collector_failed_rows_total", "table", &t)) }
+                    }
+                }
+            }
+        }
+        h2 { "Spool over time" }
+        (history_charts(&history, &range))
+        p.muted { "Counters since this collector started, as its " code { "/metrics" } " shows them; the charts read what it writes into "
+            code { "otel_metrics_gauge" } " every " code { "telemetry.export_interval_ms" } "." }
+    };
+    Ok(layout::render(
+        Page {
+            title: "Collector".into(),
+            nav: Nav::Collector,
+            range: &range,
+            keep: vec![],
+        },
+        body,
+    ))
+}
+
+fn refusals(m: &Metrics) -> Markup {
+    let refused: Vec<&Sample> =
+        m.0.iter()
+            .filter(|s| {
+                s.name == "collector_requests_total"
+                    && !matches!(s.label("outcome"), "accepted" | "partial")
+                    && s.value > 0.0
+            })
+            .collect();
+    html! {
+        @if !refused.is_empty() {
+            h2 { "Refused requests" }
+            table #refused {
+                thead { tr { th { "signal" } th { "why" } th.num { "requests" } } }
+                tbody { @for s in refused { tr { td { (s.label("signal")) } td { (s.label("outcome")) } td.num { (s.value) } } } }
+            }
+        }
+    }
+}
+
+fn history_charts(history: &[queries::GaugePoint], range: &TimeRange) -> Markup {
+    let mut by_name: BTreeMap<&str, Vec<(u32, f64)>> = BTreeMap::new();
+    for p in history {
+        by_name
+            .entry(p.name.as_str())
+            .or_default()
+            .push((p.t, p.value));
+    }
+    let series = |name: &str, color| Series {
+        label: name.to_string(),
+        color,
+        points: by_name.get(name).cloned().unwrap_or_default(),
+    };
+    html! {
+        div.grid2 {
+            (line_chart("Spool size", Unit::Bytes, range, &[series("collector_spool_bytes", PALETTE[0])]))
+            (line_chart("Oldest spooled data", Unit::Seconds, range, &[series("collector_spool_oldest_age_seconds", PALETTE[3])]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_collectors_exposition() {
+        let text = "# TYPE a counter\ncollector_items_accepted_total{signal=\"traces\"} 12\n\
+                    collector_spool_bytes 4096\n\
+                    h_bucket{table=\"t\",le=\"0.1\"} 3\nh_bucket{table=\"t\",le=\"+Inf\"} 4\n";
+        let s = parse_exposition(text);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s[0].labels, [("signal".to_string(), "traces".to_string())]);
+        let m = Metrics(s);
+        assert_eq!(
+            m.get("collector_items_accepted_total", "signal", "traces"),
+            12.0
+        );
+        assert_eq!(m.get("collector_spool_bytes", "", ""), 4096.0);
+        assert_eq!(m.bucket_quantile("h", "t", 0.5), Some(0.1));
+        assert_eq!(m.bucket_quantile("h", "t", 0.99), Some(f64::INFINITY));
+    }
+}
