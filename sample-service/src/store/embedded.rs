@@ -52,6 +52,10 @@ struct OrderRecord {
     phone: String,
     payment_method: String,
     created_at: DateTime<Utc>,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    response: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -250,6 +254,8 @@ impl Orders for Embedded {
             phone: order.phone.clone(),
             payment_method: order.payment_method.clone(),
             created_at: Utc::now(),
+            fingerprint: Some(order.fingerprint.clone()),
+            response: Some(order.response.clone()),
         });
         let now = now_ms();
         let rows: Vec<(Uuid, Vec<u8>)> = order
@@ -274,10 +280,18 @@ impl Orders for Embedded {
         let result = (&self.orders, &self.order_keys, &self.outbox, &self.pending)
             .transaction(|(orders, keys, outbox, pending)| {
                 if let Some(existing) = keys.get(&key)? {
-                    let id = Uuid::from_slice(&existing).map_err(|e| {
-                        ConflictableTransactionError::Abort(StoreError::Malformed(e.to_string()))
+                    let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+                    let id = Uuid::from_slice(&existing)
+                        .map_err(|e| abort(StoreError::Malformed(e.to_string())))?;
+                    let stored = orders.get(id.as_bytes())?.ok_or_else(|| {
+                        abort(StoreError::Malformed(format!("order {id} is missing")))
                     })?;
-                    return Ok(CreateOrder::Exists(id));
+                    let stored: OrderRecord = parse(&stored).map_err(abort)?;
+                    return Ok(CreateOrder::Exists(ExistingOrder {
+                        id,
+                        fingerprint: stored.fingerprint,
+                        response: stored.response,
+                    }));
                 }
                 keys.insert(key.as_slice(), order.id.as_bytes().as_slice())?;
                 orders.insert(order.id.as_bytes().as_slice(), record.as_slice())?;

@@ -82,6 +82,10 @@ pub struct NewOrder {
     pub email: String,
     pub phone: String,
     pub payment_method: String,
+    /// The request's idempotency fingerprint and the answer given to it, kept with the
+    /// order for the back-stop.
+    pub fingerprint: String,
+    pub response: serde_json::Value,
     pub events: Vec<NewEvent>,
 }
 
@@ -122,7 +126,16 @@ impl EventType {
 pub enum CreateOrder {
     Created,
     /// The UNIQUE (tenant, idempotency_key) back-stop fired: this order already exists.
-    Exists(Uuid),
+    Exists(ExistingOrder),
+}
+
+/// The order a key already placed, as the back-stop found it.
+#[derive(Debug)]
+pub struct ExistingOrder {
+    pub id: Uuid,
+    /// None for orders stored before fingerprints were kept.
+    pub fingerprint: Option<String>,
+    pub response: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
