@@ -6,6 +6,7 @@ use std::path::Path;
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -24,7 +25,17 @@ pub enum KeyError {
         path: String,
         source: jsonwebtoken::errors::Error,
     },
+    #[error("{path} is not a JWKS of RSA keys with key ids: {reason}")]
+    Jwks { path: String, reason: String },
+    #[error(
+        "no key verifies tokens: set JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE \
+         (or run with --dev / SHOP_DEV=true to use the committed development key)"
+    )]
+    NoKey,
 }
+
+/// The committed development key (kid `dev-1`): used only in `--dev` mode.
+const DEV_PUBLIC_KEY: &[u8] = include_bytes!("../dev-keys/jwt-public.pem");
 
 /// Checks tokens against a set of RSA public keys chosen by `kid`.
 pub struct Verifier {
@@ -60,22 +71,73 @@ impl Principal {
     }
 }
 
+fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn pem_key(pem: &[u8], shown: &str) -> Result<DecodingKey, KeyError> {
+    DecodingKey::from_rsa_pem(pem).map_err(|source| KeyError::Parse {
+        path: shown.to_string(),
+        source,
+    })
+}
+
+/// The RSA keys of a JWKS by `kid`.
+fn jwks_keys(path: &Path) -> Result<HashMap<String, DecodingKey>, KeyError> {
+    let fail = |reason: String| KeyError::Jwks {
+        path: path.display().to_string(),
+        reason,
+    };
+    let set: JwkSet = serde_json::from_slice(&read(path)?).map_err(|e| fail(e.to_string()))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| fail("a key has no kid".into()))?;
+        if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
+            return Err(fail(format!("key {kid:?} is not an RSA key")));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| fail(format!("key {kid:?}: {e}")))?;
+        keys.insert(kid, key);
+    }
+    Ok(keys)
+}
+
 impl Verifier {
-    pub fn from_pem_file(
-        path: &Path,
-        kid: &str,
-        issuer: &str,
-        audience: &str,
-    ) -> Result<Verifier, KeyError> {
-        let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let key = DecodingKey::from_rsa_pem(&pem).map_err(|source| KeyError::Parse {
-            path: shown,
-            source,
-        })?;
+    /// The keys the configuration names (a PEM file with its kid, a JWKS file, or
+    /// both); the development key only in `--dev` mode with neither.
+    pub fn from_config(config: &crate::config::Config) -> Result<Verifier, KeyError> {
+        let mut keys = HashMap::new();
+        if let Some(path) = &config.jwt_public_key_file {
+            let key = pem_key(&read(path)?, &path.display().to_string())?;
+            keys.insert(config.jwt_key_id.clone(), key);
+        }
+        if let Some(path) = &config.jwt_jwks_file {
+            keys.extend(jwks_keys(path)?);
+        }
+        if keys.is_empty() {
+            if !config.dev {
+                return Err(KeyError::NoKey);
+            }
+            tracing::warn!("development mode: tokens are verified with the committed development key, which anyone can sign with");
+            keys.insert(
+                "dev-1".into(),
+                pem_key(DEV_PUBLIC_KEY, "dev-keys/jwt-public.pem")?,
+            );
+        }
+        Ok(Verifier::new(
+            keys,
+            &config.jwt_issuer,
+            &config.jwt_audience,
+        ))
+    }
+
+    fn new(keys: HashMap<String, DecodingKey>, issuer: &str, audience: &str) -> Verifier {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = vec![Algorithm::RS256];
         validation.leeway = 30;
@@ -83,10 +145,7 @@ impl Verifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Ok(Verifier {
-            keys: HashMap::from([(kid.to_string(), key)]),
-            validation,
-        })
+        Verifier { keys, validation }
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
@@ -131,7 +190,11 @@ impl Verifier {
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_of(&parts.headers)
+}
+
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -146,10 +209,26 @@ fn unauthorized(detail: impl Into<String>) -> Problem {
         .with_header(header::WWW_AUTHENTICATE, challenge)
 }
 
+/// A request's token, verified once (by the rate limiter, which keys on the result).
+#[derive(Clone)]
+struct Verified(Result<Principal, String>);
+
+/// Verifies the request's bearer token, if any, and keeps the result in the request
+/// for the handlers; the principal when the token is valid.
+pub fn verify_request(state: &AppState, request: &mut axum::extract::Request) -> Option<Principal> {
+    let verified = bearer_of(request.headers()).map(|token| state.verifier.verify(token))?;
+    let principal = verified.as_ref().ok().cloned();
+    request.extensions_mut().insert(Verified(verified));
+    principal
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        if let Some(Verified(v)) = parts.extensions.get::<Verified>() {
+            return v.clone().map_err(unauthorized);
+        }
         let token = bearer(parts).ok_or_else(|| {
             Problem::new(
                 StatusCode::UNAUTHORIZED,
