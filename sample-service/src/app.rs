@@ -334,6 +334,7 @@ impl Shop {
                 agent: agent.clone(),
                 metrics: metrics.clone(),
                 poll: config.outbox_poll,
+                max_attempts: config.outbox_max_attempts.max(1),
             };
             background.push(tokio::spawn(relay.run(stop.clone())));
         }

@@ -110,6 +110,10 @@ pub struct Config {
     /// Unacknowledged messages each consumer may hold.
     #[arg(long, env = "SHOP_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
+    /// Times the broker may refuse an outbox row (unroutable, nacked) before the relay
+    /// parks it in `outbox_parked`.
+    #[arg(long, env = "SHOP_OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
+    pub outbox_max_attempts: u32,
     /// Outbox polling interval when no notification arrives (ms).
     #[arg(long, env = "SHOP_OUTBOX_POLL_MS", default_value = "1000", value_parser = millis)]
     pub outbox_poll: Duration,

@@ -293,7 +293,7 @@ fn outbox_message(row: &PgRow) -> Result<OutboxMessage> {
 
 #[async_trait]
 impl Outbox for Postgres {
-    async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxMessage>> {
+    async fn claim(&self, limit: i64, lease: Duration) -> Result<Claimed> {
         // SKIP LOCKED: relays on several replicas take disjoint rows without waiting
         // on each other; the lease hides claimed rows until published or released.
         let rows = traced(
@@ -310,7 +310,34 @@ impl Outbox for Postgres {
             .fetch_all(&self.pool),
         )
         .await?;
-        rows.iter().map(outbox_message).collect()
+        // Row by row: one undecodable row must not fail the batch (and every later
+        // batch that claims it).
+        let mut claimed = Claimed::default();
+        for row in &rows {
+            match outbox_message(row) {
+                Ok(m) => claimed.messages.push(m),
+                Err(e) => claimed
+                    .undecodable
+                    .push((row.try_get("id")?, e.to_string())),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn park(&self, id: Uuid, reason: &str) -> Result<()> {
+        traced(
+            self.span("DELETE outbox"),
+            sqlx::query(
+                "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
+                 INSERT INTO outbox_parked (id, row, reason) \
+                 SELECT id, to_jsonb(moved), $2 FROM moved ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(reason)
+            .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn mark_published(&self, ids: &[Uuid]) -> Result<()> {
