@@ -373,3 +373,98 @@ async fn redis_losing_its_keys_mid_run_leaves_only_the_backstop() {
     assert_stored(&env, 1).await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lease_is_taken_over_and_the_late_owner_loses() {
+    let prefix = Env::embedded("lease").name;
+    let guard = agent_builder("idem", None).start().unwrap();
+    let redis = sample_service::cache::redis::Redis::connect(
+        REDIS,
+        &prefix,
+        std::time::Duration::from_millis(500),
+        guard.agent().clone(),
+    )
+    .await
+    .unwrap();
+    lease_takeover(&sample_service::idempotency::redis::RedisIdempotency::new(
+        redis,
+    ))
+    .await;
+    delete_redis_keys(&prefix).await;
+    let _ = guard.shutdown_async().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lease_is_taken_over_and_the_late_owner_loses_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    lease_takeover(&sample_service::idempotency::embedded::SledIdempotency::open(&db).unwrap())
+        .await;
+}
+
+/// Owner A claims and stalls past its lease (a crashed or paused handler); B takes the
+/// key over. A's late completion and release lose the owner check: B's answer is the
+/// one replayed.
+async fn lease_takeover(store: &dyn sample_service::idempotency::IdempotencyStore) {
+    use sample_service::idempotency::{Claim, StoredResponse};
+    use std::time::Duration;
+    let answer = |body: &str| StoredResponse {
+        status: 202,
+        content_type: "application/json".into(),
+        location: "/orders/x".into(),
+        body: body.as_bytes().to_vec(),
+    };
+    let (key, fp) = ("7:user-42:k1", "fingerprint");
+    assert_eq!(
+        store
+            .claim(key, "a", fp, Duration::from_millis(400))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    assert!(matches!(
+        store
+            .claim(key, "b", fp, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::InFlight(_)
+    ));
+    let taken = eventually(Duration::from_secs(10), || async {
+        let claim = store
+            .claim(key, "b", fp, Duration::from_secs(30))
+            .await
+            .ok()?;
+        (claim == Claim::Acquired).then_some(())
+    })
+    .await;
+    assert!(taken.is_some(), "B took the key over after A's lease");
+    assert!(
+        !store
+            .complete(key, "a", &answer("a"), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "A's late completion lost the owner check"
+    );
+    store.release(key, "a").await.unwrap();
+    assert!(
+        matches!(
+            store
+                .claim(key, "c", fp, Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Claim::InFlight(_)
+        ),
+        "A's late release left B's claim alone"
+    );
+    assert!(store
+        .complete(key, "b", &answer("b"), Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .claim(key, "c", fp, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::Completed(answer("b"))
+    );
+}
