@@ -383,6 +383,16 @@ impl ShopProcess {
         ShopProcess { child, base }
     }
 
+    /// Stops the process the way an operator would (SIGTERM): it finishes what it
+    /// holds, flushes and exits.
+    pub async fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let exited = self.wait_exit(Duration::from_secs(20)).await;
+        assert!(exited.is_some(), "the shop did not stop on SIGTERM");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -481,6 +491,46 @@ pub async fn orders_and_outbox(env: &Env) -> (i64, i64) {
             (count("orders"), count("outbox"))
         }
     }
+}
+
+/// Messages waiting in the test's work and retry queues, once no consumer holds any:
+/// `None` while a consumer is still attached (its unacknowledged deliveries are not
+/// counted by the broker until it lets them go).
+pub async fn queued_without_consumers(env: &Env) -> Option<u32> {
+    let amqp = lapin::Connection::connect(
+        AMQP,
+        lapin::ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current()),
+    )
+    .await
+    .ok()?;
+    let ch = amqp.create_channel().await.ok()?;
+    let config = env.config();
+    let mut queues = Vec::new();
+    for q in ["payment", "email", "sms"] {
+        queues.push(format!("{}.{q}", env.name));
+        for level in 1..config.max_attempts {
+            queues.push(format!("{}.{q}.retry.{level}", env.name));
+        }
+    }
+    let mut waiting = 0;
+    for q in queues {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare(&q, passive, lapin::types::FieldTable::default())
+            .await
+            .ok()?;
+        if q.consumer_count() > 0 {
+            return None;
+        }
+        waiting += q.message_count();
+    }
+    let _ = amqp.close(200, "counted").await;
+    Some(waiting)
 }
 
 /// A counter from the shop's Prometheus text, summed over the series whose labels
