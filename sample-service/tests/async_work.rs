@@ -468,14 +468,7 @@ async fn an_unroutable_event_is_retried_then_parked() {
     let mut config = env.config();
     config.outbox_max_attempts = 3;
     let shop = RunningShop::start(config, None).await;
-    let amqp = lapin::Connection::connect(
-        AMQP,
-        lapin::ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio::current()),
-    )
-    .await
-    .unwrap();
+    let amqp = amqp_connection().await.unwrap();
     amqp.create_channel()
         .await
         .unwrap()

@@ -493,18 +493,22 @@ pub async fn orders_and_outbox(env: &Env) -> (i64, i64) {
     }
 }
 
-/// Messages waiting in the test's work and retry queues, once no consumer holds any:
-/// `None` while a consumer is still attached (its unacknowledged deliveries are not
-/// counted by the broker until it lets them go).
-pub async fn queued_without_consumers(env: &Env) -> Option<u32> {
-    let amqp = lapin::Connection::connect(
+/// A connection to the local RabbitMQ, on the test's tokio runtime.
+pub async fn amqp_connection() -> lapin::Result<lapin::Connection> {
+    lapin::Connection::connect(
         AMQP,
         lapin::ConnectionProperties::default()
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio::current()),
     )
     .await
-    .ok()?;
+}
+
+/// Messages waiting in the test's work and retry queues, once no consumer holds any:
+/// `None` while a consumer is still attached (its unacknowledged deliveries are not
+/// counted by the broker until it lets them go).
+pub async fn queued_without_consumers(env: &Env) -> Option<u32> {
+    let amqp = amqp_connection().await.ok()?;
     let ch = amqp.create_channel().await.ok()?;
     let config = env.config();
     let mut queues = Vec::new();
