@@ -614,3 +614,91 @@ async fn a_second_relay_takes_over_rows_whose_lease_expired() {
     let _ = guard.shutdown_async().await;
     env.cleanup().await;
 }
+
+/// The same on sled: a row that does not decode is parked, the order's events flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecodable_outbox_row_is_parked_and_the_rest_flows_embedded() {
+    let env = Env::embedded("outbox_bad_row");
+    let dir = env.data_dir.as_ref().unwrap().path().to_path_buf();
+    let bad = uuid::Uuid::now_v7();
+    {
+        let store = sample_service::store::Embedded::open(&dir).unwrap();
+        let db = store.db();
+        db.open_tree("outbox")
+            .unwrap()
+            .insert(bad.as_bytes(), &b"{\"event_type\":\"refund\"}"[..])
+            .unwrap();
+        db.open_tree("outbox_pending")
+            .unwrap()
+            .insert(bad.as_bytes(), &[] as &[u8])
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let shop = RunningShop::start(env.config(), None).await;
+    let client = client();
+    let token = token("buyer", "orders:write");
+    let order = place_orders(&client, &shop.base, &token, 1, "card")
+        .await
+        .remove(0);
+    let done = eventually(Duration::from_secs(30), || async {
+        let e = order_effects(&client, &shop.base, &token, &order).await?;
+        (e["payments"] == 1 && e["emails"] == 1 && e["sms"] == 1).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "one bad row blocked the outbox");
+    shop.stop().await;
+    let store = eventually(Duration::from_secs(10), || async {
+        sample_service::store::Embedded::open(&dir).ok()
+    })
+    .await
+    .expect("the stopped shop released its storage");
+    let parked = store.db().open_tree("outbox_parked").unwrap();
+    let reason = parked
+        .get(bad.as_bytes())
+        .unwrap()
+        .expect("the bad row is parked");
+    assert!(String::from_utf8_lossy(&reason).starts_with("undecodable"));
+    assert!(store
+        .db()
+        .open_tree("outbox")
+        .unwrap()
+        .get(bad.as_bytes())
+        .unwrap()
+        .is_none());
+}
+
+/// On sled the relay's claim carries the same lease: rows claimed by a relay that
+/// stalled are skipped until the lease expires, then claimed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claimed_rows_return_after_their_lease_embedded() {
+    use sample_service::store::Outbox;
+    let env = Env::embedded("two_relays");
+    let mut config = env.config();
+    config.roles = vec![Role::Api];
+    let api = RunningShop::start(config, None).await;
+    place_orders(
+        &client(),
+        &api.base,
+        &token("buyer", "orders:write"),
+        1,
+        "card",
+    )
+    .await;
+    api.stop().await;
+    let dir = env.data_dir.as_ref().unwrap().path();
+    let store = eventually(Duration::from_secs(10), || async {
+        sample_service::store::Embedded::open(dir).ok()
+    })
+    .await
+    .expect("the stopped shop released its storage");
+    let first = store.claim(100, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.messages.len(), 3);
+    let during = store.claim(100, Duration::from_secs(30)).await.unwrap();
+    assert!(during.messages.is_empty(), "leased rows are skipped");
+    let after = eventually(Duration::from_secs(15), || async {
+        let c = store.claim(100, Duration::from_secs(30)).await.ok()?;
+        (!c.messages.is_empty()).then_some(c.messages.len())
+    })
+    .await;
+    assert_eq!(after, Some(3), "claimed again after the lease expired");
+}
