@@ -148,13 +148,17 @@ impl SharedCache for Redis {
     }
 
     async fn invalidate(&self, key: &str) -> Result<(), SharedError> {
-        Script::new(INVALIDATE)
-            .key(self.key(key))
+        let script = Script::new(INVALIDATE);
+        let mut invalidate = script.key(self.key(key));
+        invalidate
             .key(self.key(&version_key(key)))
-            .arg(VERSION_TTL_MS)
-            .invoke_async::<i64>(&mut self.conn())
-            .await
-            .map(drop)
-            .map_err(shared)
+            .arg(VERSION_TTL_MS);
+        traced(
+            self.span("EVALSHA cache.invalidate"),
+            invalidate.invoke_async::<i64>(&mut self.conn()),
+        )
+        .await
+        .map(drop)
+        .map_err(shared)
     }
 }
