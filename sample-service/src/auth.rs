@@ -2,7 +2,9 @@
 //! the public key as the secret) or `none` never passes.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
@@ -39,8 +41,44 @@ const DEV_PUBLIC_KEY: &[u8] = include_bytes!("../dev-keys/jwt-public.pem");
 
 /// Checks tokens against a set of RSA public keys chosen by `kid`.
 pub struct Verifier {
-    keys: HashMap<String, DecodingKey>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// Where the keys came from, to re-read the JWKS when a token names a key it
+    /// lacks (the issuer rotated), at most once per `refresh`.
+    source: KeySource,
     validation: Validation,
+}
+
+struct KeySource {
+    pem: Option<(String, DecodingKey)>,
+    jwks: Option<PathBuf>,
+    refresh: Duration,
+    last_read: Mutex<Instant>,
+}
+
+impl KeySource {
+    fn load(&self) -> Result<HashMap<String, DecodingKey>, KeyError> {
+        let mut keys = match &self.jwks {
+            Some(path) => jwks_keys(path)?,
+            None => HashMap::new(),
+        };
+        if let Some((kid, key)) = &self.pem {
+            keys.insert(kid.clone(), key.clone());
+        }
+        Ok(keys)
+    }
+
+    /// True (and the clock restarted) when the JWKS may be read again.
+    fn reread_due(&self) -> bool {
+        if self.jwks.is_none() {
+            return false;
+        }
+        let mut last = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < self.refresh {
+            return false;
+        }
+        *last = Instant::now();
+        true
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,32 +150,44 @@ impl Verifier {
     /// The keys the configuration names (a PEM file with its kid, a JWKS file, or
     /// both); the development key only in `--dev` mode with neither.
     pub fn from_config(config: &crate::config::Config) -> Result<Verifier, KeyError> {
-        let mut keys = HashMap::new();
-        if let Some(path) = &config.jwt_public_key_file {
-            let key = pem_key(&read(path)?, &path.display().to_string())?;
-            keys.insert(config.jwt_key_id.clone(), key);
-        }
-        if let Some(path) = &config.jwt_jwks_file {
-            keys.extend(jwks_keys(path)?);
-        }
-        if keys.is_empty() {
-            if !config.dev {
-                return Err(KeyError::NoKey);
+        let pem = match &config.jwt_public_key_file {
+            Some(path) => Some((
+                config.jwt_key_id.clone(),
+                pem_key(&read(path)?, &path.display().to_string())?,
+            )),
+            None if config.jwt_jwks_file.is_none() && config.dev => {
+                tracing::warn!("development mode: tokens are verified with the committed development key, which anyone can sign with");
+                Some((
+                    "dev-1".to_string(),
+                    pem_key(DEV_PUBLIC_KEY, "dev-keys/jwt-public.pem")?,
+                ))
             }
-            tracing::warn!("development mode: tokens are verified with the committed development key, which anyone can sign with");
-            keys.insert(
-                "dev-1".into(),
-                pem_key(DEV_PUBLIC_KEY, "dev-keys/jwt-public.pem")?,
-            );
+            None => None,
+        };
+        let source = KeySource {
+            pem,
+            jwks: config.jwt_jwks_file.clone(),
+            refresh: config.jwt_jwks_refresh,
+            last_read: Mutex::new(Instant::now()),
+        };
+        let keys = source.load()?;
+        if keys.is_empty() {
+            return Err(KeyError::NoKey);
         }
         Ok(Verifier::new(
             keys,
+            source,
             &config.jwt_issuer,
             &config.jwt_audience,
         ))
     }
 
-    fn new(keys: HashMap<String, DecodingKey>, issuer: &str, audience: &str) -> Verifier {
+    fn new(
+        keys: HashMap<String, DecodingKey>,
+        source: KeySource,
+        issuer: &str,
+        audience: &str,
+    ) -> Verifier {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = vec![Algorithm::RS256];
         validation.leeway = 30;
@@ -145,7 +195,40 @@ impl Verifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Verifier { keys, validation }
+        Verifier {
+            keys: RwLock::new(keys),
+            source,
+            validation,
+        }
+    }
+
+    /// The key for `kid`; a key id the set lacks re-reads the JWKS once per cooldown.
+    fn key(&self, kid: Option<&str>) -> Result<DecodingKey, String> {
+        let lookup = |keys: &HashMap<String, DecodingKey>| match kid {
+            Some(kid) => keys
+                .get(kid)
+                .cloned()
+                .ok_or_else(|| format!("unknown key id {kid:?}")),
+            // A single configured key also verifies tokens without a kid.
+            None if keys.len() == 1 => Ok(keys.values().next().cloned().expect("one key")),
+            None => Err("the token has no key id".into()),
+        };
+        let found = lookup(&self.keys.read().unwrap_or_else(|e| e.into_inner()));
+        if found.is_err() && kid.is_some() && self.source.reread_due() {
+            match self.source.load() {
+                Ok(keys) if !keys.is_empty() => {
+                    tracing::info!(keys = keys.len(), "JWKS re-read for an unknown key id");
+                    let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                    *current = keys;
+                    return lookup(&current);
+                }
+                Ok(_) => tracing::warn!("the JWKS has no keys now; keeping the current ones"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-reading the JWKS failed; keeping the current keys")
+                }
+            }
+        }
+        found
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
@@ -156,16 +239,8 @@ impl Verifier {
                 header.alg
             ));
         }
-        // A single configured key also verifies tokens without a kid.
-        let key = match &header.kid {
-            Some(kid) => self
-                .keys
-                .get(kid)
-                .ok_or_else(|| format!("unknown key id {kid:?}"))?,
-            None if self.keys.len() == 1 => self.keys.values().next().expect("one key"),
-            None => return Err("the token has no key id".into()),
-        };
-        let data = decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+        let key = self.key(header.kid.as_deref())?;
+        let data = decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                 "the token has expired".to_string()
             }

@@ -56,6 +56,10 @@ pub struct Config {
     /// old and the new key during a rotation).
     #[arg(long, env = "JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// A token naming a key id the JWKS lacks re-reads the file, at most this often
+    /// (ms): a rotated-in key works without a restart.
+    #[arg(long, env = "JWT_JWKS_REFRESH_MS", default_value = "30000", value_parser = millis)]
+    pub jwt_jwks_refresh: Duration,
     #[arg(long, env = "JWT_ISSUER", default_value = "shop-dev")]
     pub jwt_issuer: String,
     #[arg(long, env = "JWT_AUDIENCE", default_value = "shop-api")]

@@ -523,3 +523,45 @@ async fn both_keys_verify_during_a_rotation() {
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("unknown key id"));
 }
+
+/// A key rotated into the JWKS after the start verifies without a restart: a token
+/// naming an unknown `kid` re-reads the file, at most once per cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_added_to_the_jwks_is_picked_up() {
+    let env = Env::embedded("jwks_reread");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    let both: serde_json::Value = serde_json::from_slice(&std::fs::read(JWKS).unwrap()).unwrap();
+    let mut only_first = both.clone();
+    only_first["keys"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&jwks_path, only_first.to_string()).unwrap();
+    let shop = ShopProcess::spawn(
+        &env,
+        &[
+            ("SHOP_DEV", "false".into()),
+            ("JWT_JWKS_FILE", jwks_path.display().to_string()),
+            ("JWT_JWKS_REFRESH_MS", "300".into()),
+        ],
+    )
+    .await;
+    let client = client();
+    let claims = good_claims("hana", "orders:write");
+    let new_key = sign(&claims, "dev-2", ROTATED_PRIVATE_KEY);
+    let get = || {
+        client
+            .get(format!("{}/orders/{}", shop.base, uuid::Uuid::new_v4()))
+            .bearer_auth(&new_key)
+            .send()
+    };
+    assert_eq!(
+        get().await.unwrap().status(),
+        401,
+        "dev-2 is not in the set yet"
+    );
+    std::fs::write(&jwks_path, both.to_string()).unwrap();
+    let accepted = eventually(Duration::from_secs(10), || async {
+        (get().await.ok()?.status() == 404).then_some(())
+    })
+    .await;
+    assert!(accepted.is_some(), "the rotated-in key was never read");
+}
