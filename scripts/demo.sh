@@ -234,7 +234,7 @@ start shop env SHOP_LISTEN="127.0.0.1:$shop_port" SHOP_DATA_DIR="$state/shop" \
   OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$grpc_port" OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
   OTEL_BSP_SCHEDULE_DELAY=500 OTEL_BLRP_SCHEDULE_DELAY=500 OTEL_METRIC_EXPORT_INTERVAL=5000 \
   RUST_LOG="${RUST_LOG:-info}" \
-  "$bin/sample-service"
+  "$bin/sample-service" --dev
 wait_until 120 shop "${pids[-1]}" ready "http://127.0.0.1:$shop_port/health/ready"
 
 # ---------------------------------------------------------------- load

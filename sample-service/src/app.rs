@@ -48,6 +48,7 @@ pub struct AppState {
     pub idempotency_retention: Duration,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub rate_policy: Policy,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: Limits,
     pub metrics: PatternMetrics,
     pub faults: Arc<FaultSwitch>,
@@ -239,12 +240,7 @@ impl Shop {
     ) -> anyhow::Result<Shop> {
         let metrics = PatternMetrics::new(&agent);
         let faults = Arc::new(FaultSwitch::default());
-        let verifier = Verifier::from_pem_file(
-            &config.jwt_public_key_file,
-            &config.jwt_key_id,
-            &config.jwt_issuer,
-            &config.jwt_audience,
-        )?;
+        let verifier = Verifier::from_config(&config)?;
         let storage = if config.embedded() {
             tracing::info!(data_dir = %config.data_dir.display(), "no backend URLs: running on embedded storage");
             Storage::embedded(&config)?
@@ -320,6 +316,7 @@ impl Shop {
                 per_second: config.rate_limit_per_second,
                 burst: config.rate_limit_burst.max(1),
             },
+            trusted_proxies: config.trusted_proxies.clone(),
             limits: Limits {
                 in_flight: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
                 request_timeout: config.request_timeout,
@@ -337,6 +334,7 @@ impl Shop {
                 agent: agent.clone(),
                 metrics: metrics.clone(),
                 poll: config.outbox_poll,
+                max_attempts: config.outbox_max_attempts.max(1),
             };
             background.push(tokio::spawn(relay.run(stop.clone())));
         }

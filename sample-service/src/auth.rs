@@ -2,10 +2,13 @@
 //! the public key as the secret) or `none` never passes.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -24,12 +27,58 @@ pub enum KeyError {
         path: String,
         source: jsonwebtoken::errors::Error,
     },
+    #[error("{path} is not a JWKS of RSA keys with key ids: {reason}")]
+    Jwks { path: String, reason: String },
+    #[error(
+        "no key verifies tokens: set JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE \
+         (or run with --dev / SHOP_DEV=true to use the committed development key)"
+    )]
+    NoKey,
 }
+
+/// The committed development key (kid `dev-1`): used only in `--dev` mode.
+const DEV_PUBLIC_KEY: &[u8] = include_bytes!("../dev-keys/jwt-public.pem");
 
 /// Checks tokens against a set of RSA public keys chosen by `kid`.
 pub struct Verifier {
-    keys: HashMap<String, DecodingKey>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// Where the keys came from, to re-read the JWKS when a token names a key it
+    /// lacks (the issuer rotated), at most once per `refresh`.
+    source: KeySource,
     validation: Validation,
+}
+
+struct KeySource {
+    pem: Option<(String, DecodingKey)>,
+    jwks: Option<PathBuf>,
+    refresh: Duration,
+    last_read: Mutex<Instant>,
+}
+
+impl KeySource {
+    fn load(&self) -> Result<HashMap<String, DecodingKey>, KeyError> {
+        let mut keys = match &self.jwks {
+            Some(path) => jwks_keys(path)?,
+            None => HashMap::new(),
+        };
+        if let Some((kid, key)) = &self.pem {
+            keys.insert(kid.clone(), key.clone());
+        }
+        Ok(keys)
+    }
+
+    /// True (and the clock restarted) when the JWKS may be read again.
+    fn reread_due(&self) -> bool {
+        if self.jwks.is_none() {
+            return false;
+        }
+        let mut last = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < self.refresh {
+            return false;
+        }
+        *last = Instant::now();
+        true
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,22 +109,85 @@ impl Principal {
     }
 }
 
+fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn pem_key(pem: &[u8], shown: &str) -> Result<DecodingKey, KeyError> {
+    DecodingKey::from_rsa_pem(pem).map_err(|source| KeyError::Parse {
+        path: shown.to_string(),
+        source,
+    })
+}
+
+/// The RSA keys of a JWKS by `kid`.
+fn jwks_keys(path: &Path) -> Result<HashMap<String, DecodingKey>, KeyError> {
+    let fail = |reason: String| KeyError::Jwks {
+        path: path.display().to_string(),
+        reason,
+    };
+    let set: JwkSet = serde_json::from_slice(&read(path)?).map_err(|e| fail(e.to_string()))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| fail("a key has no kid".into()))?;
+        if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
+            return Err(fail(format!("key {kid:?} is not an RSA key")));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| fail(format!("key {kid:?}: {e}")))?;
+        keys.insert(kid, key);
+    }
+    Ok(keys)
+}
+
 impl Verifier {
-    pub fn from_pem_file(
-        path: &Path,
-        kid: &str,
+    /// The keys the configuration names (a PEM file with its kid, a JWKS file, or
+    /// both); the development key only in `--dev` mode with neither.
+    pub fn from_config(config: &crate::config::Config) -> Result<Verifier, KeyError> {
+        let pem = match &config.jwt_public_key_file {
+            Some(path) => Some((
+                config.jwt_key_id.clone(),
+                pem_key(&read(path)?, &path.display().to_string())?,
+            )),
+            None if config.jwt_jwks_file.is_none() && config.dev => {
+                tracing::warn!("development mode: tokens are verified with the committed development key, which anyone can sign with");
+                Some((
+                    "dev-1".to_string(),
+                    pem_key(DEV_PUBLIC_KEY, "dev-keys/jwt-public.pem")?,
+                ))
+            }
+            None => None,
+        };
+        let source = KeySource {
+            pem,
+            jwks: config.jwt_jwks_file.clone(),
+            refresh: config.jwt_jwks_refresh,
+            last_read: Mutex::new(Instant::now()),
+        };
+        let keys = source.load()?;
+        if keys.is_empty() {
+            return Err(KeyError::NoKey);
+        }
+        Ok(Verifier::new(
+            keys,
+            source,
+            &config.jwt_issuer,
+            &config.jwt_audience,
+        ))
+    }
+
+    fn new(
+        keys: HashMap<String, DecodingKey>,
+        source: KeySource,
         issuer: &str,
         audience: &str,
-    ) -> Result<Verifier, KeyError> {
-        let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let key = DecodingKey::from_rsa_pem(&pem).map_err(|source| KeyError::Parse {
-            path: shown,
-            source,
-        })?;
+    ) -> Verifier {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = vec![Algorithm::RS256];
         validation.leeway = 30;
@@ -83,10 +195,40 @@ impl Verifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Ok(Verifier {
-            keys: HashMap::from([(kid.to_string(), key)]),
+        Verifier {
+            keys: RwLock::new(keys),
+            source,
             validation,
-        })
+        }
+    }
+
+    /// The key for `kid`; a key id the set lacks re-reads the JWKS once per cooldown.
+    fn key(&self, kid: Option<&str>) -> Result<DecodingKey, String> {
+        let lookup = |keys: &HashMap<String, DecodingKey>| match kid {
+            Some(kid) => keys
+                .get(kid)
+                .cloned()
+                .ok_or_else(|| format!("unknown key id {kid:?}")),
+            // A single configured key also verifies tokens without a kid.
+            None if keys.len() == 1 => Ok(keys.values().next().cloned().expect("one key")),
+            None => Err("the token has no key id".into()),
+        };
+        let found = lookup(&self.keys.read().unwrap_or_else(|e| e.into_inner()));
+        if found.is_err() && kid.is_some() && self.source.reread_due() {
+            match self.source.load() {
+                Ok(keys) if !keys.is_empty() => {
+                    tracing::info!(keys = keys.len(), "JWKS re-read for an unknown key id");
+                    let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+                    *current = keys;
+                    return lookup(&current);
+                }
+                Ok(_) => tracing::warn!("the JWKS has no keys now; keeping the current ones"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-reading the JWKS failed; keeping the current keys")
+                }
+            }
+        }
+        found
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
@@ -97,16 +239,8 @@ impl Verifier {
                 header.alg
             ));
         }
-        // A single configured key also verifies tokens without a kid.
-        let key = match &header.kid {
-            Some(kid) => self
-                .keys
-                .get(kid)
-                .ok_or_else(|| format!("unknown key id {kid:?}"))?,
-            None if self.keys.len() == 1 => self.keys.values().next().expect("one key"),
-            None => return Err("the token has no key id".into()),
-        };
-        let data = decode::<Claims>(token, key, &self.validation).map_err(|e| match e.kind() {
+        let key = self.key(header.kid.as_deref())?;
+        let data = decode::<Claims>(token, &key, &self.validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                 "the token has expired".to_string()
             }
@@ -131,7 +265,11 @@ impl Verifier {
 
 /// The bearer token of a request, if it has one.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_of(&parts.headers)
+}
+
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -146,10 +284,26 @@ fn unauthorized(detail: impl Into<String>) -> Problem {
         .with_header(header::WWW_AUTHENTICATE, challenge)
 }
 
+/// A request's token, verified once (by the rate limiter, which keys on the result).
+#[derive(Clone)]
+struct Verified(Result<Principal, String>);
+
+/// Verifies the request's bearer token, if any, and keeps the result in the request
+/// for the handlers; the principal when the token is valid.
+pub fn verify_request(state: &AppState, request: &mut axum::extract::Request) -> Option<Principal> {
+    let verified = bearer_of(request.headers()).map(|token| state.verifier.verify(token))?;
+    let principal = verified.as_ref().ok().cloned();
+    request.extensions_mut().insert(Verified(verified));
+    principal
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        if let Some(Verified(v)) = parts.extensions.get::<Verified>() {
+            return v.clone().map_err(unauthorized);
+        }
         let token = bearer(parts).ok_or_else(|| {
             Problem::new(
                 StatusCode::UNAUTHORIZED,

@@ -43,18 +43,36 @@ pub struct Config {
     )]
     pub roles: Vec<Role>,
 
-    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-public.pem"))]
-    pub jwt_public_key_file: PathBuf,
+    /// Development mode: with no key configured, verify tokens with the committed
+    /// development key (`dev-keys/`), which anyone can sign with. Never in a deployment.
+    #[arg(long, env = "SHOP_DEV")]
+    pub dev: bool,
+    /// An RSA public key (PEM) that verifies tokens with the key id `--jwt-key-id`.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
     #[arg(long, env = "JWT_KEY_ID", default_value = "dev-1")]
     pub jwt_key_id: String,
+    /// A JWKS file: every RSA key in it verifies the tokens naming its `kid` (hold the
+    /// old and the new key during a rotation).
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// A token naming a key id the JWKS lacks re-reads the file, at most this often
+    /// (ms): a rotated-in key works without a restart.
+    #[arg(long, env = "JWT_JWKS_REFRESH_MS", default_value = "30000", value_parser = millis)]
+    pub jwt_jwks_refresh: Duration,
     #[arg(long, env = "JWT_ISSUER", default_value = "shop-dev")]
     pub jwt_issuer: String,
     #[arg(long, env = "JWT_AUDIENCE", default_value = "shop-api")]
     pub jwt_audience: String,
 
-    /// Requests per second each API token (else client IP) may make, sustained.
+    /// Requests per second each principal (else client IP) may make, sustained.
     #[arg(long, env = "SHOP_RATE_LIMIT_PER_SECOND", default_value_t = 50.0)]
     pub rate_limit_per_second: f64,
+    /// Proxies (CIDR, comma-separated) whose `X-Forwarded-For` names the client for
+    /// the rate limit of requests without a valid token; from any other peer the
+    /// header is ignored.
+    #[arg(long, env = "SHOP_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Requests a client may send at once above the sustained rate.
     #[arg(long, env = "SHOP_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
@@ -96,6 +114,10 @@ pub struct Config {
     /// Unacknowledged messages each consumer may hold.
     #[arg(long, env = "SHOP_PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
+    /// Times the broker may refuse an outbox row (unroutable, nacked) before the relay
+    /// parks it in `outbox_parked`.
+    #[arg(long, env = "SHOP_OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
+    pub outbox_max_attempts: u32,
     /// Outbox polling interval when no notification arrives (ms).
     #[arg(long, env = "SHOP_OUTBOX_POLL_MS", default_value = "1000", value_parser = millis)]
     pub outbox_poll: Duration,

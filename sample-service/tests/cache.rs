@@ -94,16 +94,24 @@ async fn missing_products_are_cached_briefly_and_writes_invalidate() {
         baseline + 1
     );
 
-    // Once the negative entry expired (TTL + 10 % jitter), the next miss reads again.
+    // Once the negative entry expired (TTL + 10 % jitter), the next miss reads the
+    // database again — counted by PostgreSQL, not just answered 404.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let shop = RunningShop::start(config, None).await;
+    let shop = RunningShop::start(config.clone(), None).await;
     let r = client
         .get(format!("{}/products/100000", shop.base))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    shop.stop().await;
+    assert_eq!(
+        product_reads_seen_by_postgres(&env, baseline + 2).await,
+        baseline + 2,
+        "the expired negative entry was not served: one more read"
+    );
 
+    let shop = RunningShop::start(config, None).await;
     writes_invalidate(&client, &shop.base, 5).await;
     shop.stop().await;
     env.cleanup().await;
@@ -206,4 +214,92 @@ async fn writes_invalidate(client: &reqwest::Client, base: &str, product: i64) {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_overtaken_by_an_invalidation_is_not_cached() {
+    overtaken_load(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_overtaken_by_an_invalidation_is_not_cached_embedded() {
+    overtaken_load(false).await;
+}
+
+/// A reader loads v1; before it stores it, a writer commits v2 and invalidates the
+/// key. The reader's v1 must not land in a cache layer after the invalidation (it
+/// would be served until its TTL): the next read, here and on another replica, is v2.
+async fn overtaken_load(shared: bool) {
+    use bytes::Bytes;
+    use sample_service::cache::{CacheSettings, Cached, LayeredCache, SharedCache};
+    use std::sync::Arc;
+
+    let prefix = Env::embedded("overtaken").name;
+    let guard = agent_builder("cache", None).start().unwrap();
+    let agent = guard.agent().clone();
+    let redis: Option<Arc<dyn SharedCache>> = if shared {
+        let r = sample_service::cache::redis::Redis::connect(
+            REDIS,
+            &prefix,
+            Duration::from_millis(500),
+            agent.clone(),
+        )
+        .await
+        .unwrap();
+        Some(Arc::new(r))
+    } else {
+        None
+    };
+    let replica = || {
+        Arc::new(LayeredCache::new(
+            CacheSettings {
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(30),
+                capacity: 100,
+                lock_wait: Duration::from_millis(500),
+            },
+            redis.clone(),
+            Arc::new(sample_service::faults::FaultSwitch::default()),
+            sample_service::metrics::PatternMetrics::new(&agent),
+        ))
+    };
+    let key = "product:1";
+    let a = replica();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (release, gate) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.get_or_load(key, || async move {
+                let _ = started_tx.send(());
+                let _ = gate.await;
+                Ok(Some(Bytes::from_static(b"v1")))
+            })
+            .await
+        }
+    });
+    started.await.unwrap();
+    // The writer has committed v2; it invalidates while the reader still holds v1.
+    a.invalidate(key).await;
+    release.send(()).unwrap();
+    assert_eq!(
+        reader.await.unwrap().unwrap(),
+        Cached::Found(Bytes::from_static(b"v1")),
+        "the reader answers what it read"
+    );
+    let v2 = || async { Ok(Some(Bytes::from_static(b"v2"))) };
+    assert_eq!(
+        a.get_or_load(key, v2).await.unwrap(),
+        Cached::Found(Bytes::from_static(b"v2")),
+        "this replica served the overtaken v1 after the invalidation"
+    );
+    if shared {
+        assert_eq!(
+            replica().get_or_load(key, v2).await.unwrap(),
+            Cached::Found(Bytes::from_static(b"v2")),
+            "another replica served the overtaken v1 (from Redis)"
+        );
+    }
+    delete_redis_keys(&prefix).await;
+    let _ = guard.shutdown_async().await;
 }

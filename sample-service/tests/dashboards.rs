@@ -47,8 +47,22 @@ async fn every_panel_has_data_after_a_load_run() {
         .expect("a sampled order trace")
         .to_string();
 
-    // Let the workers finish, the agent export and the collector write.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The workers finish: every event published and either applied or dead-lettered.
+    let db = env.db().await;
+    let finished = eventually(Duration::from_secs(60), || async {
+        let (events, settled): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM outbox), \
+                    (SELECT count(*) FROM processed_messages) + (SELECT count(*) FROM dead_letters)",
+        )
+        .fetch_one(&db)
+        .await
+        .ok()?;
+        (events > 0 && events == settled).then_some(())
+    })
+    .await;
+    assert!(finished.is_some(), "the workers settled every event");
+    db.close().await;
+    // Stopping flushes the agent; the collector's writes are waited for below.
     shop.stop().await;
     for (table, filter) in [
         (

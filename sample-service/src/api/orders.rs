@@ -113,10 +113,10 @@ pub async fn create(
     };
     let key = idempotency::parse_key(&headers).inspect_err(|_| count("missing"))?;
     let (value, order) = validate(&body)?;
+    let fingerprint = idempotency::fingerprint("POST", ROUTE, &principal.subject, &value);
 
     let ownership = if s.faults.idempotency_enabled() {
-        let scoped = format!("{}:{key}", principal.subject);
-        let fingerprint = idempotency::fingerprint("POST", ROUTE, &principal.subject, &value);
+        let scoped = idempotency::scope(&principal.subject, &key);
         let (begin, outcome) =
             idempotency::begin(&s.idempotency, &scoped, &fingerprint, s.idempotency_lease).await?;
         count(outcome.as_str());
@@ -133,10 +133,18 @@ pub async fn create(
         None
     };
 
-    let stored = match place_order(&s, &principal, &key, order).await {
-        Ok(stored) => stored,
+    let (stored, replayed) = match place_order(&s, &principal, &key, &fingerprint, order).await {
+        Ok(placed) => placed,
         // Business refusals are the request's answer: stored and replayed.
-        Err(Refusal::Business(p)) => stored_problem(&p),
+        Err(Refusal::Business(p)) => (stored_problem(&p), false),
+        // The back-stop found the key used with another body. Not recorded under
+        // this body: the claim is released (on drop).
+        Err(Refusal::Mismatch) => {
+            count("backstop_mismatch");
+            return Err(Problem::unprocessable(
+                "this Idempotency-Key was already used with a different request payload",
+            ));
+        }
         // Backend failures are not an answer: the claim is released (on drop) so a
         // retry with the same key runs again.
         Err(Refusal::Backend(p)) => return Err(p),
@@ -144,11 +152,12 @@ pub async fn create(
     if let Some(ownership) = ownership {
         ownership.complete(&stored, s.idempotency_retention).await;
     }
-    Ok(stored.into_response(false))
+    Ok(stored.into_response(replayed))
 }
 
 enum Refusal {
     Business(Problem),
+    Mismatch,
     Backend(Problem),
 }
 
@@ -158,12 +167,15 @@ impl From<crate::store::StoreError> for Refusal {
     }
 }
 
+/// Places the order, or finds the one this key placed before (then the answer is
+/// that order's stored answer, a replay).
 async fn place_order(
     s: &AppState,
     principal: &Principal,
     key: &str,
+    fingerprint: &str,
     order: OrderRequest,
-) -> Result<StoredResponse, Refusal> {
+) -> Result<(StoredResponse, bool), Refusal> {
     let ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
     let products: HashMap<i64, i64> = s
         .catalog
@@ -210,6 +222,8 @@ async fn place_order(
             headers: trace_headers.clone(),
         })
         .collect();
+    let response =
+        json!({"id": id, "status": "pending", "items": items, "total_cents": total_cents});
     let new = NewOrder {
         id,
         tenant: principal.subject.clone(),
@@ -219,22 +233,47 @@ async fn place_order(
         email: order.email,
         phone: order.phone,
         payment_method: order.payment_method,
+        fingerprint: fingerprint.to_string(),
+        response: response.clone(),
         events,
     };
-    let id = match s.orders.create_order(new).await? {
+    match s.orders.create_order(new).await? {
         CreateOrder::Created => {
             tracing::info!(order_id = %id, total_cents, "order accepted");
-            id
+            Ok((accepted(id, response), false))
         }
         CreateOrder::Exists(existing) => {
-            tracing::info!(order_id = %existing, "order already exists for this key (database constraint)");
-            existing
+            if existing
+                .fingerprint
+                .as_deref()
+                .is_some_and(|f| f != fingerprint)
+            {
+                tracing::info!(order_id = %existing.id, "key already used with another payload (database constraint)");
+                return Err(Refusal::Mismatch);
+            }
+            tracing::info!(order_id = %existing.id, "order already exists for this key (database constraint)");
+            let response = match existing.response {
+                Some(r) => r,
+                // Stored before answers were kept: the order as it is stored now.
+                None => {
+                    let o = s
+                        .orders
+                        .order(&principal.subject, existing.id)
+                        .await?
+                        .ok_or_else(|| {
+                            Refusal::Backend(Problem::from(crate::store::StoreError::Malformed(
+                                format!("order {} vanished", existing.id),
+                            )))
+                        })?;
+                    json!({"id": o.id, "status": "pending", "items": o.items, "total_cents": o.total_cents})
+                }
+            };
+            s.metrics
+                .idempotency
+                .add(1, &[("idempotency.outcome", "backstop_replayed")]);
+            Ok((accepted(existing.id, response), true))
         }
-    };
-    Ok(accepted(
-        id,
-        json!({"id": id, "status": "pending", "items": items, "total_cents": total_cents}),
-    ))
+    }
 }
 
 fn order_id(raw: &str) -> Result<Uuid, Problem> {

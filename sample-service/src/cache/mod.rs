@@ -13,7 +13,7 @@ mod envelope;
 pub mod redis;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,12 +42,23 @@ pub struct SharedError(pub String);
 #[async_trait]
 pub trait SharedCache: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SharedError>;
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), SharedError>;
+    /// The key's version: every invalidation raises it.
+    async fn version(&self, key: &str) -> Result<u64, SharedError>;
+    /// Stores `value` only if the key's version is still `version` (read before the
+    /// load): a value loaded before an invalidation never lands after it.
+    async fn set_if_version(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        version: u64,
+    ) -> Result<bool, SharedError>;
     /// `SET lock NX PX`: true when this caller holds the rebuild lock.
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, SharedError>;
     /// Deletes the lock only if `token` still holds it.
     async fn unlock(&self, key: &str, token: &str) -> Result<(), SharedError>;
-    async fn delete(&self, key: &str) -> Result<(), SharedError>;
+    /// Deletes the entry and raises its version, in one step.
+    async fn invalidate(&self, key: &str) -> Result<(), SharedError>;
 }
 
 pub struct CacheSettings {
@@ -64,6 +75,9 @@ pub struct LayeredCache {
     settings: CacheSettings,
     faults: Arc<FaultSwitch>,
     metrics: PatternMetrics,
+    /// Raised by every invalidation: an in-process load that saw it change may hold a
+    /// value from before the write, and is not kept.
+    invalidations: AtomicU64,
 }
 
 struct ByKind {
@@ -115,6 +129,7 @@ impl LayeredCache {
             settings,
             faults,
             metrics,
+            invalidations: AtomicU64::new(0),
         }
     }
 
@@ -146,9 +161,12 @@ impl LayeredCache {
             return Ok(hit);
         }
         self.count("memory", "miss");
+        let epoch = self.invalidations.load(Ordering::SeqCst);
         if !self.faults.single_flight_enabled() {
             let value = self.load_shared(key, load).await?;
-            self.memory.insert(key.to_string(), value.clone()).await;
+            if self.invalidations.load(Ordering::SeqCst) == epoch {
+                self.memory.insert(key.to_string(), value.clone()).await;
+            }
             return Ok(value);
         }
         let ran = AtomicBool::new(false);
@@ -164,13 +182,19 @@ impl LayeredCache {
                 .cache_coalesced
                 .add(1, &[("cache.layer", "memory")]);
         }
+        // Overtaken by an invalidation: the value may predate the write; answer it
+        // (it was current when read) but do not keep it.
+        if self.invalidations.load(Ordering::SeqCst) != epoch {
+            self.memory.invalidate(key).await;
+        }
         result.map_err(|e: Arc<StoreError>| Arc::try_unwrap(e).unwrap_or_else(StoreError::Shared))
     }
 
     /// Removes `key` from every layer, after the write that changed it committed.
     pub async fn invalidate(&self, key: &str) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         if let Some(shared) = &self.shared {
-            if let Err(e) = shared.delete(key).await {
+            if let Err(e) = shared.invalidate(key).await {
                 tracing::warn!(error = %e, key, "shared cache invalidation failed; the entry expires by TTL");
             }
         }
@@ -315,6 +339,9 @@ impl LayeredCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, StoreError>>,
     {
+        // Read before the load: if an invalidation raises it meanwhile, the loaded
+        // value may predate the write and is not stored.
+        let version = shared.version(key).await;
         let started = Instant::now();
         let value = into_cached(load().await?);
         let ttl = jittered(match value {
@@ -326,8 +353,18 @@ impl LayeredCache {
             delta_ms: started.elapsed().as_millis() as u64,
             expiry_ms: now_ms() + ttl.as_millis() as u64,
         };
-        if let Err(e) = shared.set(key, envelope.encode(), ttl).await {
-            tracing::warn!(error = %e, key, "shared cache write failed");
+        let stored = match version {
+            Ok(version) => {
+                shared
+                    .set_if_version(key, envelope.encode(), ttl, version)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(key, "invalidated during the load; not stored"),
+            Err(e) => tracing::warn!(error = %e, key, "shared cache write failed"),
         }
         Ok(value)
     }

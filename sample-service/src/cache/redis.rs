@@ -64,6 +64,24 @@ fn shared(e: redis::RedisError) -> SharedError {
     SharedError(e.to_string())
 }
 
+/// The version key of an entry.
+fn version_key(key: &str) -> String {
+    format!("ver:{key}")
+}
+
+/// How long a version outlives its last invalidation: far longer than any load.
+const VERSION_TTL_MS: u64 = 24 * 3600 * 1000;
+
+const SET_IF_VERSION: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
+
+const INVALIDATE: &str = r"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])";
+
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
@@ -76,10 +94,33 @@ impl SharedCache for Redis {
             .map_err(shared)
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), SharedError> {
+    async fn version(&self, key: &str) -> Result<u64, SharedError> {
         let mut conn = self.conn();
-        let set = conn.pset_ex(self.key(key), value, ttl.as_millis().max(1) as u64);
-        traced(self.span("SET"), set).await.map_err(shared)
+        let get = conn.get::<_, Option<u64>>(self.key(&version_key(key)));
+        let version = traced(self.span("GET"), get).await.map_err(shared)?;
+        Ok(version.unwrap_or(0))
+    }
+
+    async fn set_if_version(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        version: u64,
+    ) -> Result<bool, SharedError> {
+        let script = Script::new(SET_IF_VERSION);
+        let mut set = script.key(self.key(key));
+        set.key(self.key(&version_key(key)))
+            .arg(value)
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(version.to_string());
+        let stored: i64 = traced(
+            self.span("EVALSHA cache.set"),
+            set.invoke_async(&mut self.conn()),
+        )
+        .await
+        .map_err(shared)?;
+        Ok(stored == 1)
     }
 
     async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, SharedError> {
@@ -106,10 +147,18 @@ impl SharedCache for Redis {
             .map_err(shared)
     }
 
-    async fn delete(&self, key: &str) -> Result<(), SharedError> {
-        self.conn()
-            .del::<_, ()>(self.key(key))
-            .await
-            .map_err(shared)
+    async fn invalidate(&self, key: &str) -> Result<(), SharedError> {
+        let script = Script::new(INVALIDATE);
+        let mut invalidate = script.key(self.key(key));
+        invalidate
+            .key(self.key(&version_key(key)))
+            .arg(VERSION_TTL_MS);
+        traced(
+            self.span("EVALSHA cache.invalidate"),
+            invalidate.invoke_async::<i64>(&mut self.conn()),
+        )
+        .await
+        .map(drop)
+        .map_err(shared)
     }
 }

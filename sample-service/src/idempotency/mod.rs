@@ -139,6 +139,12 @@ fn unquote(rest: &str) -> Option<String> {
     None
 }
 
+/// The store key of `key` used by `subject`: the subject's length first, so no pair of
+/// (subject, key) shares an encoding with another ("a:b" + "c" ≠ "a" + "b:c").
+pub fn scope(subject: &str, key: &str) -> String {
+    format!("{}:{subject}:{key}", subject.len())
+}
+
 /// SHA-256 of method, route, tenant and the body with object keys sorted, so the
 /// same payload in another key order or spacing is the same request.
 pub fn fingerprint(method: &str, route: &str, tenant: &str, body: &serde_json::Value) -> String {
@@ -350,5 +356,11 @@ mod tests {
         assert_eq!(f(&a, "u1"), f(&b, "u1"));
         assert_ne!(f(&a, "u1"), f(&c, "u1"));
         assert_ne!(f(&a, "u1"), f(&a, "u2"));
+    }
+
+    #[test]
+    fn scopes_do_not_collide() {
+        assert_ne!(scope("a:b", "c"), scope("a", "b:c"));
+        assert_ne!(scope("1:a", "b"), scope("1", "a:b"));
     }
 }

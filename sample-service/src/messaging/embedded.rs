@@ -313,6 +313,10 @@ impl Delivery for SledDelivery {
         crate::store::flush(&self.db).await.map_err(broker)
     }
 
+    async fn abandon(self: Box<Self>) {
+        // Dropped unsettled: deliverable again at once (see Drop).
+    }
+
     async fn dead_letter(mut self: Box<Self>, reason: &str) -> Result<(), BrokerError> {
         let seq = self.db.generate_id().map_err(broker)?;
         let key = [

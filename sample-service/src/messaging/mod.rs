@@ -65,7 +65,9 @@ impl Wire {
 /// redelivery counts do not survive a trip through a delay queue.
 pub const ATTEMPT_HEADER: &str = "x-shop-attempt";
 
-/// One message handed to a worker. Exactly one of the three ends it.
+/// One message handed to a worker. Exactly one of the four ends it. A settlement that
+/// fails hands the delivery back to the broker itself (never just drops it: an
+/// unsettled delivery would hold a prefetch slot until the consumer starved).
 #[async_trait]
 pub trait Delivery: Send {
     /// The message, or why it could not be decoded (retrying cannot fix that).
@@ -78,6 +80,9 @@ pub trait Delivery: Send {
     async fn retry(self: Box<Self>, level: u32) -> Result<(), BrokerError>;
     /// Parked in the dead-letter queue.
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BrokerError>;
+    /// Not settled (the worker could not record its outcome): back to the broker,
+    /// to be delivered again.
+    async fn abandon(self: Box<Self>);
 }
 
 pub type Deliveries = BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>>;

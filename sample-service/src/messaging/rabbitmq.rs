@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
@@ -351,6 +351,7 @@ impl Broker for RabbitMq {
             .collect();
         let dead = self.name("dead");
         let stream = consumer.map(move |delivery| {
+            let channel = ch.clone();
             let delivery = delivery.map_err(broker)?;
             let headers = headers_of(&delivery.properties);
             let attempt = headers
@@ -365,6 +366,7 @@ impl Broker for RabbitMq {
                 decoded,
                 headers,
                 attempt,
+                channel,
                 publisher: publisher.clone(),
                 retry_queues: retry_queues.clone(),
                 dead: dead.clone(),
@@ -394,12 +396,44 @@ struct RabbitDelivery {
     decoded: Result<OutboxMessage, String>,
     headers: HashMap<String, String>,
     attempt: u32,
+    /// The consumer's channel, closed when a delivery cannot even be handed back.
+    channel: Channel,
     publisher: Channel,
     retry_queues: Vec<String>,
     dead: String,
 }
 
 impl RabbitDelivery {
+    /// Back to the queue for redelivery (the queue's delivery limit still counts it).
+    /// lapin does not nack a dropped delivery, so this is the only way back short of
+    /// closing the channel — which is what happens when the nack fails: the broker
+    /// then requeues everything the channel held, and the worker consumes anew.
+    async fn give_back(&self) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.delivery.nack(requeue).await {
+            tracing::warn!(error = %e, "nack failed; closing the consumer's channel");
+            if let Err(e) = self
+                .channel
+                .close(200, "a delivery could not be settled")
+                .await
+            {
+                tracing::warn!(error = %e, "closing the consumer's channel failed");
+            }
+        }
+    }
+
+    /// Acknowledges, or hands the delivery back when the acknowledgement fails.
+    async fn ack_or_give_back(&self) -> Result<(), BrokerError> {
+        if let Err(e) = self.delivery.ack(BasicAckOptions::default()).await {
+            self.give_back().await;
+            return Err(broker(e));
+        }
+        Ok(())
+    }
+
     async fn forward(
         self: Box<Self>,
         exchange: &str,
@@ -421,19 +455,19 @@ impl RabbitDelivery {
             .unwrap_or_default();
         // Copy first, then ack: a crash between the two duplicates the message, which
         // the consumers' dedup absorbs; the other order could lose it.
-        RabbitMq::publish_confirmed(
+        if let Err(e) = RabbitMq::publish_confirmed(
             &self.publisher,
             exchange,
             routing_key,
             &self.delivery.data,
             properties(&id, &headers),
         )
-        .await?;
-        self.delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(broker)
-            .map(drop)
+        .await
+        {
+            self.give_back().await;
+            return Err(e);
+        }
+        self.ack_or_give_back().await
     }
 }
 
@@ -448,20 +482,21 @@ impl Delivery for RabbitDelivery {
     }
 
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(broker)
-            .map(drop)
+        self.ack_or_give_back().await
+    }
+
+    async fn abandon(self: Box<Self>) {
+        self.give_back().await;
     }
 
     async fn retry(self: Box<Self>, level: u32) -> Result<(), BrokerError> {
         let index = (level.max(1) as usize - 1).min(self.retry_queues.len().saturating_sub(1));
-        let queue = self
-            .retry_queues
-            .get(index)
-            .cloned()
-            .ok_or_else(|| BrokerError::Broker("no retry queues (max attempts is 1)".into()))?;
+        let Some(queue) = self.retry_queues.get(index).cloned() else {
+            self.give_back().await;
+            return Err(BrokerError::Broker(
+                "no retry queues (max attempts is 1)".into(),
+            ));
+        };
         let next = self.attempt + 1;
         self.forward("", &queue, next, &[]).await
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use agent::{Agent, Destination};
 use tokio_util::sync::CancellationToken;
 
-use super::Broker;
+use super::{Broker, BrokerError};
 use crate::metrics::PatternMetrics;
 use crate::store::{Outbox, OutboxMessage};
 
@@ -23,6 +23,8 @@ pub struct Relay {
     pub agent: Agent,
     pub metrics: PatternMetrics,
     pub poll: Duration,
+    /// Publishes the broker may refuse (unroutable, nacked) before the row is parked.
+    pub max_attempts: u32,
 }
 
 impl Relay {
@@ -50,6 +52,13 @@ impl Relay {
     /// One batch; returns how many rows were published.
     pub async fn relay_once(&self) -> Result<usize, crate::store::StoreError> {
         let claimed = self.outbox.claim(BATCH, LEASE).await?;
+        for (id, reason) in &claimed.undecodable {
+            tracing::error!(message_id = %id, %reason, "undecodable outbox row; parking it");
+            self.outbox
+                .park(*id, &format!("undecodable: {reason}"))
+                .await?;
+        }
+        let claimed = claimed.messages;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -80,6 +89,17 @@ impl Relay {
         for ((m, _), (result, mut span)) in batch.iter().zip(results.into_iter().zip(spans)) {
             match result {
                 Ok(()) => published.push(m.id),
+                // The broker itself refused this message as often as we allow: park
+                // it. (A broker that is down or slow is no reason: those rows wait.)
+                Err(e @ BrokerError::Refused(_))
+                    if m.attempts.max(0) as u32 + 1 >= self.max_attempts =>
+                {
+                    span.set_status(agent::Status::Error(e.to_string().into()));
+                    tracing::error!(error = %e, message_id = %m.id, attempts = m.attempts + 1, "the broker keeps refusing this message; parking it");
+                    self.outbox
+                        .park(m.id, &format!("refused {} times: {e}", m.attempts + 1))
+                        .await?;
+                }
                 Err(e) => {
                     span.set_status(agent::Status::Error(e.to_string().into()));
                     let backoff = Duration::from_millis(200)

@@ -86,7 +86,7 @@ impl Workers {
                 tracing::error!(queue = %destination, %reason, "dead-lettering a malformed message");
                 self.metrics.queue_dead_letters.add(1, &dest_attr());
                 if let Err(e) = delivery.dead_letter(&reason).await {
-                    tracing::warn!(error = %e, "dead-lettering failed; the broker redelivers it");
+                    tracing::warn!(error = %e, "dead-lettering failed; handed back to the broker");
                 }
                 return;
             }
@@ -124,10 +124,14 @@ impl Workers {
                 Err(failure) if attempt >= self.max_attempts => {
                     let reason = failure.to_string();
                     tracing::error!(message_id = %message.id, order_id = %message.aggregate_id, attempt, %reason, "giving up: dead-lettering");
-                    self.effects
+                    if let Err(e) = self
+                        .effects
                         .dead_letter(&destination, &message, attempt as i32, &reason)
                         .await
-                        .map_err(|e| e.to_string())?;
+                    {
+                        delivery.abandon().await;
+                        return Err(format!("recording the dead letter: {e}"));
+                    }
                     self.metrics.queue_dead_letters.add(1, &dest_attr());
                     delivery.dead_letter(&reason).await.map_err(|e| e.to_string())
                 }
@@ -141,7 +145,7 @@ impl Workers {
         .with_context(context)
         .await;
         if let Err(e) = outcome {
-            // Unacknowledged: the broker redelivers it, and the dedup record makes
+            // Handed back to the broker: it redelivers it, and the dedup record makes
             // the repeat harmless.
             span.set_status(Status::Error(e.clone().into()));
             tracing::warn!(error = %e, message_id = %message.id, "could not settle the message");

@@ -190,10 +190,12 @@ impl Permit {
 }
 
 impl Drop for Permit {
-    /// A call abandoned before it finished (its caller was cancelled) counts as a failure.
+    /// A call abandoned before it finished (the client went away, the request
+    /// deadline passed) says nothing about the dependency: no outcome is counted, and
+    /// an abandoned probe only frees the probe slot for the next caller.
     fn drop(&mut self) {
-        if !self.recorded {
-            self.breaker.record(self.probe, false);
+        if !self.recorded && self.probe {
+            self.breaker.lock().probe_in_flight = false;
         }
     }
 }
@@ -247,6 +249,30 @@ mod tests {
         b.try_acquire().unwrap().record(true);
         assert_eq!(b.state(), State::Closed);
         b.try_acquire().unwrap().record(true);
+    }
+
+    #[test]
+    fn abandoned_calls_are_not_failures() {
+        let b = breaker(Duration::from_millis(300));
+        // Callers cancelled (client gone, request deadline) before the call ended.
+        for _ in 0..10 {
+            drop(b.try_acquire().unwrap());
+        }
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "cancelled calls opened the breaker"
+        );
+        for _ in 0..4 {
+            b.try_acquire().unwrap().record(false);
+        }
+        assert_eq!(b.state(), State::Open);
+        std::thread::sleep(Duration::from_millis(350));
+        // An abandoned probe frees the probe slot and decides nothing.
+        drop(b.try_acquire().unwrap());
+        assert_eq!(b.state(), State::HalfOpen);
+        b.try_acquire().unwrap().record(true);
+        assert_eq!(b.state(), State::Closed);
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! "theoretical arrival time"; a request is allowed while that time is at most
 //! `burst` emission intervals ahead of now. One number per key, no timers.
 //!
-//! Keyed by API token (hashed), else by client IP; `X-Forwarded-For` is not trusted.
+//! Keyed by the verified principal (the token's `sub`), else by client IP: a token
+//! that does not verify is no principal, so minting random ones buys no new bucket.
+//! `X-Forwarded-For` names the client only when the peer is a configured proxy.
 //! The bucket lives in Redis (one script, atomic) so all replicas share the limit; a
 //! failing Redis lets requests through (the limit protects capacity, and refusing
 //! everything because Redis is down would be the worse outage).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,11 +19,13 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
 use crate::api::problem::Problem;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::cache::redis::Redis;
 
 #[derive(Clone, Copy, Debug)]
@@ -175,25 +179,48 @@ impl RateLimiter for LocalRateLimiter {
     }
 }
 
-/// Who is limited: the API token if the request has one, else the peer address.
-fn limit_key(request: &Request) -> (String, &'static str) {
-    let token = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    if let Some(token) = token {
-        let digest = Sha256::digest(token.as_bytes());
+/// Who is limited: the verified principal, else the client address.
+fn limit_key(principal: Option<&Principal>, client: Option<IpAddr>) -> (String, &'static str) {
+    if let Some(p) = principal {
+        let digest = Sha256::digest(p.subject.as_bytes());
         let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        return (format!("token:{hex}"), "token");
+        return (format!("sub:{hex}"), "token");
     }
-    let ip = request
+    let ip = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    (format!("ip:{ip}"), "ip")
+}
+
+/// The client's address: the peer's, or — when the peer is a trusted proxy — the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries left
+/// of it are the client's own claims).
+pub fn client_ip(request: &Request, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
-    (format!("ip:{ip}"), "ip")
+        .map(|c| c.0.ip())?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let hops = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            break; // not an address: nothing left of it can be trusted
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 fn set_headers(response: &mut Response, policy: Policy, d: &Decision) {
@@ -217,9 +244,16 @@ fn set_headers(response: &mut Response, policy: Policy, d: &Decision) {
     );
 }
 
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let policy = state.rate_policy;
-    let (key, kind) = limit_key(&request);
+    // Verified once here; the handlers' extractor takes the result from the request.
+    let verified = crate::auth::verify_request(&state, &mut request);
+    let client = client_ip(&request, &state.trusted_proxies);
+    let (key, kind) = limit_key(verified.as_ref(), client);
     let decision = match state.rate_limiter.check(&key, policy).await {
         Ok(d) => d,
         Err(e) => {

@@ -29,6 +29,8 @@ pub struct Embedded {
     outbox: Tree,
     /// Ids of unpublished outbox rows (v7 UUIDs: oldest first).
     pending: Tree,
+    /// Rows the relay gave up on: id → reason ‖ 0 ‖ the row as stored.
+    parked: Tree,
     processed: Tree,
     /// `order id ‖ message id` → amount.
     payments: Tree,
@@ -52,6 +54,10 @@ struct OrderRecord {
     phone: String,
     payment_method: String,
     created_at: DateTime<Utc>,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    response: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,6 +109,7 @@ impl Embedded {
             order_keys: tree("order_keys")?,
             outbox: tree("outbox")?,
             pending: tree("outbox_pending")?,
+            parked: tree("outbox_parked")?,
             processed: tree("processed_messages")?,
             payments: tree("payments")?,
             notifications: tree("notifications")?,
@@ -250,6 +257,8 @@ impl Orders for Embedded {
             phone: order.phone.clone(),
             payment_method: order.payment_method.clone(),
             created_at: Utc::now(),
+            fingerprint: Some(order.fingerprint.clone()),
+            response: Some(order.response.clone()),
         });
         let now = now_ms();
         let rows: Vec<(Uuid, Vec<u8>)> = order
@@ -274,10 +283,18 @@ impl Orders for Embedded {
         let result = (&self.orders, &self.order_keys, &self.outbox, &self.pending)
             .transaction(|(orders, keys, outbox, pending)| {
                 if let Some(existing) = keys.get(&key)? {
-                    let id = Uuid::from_slice(&existing).map_err(|e| {
-                        ConflictableTransactionError::Abort(StoreError::Malformed(e.to_string()))
+                    let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+                    let id = Uuid::from_slice(&existing)
+                        .map_err(|e| abort(StoreError::Malformed(e.to_string())))?;
+                    let stored = orders.get(id.as_bytes())?.ok_or_else(|| {
+                        abort(StoreError::Malformed(format!("order {id} is missing")))
                     })?;
-                    return Ok(CreateOrder::Exists(id));
+                    let stored: OrderRecord = parse(&stored).map_err(abort)?;
+                    return Ok(CreateOrder::Exists(ExistingOrder {
+                        id,
+                        fingerprint: stored.fingerprint,
+                        response: stored.response,
+                    }));
                 }
                 keys.insert(key.as_slice(), order.id.as_bytes().as_slice())?;
                 orders.insert(order.id.as_bytes().as_slice(), record.as_slice())?;
@@ -328,26 +345,33 @@ impl Orders for Embedded {
 
 #[async_trait]
 impl Outbox for Embedded {
-    async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxMessage>> {
+    async fn claim(&self, limit: i64, lease: Duration) -> Result<Claimed> {
         let _one_at_a_time = self.claim.lock().await;
         let now = now_ms();
-        let mut claimed = Vec::new();
+        let mut claimed = Claimed::default();
         for key in self.pending.iter().keys() {
-            if claimed.len() as i64 >= limit {
+            if (claimed.messages.len() + claimed.undecodable.len()) as i64 >= limit {
                 break;
             }
             let key = key?;
+            let id = Uuid::from_slice(&key).map_err(|e| StoreError::Malformed(e.to_string()))?;
             let Some(raw) = self.outbox.get(&key)? else {
                 continue;
             };
-            let mut row: OutboxRow = parse(&raw)?;
+            let mut row: OutboxRow = match parse(&raw) {
+                Ok(row) => row,
+                Err(e) => {
+                    claimed.undecodable.push((id, e.to_string()));
+                    continue;
+                }
+            };
             if row.published || row.available_ms > now || row.locked_until_ms > now {
                 continue;
             }
             row.locked_until_ms = now + lease.as_millis() as i64;
             self.outbox.insert(&key, json(&row))?;
-            claimed.push(OutboxMessage {
-                id: Uuid::from_slice(&key).map_err(|e| StoreError::Malformed(e.to_string()))?,
+            claimed.messages.push(OutboxMessage {
+                id,
                 aggregate_id: row.aggregate_id,
                 event_type: row.event_type,
                 payload: row.payload,
@@ -386,6 +410,20 @@ impl Outbox for Embedded {
             self.outbox.insert(id.as_bytes(), json(&row))?;
         }
         Ok(())
+    }
+
+    async fn park(&self, id: Uuid, reason: &str) -> Result<()> {
+        let key = id.as_bytes().as_slice();
+        (&self.outbox, &self.pending, &self.parked)
+            .transaction(|(outbox, pending, parked)| {
+                if let Some(raw) = outbox.remove(key)? {
+                    parked.insert(key, [reason.as_bytes(), &[0], &raw].concat())?;
+                }
+                pending.remove(key)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_error)?;
+        self.flush().await
     }
 
     async fn lag_seconds(&self) -> Result<f64> {

@@ -82,6 +82,10 @@ pub struct NewOrder {
     pub email: String,
     pub phone: String,
     pub payment_method: String,
+    /// The request's idempotency fingerprint and the answer given to it, kept with the
+    /// order for the back-stop.
+    pub fingerprint: String,
+    pub response: serde_json::Value,
     pub events: Vec<NewEvent>,
 }
 
@@ -122,7 +126,16 @@ impl EventType {
 pub enum CreateOrder {
     Created,
     /// The UNIQUE (tenant, idempotency_key) back-stop fired: this order already exists.
-    Exists(Uuid),
+    Exists(ExistingOrder),
+}
+
+/// The order a key already placed, as the back-stop found it.
+#[derive(Debug)]
+pub struct ExistingOrder {
+    pub id: Uuid,
+    /// None for orders stored before fingerprints were kept.
+    pub fingerprint: Option<String>,
+    pub response: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -156,6 +169,14 @@ pub struct OutboxMessage {
     pub attempts: i32,
 }
 
+/// What one claim took: the rows to publish, and those that could not be decoded
+/// (id and why), to be parked.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub messages: Vec<OutboxMessage>,
+    pub undecodable: Vec<(Uuid, String)>,
+}
+
 /// The outcome of a consumer applying one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -184,10 +205,12 @@ pub trait Orders: Send + Sync {
 pub trait Outbox: Send + Sync {
     /// Claims up to `limit` due, unpublished rows for `lease` (rows claimed by another
     /// relay are skipped, not waited for).
-    async fn claim(&self, limit: i64, lease: std::time::Duration) -> Result<Vec<OutboxMessage>>;
+    async fn claim(&self, limit: i64, lease: std::time::Duration) -> Result<Claimed>;
     async fn mark_published(&self, ids: &[Uuid]) -> Result<()>;
     /// Puts a row back for a later attempt after a failed publish.
     async fn release(&self, id: Uuid, retry_in: std::time::Duration, error: &str) -> Result<()>;
+    /// Moves a row out of the outbox into the parked rows, with `reason`.
+    async fn park(&self, id: Uuid, reason: &str) -> Result<()>;
     /// Age of the oldest unpublished row, in seconds (0 when none).
     async fn lag_seconds(&self) -> Result<f64>;
     /// Resolves when new rows may be waiting, or after `timeout` (the polling fallback).

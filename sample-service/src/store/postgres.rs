@@ -181,7 +181,8 @@ impl Postgres {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO orders (id, tenant, idempotency_key, status, items, total_cents, email, \
-             phone, payment_method) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8)",
+             phone, payment_method, request_fingerprint, response) \
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(order.id)
         .bind(&order.tenant)
@@ -191,6 +192,8 @@ impl Postgres {
         .bind(&order.email)
         .bind(&order.phone)
         .bind(&order.payment_method)
+        .bind(&order.fingerprint)
+        .bind(&order.response)
         .execute(&mut *tx)
         .await?;
         for event in &order.events {
@@ -221,14 +224,19 @@ impl Orders for Postgres {
         match traced(self.span("INSERT orders"), self.insert_order(&order)).await {
             Ok(()) => Ok(CreateOrder::Created),
             Err(e) if is_unique_violation(&e) => {
-                let id: Uuid = sqlx::query_scalar(
-                    "SELECT id FROM orders WHERE tenant = $1 AND idempotency_key = $2",
+                let (id, fingerprint, response) = sqlx::query_as(
+                    "SELECT id, request_fingerprint, response FROM orders \
+                     WHERE tenant = $1 AND idempotency_key = $2",
                 )
                 .bind(&order.tenant)
                 .bind(&order.idempotency_key)
                 .fetch_one(&self.pool)
                 .await?;
-                Ok(CreateOrder::Exists(id))
+                Ok(CreateOrder::Exists(ExistingOrder {
+                    id,
+                    fingerprint,
+                    response,
+                }))
             }
             Err(e) => Err(e.into()),
         }
@@ -285,7 +293,7 @@ fn outbox_message(row: &PgRow) -> Result<OutboxMessage> {
 
 #[async_trait]
 impl Outbox for Postgres {
-    async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxMessage>> {
+    async fn claim(&self, limit: i64, lease: Duration) -> Result<Claimed> {
         // SKIP LOCKED: relays on several replicas take disjoint rows without waiting
         // on each other; the lease hides claimed rows until published or released.
         let rows = traced(
@@ -302,7 +310,34 @@ impl Outbox for Postgres {
             .fetch_all(&self.pool),
         )
         .await?;
-        rows.iter().map(outbox_message).collect()
+        // Row by row: one undecodable row must not fail the batch (and every later
+        // batch that claims it).
+        let mut claimed = Claimed::default();
+        for row in &rows {
+            match outbox_message(row) {
+                Ok(m) => claimed.messages.push(m),
+                Err(e) => claimed
+                    .undecodable
+                    .push((row.try_get("id")?, e.to_string())),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn park(&self, id: Uuid, reason: &str) -> Result<()> {
+        traced(
+            self.span("DELETE outbox"),
+            sqlx::query(
+                "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
+                 INSERT INTO outbox_parked (id, row, reason) \
+                 SELECT id, to_jsonb(moved), $2 FROM moved ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(reason)
+            .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn mark_published(&self, ids: &[Uuid]) -> Result<()> {

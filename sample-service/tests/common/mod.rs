@@ -19,7 +19,8 @@ pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIS: &str = "redis://127.0.0.1:6379/";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-const PRIVATE_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-private.pem");
+pub const DEV_PRIVATE_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-private.pem");
+const PRIVATE_KEY: &str = DEV_PRIVATE_KEY;
 const PUBLIC_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev-keys/jwt-public.pem");
 
 /// One test's share of the backends: a fresh database (migrated by the shop), a
@@ -104,6 +105,8 @@ impl Env {
             Some(dir) => Config::embedded_in(dir.path(), &self.name),
             None => Config::for_backends(&self.database_url, REDIS, AMQP, &self.name),
         };
+        // The tests' tokens are signed with the committed development key.
+        c.dev = true;
         // Tests send bursts from one address: only the rate-limit tests limit.
         c.rate_limit_per_second = 1_000_000.0;
         c.rate_limit_burst = 1_000_000;
@@ -137,18 +140,7 @@ impl Env {
         if let Ok(broker) = rabbitmq::RabbitMq::connect(settings).await {
             let _ = broker.delete_topology().await;
         }
-        if let Ok(client) = redis::Client::open(REDIS) {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}:*", self.name))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                }
-            }
-        }
+        delete_redis_keys(&self.name).await;
         let admin = admin().await;
         let _ = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -157,6 +149,26 @@ impl Env {
         .execute(&admin)
         .await;
     }
+}
+
+/// Deletes the Redis keys under `prefix` (and nothing else: the server is shared);
+/// returns how many there were.
+pub async fn delete_redis_keys(prefix: &str) -> usize {
+    let Ok(client) = redis::Client::open(REDIS) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+    }
+    keys.len()
 }
 
 async fn admin() -> PgPool {
@@ -231,6 +243,46 @@ pub fn token_with(subject: &str, scope: &str, audience: &str, expires_in: i64) -
     encode(&header, &claims, &key).unwrap()
 }
 
+pub const ROTATED_PRIVATE_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/keys/rotated-private.pem"
+);
+/// The public keys `dev-1` and `dev-2` as a JWKS.
+pub const JWKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/jwks.json");
+
+/// Claims the shop accepts, to change one at a time.
+pub fn good_claims(subject: &str, scope: &str) -> serde_json::Value {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    json!({
+        "iss": "shop-dev", "aud": "shop-api", "sub": subject, "scope": scope,
+        "iat": now, "nbf": now - 5, "exp": now + 3600,
+    })
+}
+
+/// `claims` signed RS256 with `private_key` under `kid`.
+pub fn sign(claims: &serde_json::Value, kid: &str, private_key: &str) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(private_key).unwrap()).unwrap();
+    encode(&header, claims, &key).unwrap()
+}
+
+/// An unsigned token (`alg: none`) with valid claims.
+pub fn unsigned(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT", "kid": "dev-1"})),
+        b64(claims)
+    )
+}
+
 /// A token signed HS256 with the public key's PEM as the secret: the classic
 /// algorithm-confusion attack on RS256 verifiers.
 pub fn hs256_with_public_key(subject: &str) -> String {
@@ -302,6 +354,8 @@ impl ShopProcess {
             .env("SHOP_RATE_LIMIT_PER_SECOND", "1000000")
             .env("SHOP_RATE_LIMIT_BURST", "1000000")
             .env("SHOP_MAX_CONCURRENCY", "2000")
+            // The committed development key verifies the tests' tokens.
+            .env("SHOP_DEV", "true")
             .env("OTEL_SDK_DISABLED", "true")
             .env("RUST_LOG", "warn")
             // SHOP_TEST_LOGS=1 shows the child's JSON log lines.
@@ -327,6 +381,16 @@ impl ShopProcess {
         let child = cmd.spawn().expect("spawn the shop");
         let base = format!("http://127.0.0.1:{port}");
         ShopProcess { child, base }
+    }
+
+    /// Stops the process the way an operator would (SIGTERM): it finishes what it
+    /// holds, flushes and exits.
+    pub async fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let exited = self.wait_exit(Duration::from_secs(20)).await;
+        assert!(exited.is_some(), "the shop did not stop on SIGTERM");
     }
 
     pub fn kill(&mut self) {
@@ -427,6 +491,50 @@ pub async fn orders_and_outbox(env: &Env) -> (i64, i64) {
             (count("orders"), count("outbox"))
         }
     }
+}
+
+/// A connection to the local RabbitMQ, on the test's tokio runtime.
+pub async fn amqp_connection() -> lapin::Result<lapin::Connection> {
+    lapin::Connection::connect(
+        AMQP,
+        lapin::ConnectionProperties::default()
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio::current()),
+    )
+    .await
+}
+
+/// Messages waiting in the test's work and retry queues, once no consumer holds any:
+/// `None` while a consumer is still attached (its unacknowledged deliveries are not
+/// counted by the broker until it lets them go).
+pub async fn queued_without_consumers(env: &Env) -> Option<u32> {
+    let amqp = amqp_connection().await.ok()?;
+    let ch = amqp.create_channel().await.ok()?;
+    let config = env.config();
+    let mut queues = Vec::new();
+    for q in ["payment", "email", "sms"] {
+        queues.push(format!("{}.{q}", env.name));
+        for level in 1..config.max_attempts {
+            queues.push(format!("{}.{q}.retry.{level}", env.name));
+        }
+    }
+    let mut waiting = 0;
+    for q in queues {
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare(&q, passive, lapin::types::FieldTable::default())
+            .await
+            .ok()?;
+        if q.consumer_count() > 0 {
+            return None;
+        }
+        waiting += q.message_count();
+    }
+    let _ = amqp.close(200, "counted").await;
+    Some(waiting)
 }
 
 /// A counter from the shop's Prometheus text, summed over the series whose labels
