@@ -1,6 +1,7 @@
 //! The [`Agent`] handle, its [`AgentBuilder`] and the [`AgentGuard`] whose drop
 //! flushes everything within a bounded deadline.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,7 +22,7 @@ use crate::metrics::{Counter, Gauge, MetricsSnapshot};
 use crate::propagation::{Extractor, Injector, Propagators};
 use crate::queue::Queue;
 use crate::sampler::Sampler;
-use crate::span::{Span, SpanData, SpanKind, Str};
+use crate::span::{Span, SpanData, SpanKind, Str, Value};
 
 #[derive(Debug, Error)]
 pub enum InitError {
@@ -33,6 +34,8 @@ pub enum InitError {
     SubscriberInstalled(String),
     #[error("export header {name:?} is not a valid header")]
     InvalidHeader { name: String },
+    #[error("export TLS: {0}")]
+    Tls(#[from] crate::export::tls::TlsError),
     #[error("endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("cannot start the agent's export thread: {0}")]
@@ -114,6 +117,8 @@ const NAME_CACHE_CAPACITY: usize = 4096;
 /// State shared by every handle, layer and span of one agent.
 pub(crate) struct Shared {
     pub service_name: String,
+    /// `service.name`, `service.instance.id`, host, process, … (see `resource.rs`).
+    pub resource: Vec<(Cow<'static, str>, Value)>,
     pub sampler: Sampler,
     pub propagators: Propagators,
     /// False when `OTEL_SDK_DISABLED`: spans are not recorded.
@@ -181,6 +186,11 @@ impl Agent {
 
     pub fn service_name(&self) -> &str {
         &self.shared.service_name
+    }
+
+    /// The resource attributes every export carries (`service.instance.id`, …).
+    pub fn resource(&self) -> &[(Cow<'static, str>, Value)] {
+        &self.shared.resource
     }
 
     /// A span whose parent is the current context (if any).
@@ -472,6 +482,7 @@ impl AgentBuilder {
         let config = self.config?;
         let shared = Arc::new(Shared {
             service_name: config.service_name.clone(),
+            resource: crate::resource::build(&config),
             sampler: config.sampler,
             propagators: config.propagators,
             recording: !config.disabled,

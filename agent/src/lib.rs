@@ -32,14 +32,16 @@ pub mod messaging;
 pub mod metrics;
 pub mod propagation;
 mod queue;
+pub mod resource;
 pub mod sampler;
 pub mod span;
 
 pub use agent::{
     Agent, AgentBuilder, AgentGuard, AgentStats, InitError, LogWriter, ShutdownError, SignalStats,
 };
-pub use config::{Compression, Config, ConfigError, Protocol, Signal};
+pub use config::{Compression, Config, ConfigError, Protocol, Signal, TlsConfig};
 pub use context::{Context, FutureExt, SpanContext, SpanId, TraceId};
+pub use export::tls::TlsError;
 pub use http::client::SendTraced;
 pub use messaging::Destination;
 pub use propagation::{Extractor, Injector, Propagators};

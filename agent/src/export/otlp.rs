@@ -17,7 +17,6 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 
-use crate::config::Config;
 use crate::logs::{is_transport_target, severity_number, FieldValue, LogEvent};
 use crate::metrics::{
     InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, SeriesSnapshot,
@@ -26,7 +25,7 @@ use crate::metrics::{
 use crate::span::{SpanData, SpanKind, Status as SpanStatus, Value};
 
 pub const SCOPE_NAME: &str = "agent";
-pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const SCOPE_VERSION: &str = crate::resource::SDK_VERSION;
 pub const DURATION_METRIC: &str = "http.server.request.duration";
 /// The hdrhistogram quantiles of the same durations.
 pub const DURATION_SUMMARY_METRIC: &str = "http.server.request.duration.summary";
@@ -53,21 +52,12 @@ fn scope(name: &str) -> Option<InstrumentationScope> {
 }
 
 /// Built once at start and cloned into each request.
-pub(crate) fn resource(config: &Config) -> Resource {
-    let mut attributes = vec![
-        str_kv("service.name", config.service_name.clone()),
-        str_kv("telemetry.sdk.name", "agent"),
-        str_kv("telemetry.sdk.language", "rust"),
-        str_kv("telemetry.sdk.version", SCOPE_VERSION),
-    ];
-    attributes.extend(
-        config
-            .resource_attributes
-            .iter()
-            .map(|(k, v)| str_kv(k.clone(), v.clone())),
-    );
+pub(crate) fn resource(attributes: &[(std::borrow::Cow<'static, str>, Value)]) -> Resource {
     Resource {
-        attributes,
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| kv(k.to_string(), value(v.clone())))
+            .collect(),
         ..Default::default()
     }
 }
