@@ -130,6 +130,7 @@ pub(crate) struct Shared {
     /// Log records written to stdout and waiting for export.
     pub log_export: Queue<LogEvent>,
     pub red: RedMetrics,
+    pub rpc: crate::metrics::rpc::RpcMetrics,
     pub instruments: Instruments,
     pub span_counts: ExportCounts,
     pub log_counts: ExportCounts,
@@ -154,6 +155,7 @@ impl Shared {
         MetricsSnapshot {
             service_name: self.service_name.clone(),
             series: self.red.snapshot(),
+            rpc: self.rpc.snapshot(),
             counters,
             gauges,
             stats: self.stats(),
@@ -491,6 +493,7 @@ impl AgentBuilder {
             logs: Queue::new(config.log_queue_capacity, config.max_export_batch),
             log_export: Queue::new(config.log_queue_capacity, config.max_export_batch),
             red: RedMetrics::new(config.max_metric_series),
+            rpc: crate::metrics::rpc::RpcMetrics::new(config.max_metric_series),
             instruments: Instruments::new(config.max_metric_series),
             span_counts: ExportCounts::default(),
             log_counts: ExportCounts::default(),

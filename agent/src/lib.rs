@@ -25,6 +25,7 @@ mod agent;
 pub mod config;
 pub mod context;
 mod export;
+pub mod grpc;
 pub mod http;
 mod intern;
 pub mod logs;

@@ -162,18 +162,9 @@ async fn flaky_grpc_front(collector: &TestCollector, fail: usize) -> (String, Ar
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(front))
-            .serve_with_incoming(tokio_stream_listener(listener)),
+            .serve_with_incoming(common::incoming(listener)),
     );
     (format!("http://{addr}"), calls)
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| s);
-        Some((accepted, listener))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

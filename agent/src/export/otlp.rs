@@ -19,8 +19,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 
 use crate::logs::{is_transport_target, severity_number, FieldValue, LogEvent};
 use crate::metrics::{
-    InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, SeriesSnapshot,
-    DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
+    InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
+    SeriesSnapshot, DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
 };
 use crate::span::{SpanData, SpanKind, Status as SpanStatus, Value};
 
@@ -283,6 +283,113 @@ fn instrument_metrics(snapshot: &MetricsSnapshot, now_unix_nanos: u64) -> (Vec<M
     (metrics, points)
 }
 
+/// One RED series as a point of the duration histogram (seconds).
+fn histogram_point(
+    attributes: Vec<KeyValue>,
+    s: &SeriesSnapshot,
+    (start_unix_nanos, now_unix_nanos): (u64, u64),
+) -> HistogramDataPoint {
+    HistogramDataPoint {
+        attributes,
+        start_time_unix_nano: start_unix_nanos,
+        time_unix_nano: now_unix_nanos,
+        count: s.requests,
+        sum: Some(s.sum_seconds),
+        bucket_counts: s.bucket_counts.clone(),
+        explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
+        min: Some(s.min_seconds),
+        max: Some(s.quantile_seconds(QUANTILES.len() - 1)),
+        ..Default::default()
+    }
+}
+
+/// The same series' exact quantiles.
+fn summary_point(
+    attributes: Vec<KeyValue>,
+    s: &SeriesSnapshot,
+    (start_unix_nanos, now_unix_nanos): (u64, u64),
+) -> SummaryDataPoint {
+    SummaryDataPoint {
+        attributes,
+        start_time_unix_nano: start_unix_nanos,
+        time_unix_nano: now_unix_nanos,
+        count: s.requests,
+        sum: s.sum_seconds,
+        quantile_values: QUANTILES
+            .iter()
+            .enumerate()
+            .map(|(i, q)| summary_data_point::ValueAtQuantile {
+                quantile: *q,
+                value: s.quantile_seconds(i),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn rpc_attributes(s: &RpcSeriesSnapshot) -> Vec<KeyValue> {
+    if s.is_overflow() {
+        return vec![
+            str_kv("rpc.system", "grpc"),
+            kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)),
+        ];
+    }
+    vec![
+        str_kv("rpc.system", "grpc"),
+        str_kv("rpc.service", s.service.to_string()),
+        str_kv("rpc.method", s.method.to_string()),
+        kv(
+            "rpc.grpc.status_code",
+            any_value::Value::IntValue(i64::from(s.code)),
+        ),
+    ]
+}
+
+/// `rpc.{server,client}.call.duration` (histogram, seconds) and its exact
+/// quantiles (`….summary`), as for HTTP.
+fn rpc_metrics(series: &[RpcSeriesSnapshot], times: (u64, u64)) -> (Vec<Metric>, u64) {
+    let mut metrics = Vec::new();
+    let mut points = 0;
+    for side in [RpcSide::Server, RpcSide::Client] {
+        let side_series: Vec<&RpcSeriesSnapshot> =
+            series.iter().filter(|s| s.side == side).collect();
+        if side_series.is_empty() {
+            continue;
+        }
+        let name = format!("rpc.{}.call.duration", side.as_str());
+        let histogram_points: Vec<HistogramDataPoint> = side_series
+            .iter()
+            .map(|s| histogram_point(rpc_attributes(s), &s.durations, times))
+            .collect();
+        let summary_points: Vec<SummaryDataPoint> = side_series
+            .iter()
+            .map(|s| summary_point(rpc_attributes(s), &s.durations, times))
+            .collect();
+        points += (histogram_points.len() + summary_points.len()) as u64;
+        metrics.push(Metric {
+            name: name.clone(),
+            description: format!("Duration of gRPC calls ({} side).", side.as_str()),
+            unit: "s".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: histogram_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        });
+        metrics.push(Metric {
+            name: format!("{name}.summary"),
+            description:
+                "Quantiles of the same durations (hdrhistogram); quantile 1 is the maximum.".into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Summary(Summary {
+                data_points: summary_points,
+            })),
+            ..Default::default()
+        });
+    }
+    (metrics, points)
+}
+
 /// Cumulative since `start`: each export carries everything since the agent
 /// started, so a lost export loses nothing but freshness. The service's own
 /// instruments go in a scope named after the service.
@@ -294,39 +401,14 @@ pub(crate) fn metrics_request(
 ) -> (ExportMetricsServiceRequest, u64) {
     let series = &snapshot.series;
     let stats = &snapshot.stats;
+    let times = (start_unix_nanos, now_unix_nanos);
     let histogram_points: Vec<HistogramDataPoint> = series
         .iter()
-        .map(|s| HistogramDataPoint {
-            attributes: series_attributes(s),
-            start_time_unix_nano: start_unix_nanos,
-            time_unix_nano: now_unix_nanos,
-            count: s.requests,
-            sum: Some(s.sum_seconds),
-            bucket_counts: s.bucket_counts.clone(),
-            explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
-            min: Some(s.min_seconds),
-            max: Some(s.quantile_seconds(QUANTILES.len() - 1)),
-            ..Default::default()
-        })
+        .map(|s| histogram_point(series_attributes(s), s, times))
         .collect();
     let summary_points: Vec<SummaryDataPoint> = series
         .iter()
-        .map(|s| SummaryDataPoint {
-            attributes: series_attributes(s),
-            start_time_unix_nano: start_unix_nanos,
-            time_unix_nano: now_unix_nanos,
-            count: s.requests,
-            sum: s.sum_seconds,
-            quantile_values: QUANTILES
-                .iter()
-                .enumerate()
-                .map(|(i, q)| summary_data_point::ValueAtQuantile {
-                    quantile: *q,
-                    value: s.quantile_seconds(i),
-                })
-                .collect(),
-            ..Default::default()
-        })
+        .map(|s| summary_point(series_attributes(s), s, times))
         .collect();
     let dropped_points: Vec<NumberDataPoint> = stats
         .by_signal()
@@ -346,8 +428,10 @@ pub(crate) fn metrics_request(
         })
         .collect();
     let (instrument_metrics, instrument_points) = instrument_metrics(snapshot, now_unix_nanos);
+    let (rpc_metrics, rpc_points) = rpc_metrics(&snapshot.rpc, times);
     let points = (histogram_points.len() + summary_points.len() + dropped_points.len()) as u64
-        + instrument_points;
+        + instrument_points
+        + rpc_points;
     let mut metrics = Vec::new();
     if !series.is_empty() {
         metrics.push(Metric {
@@ -372,6 +456,7 @@ pub(crate) fn metrics_request(
             ..Default::default()
         });
     }
+    metrics.extend(rpc_metrics);
     metrics.push(Metric {
         name: DROPPED_METRIC.into(),
         description: "Spans, log records and metric points the agent dropped.".into(),

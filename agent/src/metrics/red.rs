@@ -69,7 +69,9 @@ struct SeriesState {
     histogram: Histogram<u64>,
 }
 
-struct Series {
+/// One series' request count, errors and durations (also the unit of the gRPC
+/// RED in `rpc.rs`).
+pub(crate) struct Series {
     method: &'static str,
     route: Arc<str>,
     status_class: StatusClass,
@@ -77,7 +79,7 @@ struct Series {
 }
 
 impl Series {
-    fn new(method: &'static str, route: Arc<str>, status_class: StatusClass) -> Series {
+    pub(crate) fn new(method: &'static str, route: Arc<str>, status_class: StatusClass) -> Series {
         Series {
             method,
             route,
@@ -95,7 +97,7 @@ impl Series {
         }
     }
 
-    fn record(&self, micros: u64, error: bool) {
+    pub(crate) fn record(&self, micros: u64, error: bool) {
         let bucket = DURATION_BUCKETS_MICROS
             .iter()
             .position(|b| micros <= *b)
@@ -112,7 +114,7 @@ impl Series {
         }
     }
 
-    fn snapshot(&self) -> SeriesSnapshot {
+    pub(crate) fn snapshot(&self) -> SeriesSnapshot {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let quantiles_micros = QUANTILES.map(|q| {
             if s.histogram.is_empty() {

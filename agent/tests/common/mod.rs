@@ -73,6 +73,16 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// A listener's connections as the stream tonic's `serve_with_incoming` takes.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    })
+}
+
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 pub struct SpanRow {
     #[serde(rename = "TraceId")]
