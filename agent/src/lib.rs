@@ -44,7 +44,7 @@ pub use http::client::SendTraced;
 pub use messaging::Destination;
 pub use propagation::{Extractor, Injector, Propagators};
 pub use sampler::Sampler;
-pub use span::{Span, SpanKind, Status, Str, Value};
+pub use span::{Array, Attribute, Span, SpanKind, Status, Str, Value};
 
 /// Configures from the environment and installs globally (see [`AgentBuilder::init`]).
 pub fn init() -> Result<AgentGuard, InitError> {
