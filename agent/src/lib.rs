@@ -34,6 +34,7 @@ pub mod propagation;
 mod queue;
 pub mod sampler;
 pub mod span;
+pub mod tracing_layer;
 
 pub use agent::{
     Agent, AgentBuilder, AgentGuard, AgentStats, InitError, LogWriter, ShutdownError, SignalStats,
@@ -45,6 +46,7 @@ pub use messaging::Destination;
 pub use propagation::{Extractor, Injector, Propagators};
 pub use sampler::Sampler;
 pub use span::{Array, Attribute, Span, SpanKind, Status, Str, Value};
+pub use tracing_layer::TracingLayer;
 
 /// Configures from the environment and installs globally (see [`AgentBuilder::init`]).
 pub fn init() -> Result<AgentGuard, InitError> {

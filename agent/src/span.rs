@@ -426,6 +426,11 @@ impl Span {
         self.add_event("exception", attributes);
     }
 
+    /// The status set so far; `None` when not recording.
+    pub(crate) fn status(&self) -> Option<&Status> {
+        self.recording.as_ref().map(|r| &r.data.status)
+    }
+
     pub fn set_status(&mut self, status: Status) {
         if let Some(r) = &mut self.recording {
             r.data.status = status;

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::context::WithContext;
+use crate::context::{replace_current, WithContext};
 use crate::span::{Span, SpanKind, Status, Str};
 use crate::Agent;
 
@@ -182,9 +182,13 @@ where
         }
         // RED and the span time the very same interval.
         let started = span.start_instant().unwrap_or(started);
-        let context = span.context().clone();
+        // Inner layers may start spans in `call` itself (tower-http's
+        // TraceLayer does): the request's context is current there too.
+        let previous = replace_current(Some(span.context().clone()));
+        let inner = self.inner.call(req);
+        let context = replace_current(previous).unwrap_or_default();
         ResponseFuture {
-            inner: WithContext::new(self.inner.call(req), context),
+            inner: WithContext::new(inner, context),
             state: Armed(Some(Pending {
                 span,
                 started,
