@@ -11,6 +11,7 @@ use thiserror::Error;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 use crate::config::{Compression, Config, ConfigError, Protocol, Signal};
 use crate::context::Context;
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     pub propagators: Propagators,
     /// False when `OTEL_SDK_DISABLED`: spans are not recorded.
     pub recording: bool,
+    /// `tracing` events inside a span become span events.
+    pub span_events: bool,
     pub spans: Queue<Box<SpanData>>,
     /// Route and span names shared across requests.
     pub names: crate::intern::Interner,
@@ -229,6 +232,16 @@ impl Agent {
     pub fn log_layer(&self) -> LogLayer {
         LogLayer {
             shared: self.shared.clone(),
+        }
+    }
+
+    /// The `tracing` layer turning `tracing` spans (`#[instrument]`,
+    /// `info_span!`, libraries' spans) into OTLP spans; [`crate::init`]
+    /// installs it, behind the span filter.
+    pub fn tracing_layer(&self) -> crate::TracingLayer {
+        crate::TracingLayer {
+            shared: self.shared.clone(),
+            span_events: self.shared.span_events,
         }
     }
 
@@ -413,6 +426,18 @@ impl AgentBuilder {
         self.with(|c| c.log_filter = filter)
     }
 
+    /// `EnvFilter` directives for the `tracing` spans that become OTLP spans
+    /// (default: the log filter's). `off` turns the bridge off.
+    pub fn span_filter(self, filter: impl Into<String>) -> Self {
+        let filter = filter.into();
+        self.with(|c| c.span_filter = Some(filter))
+    }
+
+    /// `tracing` events inside a span also become events of that span.
+    pub fn span_events(self, on: bool) -> Self {
+        self.with(|c| c.span_events = on)
+    }
+
     /// Turns the JSON lines off (records are still exported).
     pub fn json_logs(self, on: bool) -> Self {
         self.with(|c| c.json_logs = on)
@@ -456,22 +481,24 @@ impl AgentBuilder {
         self.with(f)
     }
 
-    /// Starts the agent and installs it globally: the `tracing` subscriber (filter +
-    /// JSON/OTLP log layer) and [`Agent::global`].
+    /// Starts the agent and installs it globally: the `tracing` subscriber
+    /// (the JSON/OTLP log layer behind the log filter, the span layer behind
+    /// the span filter) and [`Agent::global`].
     pub fn init(self) -> Result<AgentGuard, InitError> {
-        let filter = self
-            .config
-            .as_ref()
-            .map(|c| c.log_filter.clone())
-            .unwrap_or_default();
-        let env_filter = EnvFilter::try_new(&filter).map_err(|e| InitError::LogFilter {
-            filter: filter.clone(),
-            reason: e.to_string(),
-        })?;
+        let env_filter = |filter: &str| {
+            EnvFilter::try_new(filter).map_err(|e| InitError::LogFilter {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let (log_filter, span_filter) = match &self.config {
+            Ok(c) => (env_filter(&c.log_filter)?, env_filter(c.span_filter())?),
+            Err(_) => (EnvFilter::default(), EnvFilter::default()),
+        };
         let guard = self.start()?;
         tracing_subscriber::registry()
-            .with(env_filter)
-            .with(guard.agent.log_layer())
+            .with(guard.agent.tracing_layer().with_filter(span_filter))
+            .with(guard.agent.log_layer().with_filter(log_filter))
             .try_init()
             .map_err(|e| InitError::SubscriberInstalled(e.to_string()))?;
         let _ = GLOBAL.set(guard.agent.clone());
@@ -479,7 +506,7 @@ impl AgentBuilder {
     }
 
     /// Starts the agent without touching any global: compose
-    /// [`Agent::log_layer`] into your own subscriber.
+    /// [`Agent::log_layer`] and [`Agent::tracing_layer`] into your own subscriber.
     pub fn start(self) -> Result<AgentGuard, InitError> {
         let config = self.config?;
         let shared = Arc::new(Shared {
@@ -488,6 +515,7 @@ impl AgentBuilder {
             sampler: config.sampler,
             propagators: config.propagators,
             recording: !config.disabled,
+            span_events: config.span_events,
             spans: Queue::new(config.span_queue_capacity, config.max_export_batch),
             names: crate::intern::Interner::new(NAME_CACHE_CAPACITY),
             logs: Queue::new(config.log_queue_capacity, config.max_export_batch),

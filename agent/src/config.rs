@@ -142,6 +142,12 @@ pub struct Config {
     pub disabled: bool,
     /// An `EnvFilter` directive string (`RUST_LOG`, else `OTEL_LOG_LEVEL`).
     pub log_filter: String,
+    /// `EnvFilter` directives choosing the `tracing` spans that become OTLP
+    /// spans (`AGENT_SPAN_FILTER`); `None` uses [`Config::log_filter`].
+    pub span_filter: Option<String>,
+    /// `tracing` events inside a span also become events of that span
+    /// (`AGENT_SPAN_EVENTS=true`).
+    pub span_events: bool,
     pub json_logs: bool,
     pub span_export_interval: Duration,
     pub log_export_interval: Duration,
@@ -169,6 +175,8 @@ impl Default for Config {
             propagators: Propagators::default(),
             disabled: false,
             log_filter: "info".into(),
+            span_filter: None,
+            span_events: false,
             json_logs: true,
             span_export_interval: Duration::from_millis(5000),
             log_export_interval: Duration::from_millis(1000),
@@ -260,6 +268,12 @@ impl Config {
         if let Some(filter) = get("RUST_LOG").or_else(|| get("OTEL_LOG_LEVEL")) {
             config.log_filter = filter;
         }
+        config.span_filter = get("AGENT_SPAN_FILTER");
+        if let Some(v) = get("AGENT_SPAN_EVENTS") {
+            config.span_events = parse_bool(&v).ok_or_else(|| {
+                invalid("AGENT_SPAN_EVENTS", format!("{v:?} is not true or false"))
+            })?;
+        }
         let millis = |var: &str, default: Duration| -> Result<Duration, ConfigError> {
             match get(var) {
                 None => Ok(default),
@@ -289,6 +303,11 @@ impl Config {
         config.log_queue_capacity = count("OTEL_BLRP_MAX_QUEUE_SIZE", config.log_queue_capacity)?;
         config.max_export_batch = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", config.max_export_batch)?;
         Ok(config)
+    }
+
+    /// The directives for `tracing` spans: their own, else the logs'.
+    pub fn span_filter(&self) -> &str {
+        self.span_filter.as_deref().unwrap_or(&self.log_filter)
     }
 
     pub fn export(&self, signal: Signal) -> &ExportConfig {
@@ -472,6 +491,16 @@ fn parse_pairs(s: &str, var: &str) -> Result<Vec<(String, String)>, ConfigError>
         .collect()
 }
 
+fn parse_bool(v: &str) -> Option<bool> {
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 fn parse_propagators(s: &str) -> (Propagators, Vec<String>) {
     let mut propagators = Propagators::NONE;
     let mut warnings = Vec::new();
@@ -563,6 +592,23 @@ mod tests {
         assert!(config.propagators.trace_context && !config.propagators.baggage);
         assert_eq!(config.warnings.len(), 1);
         assert_eq!(config.log_filter, "debug");
+        // Spans follow the logs' directives unless given their own.
+        assert_eq!(config.span_filter(), "debug");
+        assert!(!config.span_events);
+    }
+
+    #[test]
+    fn spans_can_have_their_own_filter_and_events() {
+        let config = from(&[
+            ("RUST_LOG", "info"),
+            ("AGENT_SPAN_FILTER", "warn,shop=debug"),
+            ("AGENT_SPAN_EVENTS", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(config.span_filter(), "warn,shop=debug");
+        assert!(config.span_events);
+        let err = from(&[("AGENT_SPAN_EVENTS", "yes")]).unwrap_err();
+        assert!(err.to_string().starts_with("AGENT_SPAN_EVENTS"), "{err}");
     }
 
     #[test]

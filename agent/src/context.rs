@@ -149,6 +149,12 @@ thread_local! {
     static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
 }
 
+/// Swaps the current context, returning the one it replaces: for entering and
+/// leaving `tracing` spans, whose guards the subscriber does not own.
+pub(crate) fn replace_current(context: Option<Context>) -> Option<Context> {
+    CURRENT.with(|c| c.replace(context))
+}
+
 /// Reads only the ids, without cloning the context: the log hot path.
 pub(crate) fn current_span_context() -> Option<SpanContext> {
     CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.span))

@@ -36,6 +36,7 @@ mod queue;
 pub mod resource;
 pub mod sampler;
 pub mod span;
+pub mod tracing_layer;
 
 pub use agent::{
     Agent, AgentBuilder, AgentGuard, AgentStats, InitError, LogWriter, ShutdownError, SignalStats,
@@ -47,7 +48,8 @@ pub use http::client::SendTraced;
 pub use messaging::Destination;
 pub use propagation::{Extractor, Injector, Propagators};
 pub use sampler::Sampler;
-pub use span::{Span, SpanKind, Status, Str, Value};
+pub use span::{Array, Attribute, Span, SpanKind, Status, Str, Value};
+pub use tracing_layer::TracingLayer;
 
 /// Configures from the environment and installs globally (see [`AgentBuilder::init`]).
 pub fn init() -> Result<AgentGuard, InitError> {

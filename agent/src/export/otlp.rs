@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, summary_data_point, AggregationTemporality, Gauge, Histogram,
@@ -22,7 +24,7 @@ use crate::metrics::{
     InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
     SeriesSnapshot, DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
 };
-use crate::span::{SpanData, SpanKind, Status as SpanStatus, Value};
+use crate::span::{Array, Attributes, SpanData, SpanKind, Status as SpanStatus, Value};
 
 pub const SCOPE_NAME: &str = "agent";
 pub const SCOPE_VERSION: &str = crate::resource::SDK_VERSION;
@@ -68,7 +70,28 @@ fn value(v: Value) -> any_value::Value {
         Value::I64(i) => any_value::Value::IntValue(i),
         Value::F64(f) => any_value::Value::DoubleValue(f),
         Value::Bool(b) => any_value::Value::BoolValue(b),
+        Value::Array(a) => {
+            fn items<T>(v: Vec<T>, f: impl Fn(T) -> any_value::Value) -> Vec<AnyValue> {
+                v.into_iter()
+                    .map(|x| AnyValue { value: Some(f(x)) })
+                    .collect()
+            }
+            let values = match a {
+                Array::Str(v) => items(v, |s| any_value::Value::StringValue(s.into_string())),
+                Array::I64(v) => items(v, any_value::Value::IntValue),
+                Array::F64(v) => items(v, any_value::Value::DoubleValue),
+                Array::Bool(v) => items(v, any_value::Value::BoolValue),
+            };
+            any_value::Value::ArrayValue(ArrayValue { values })
+        }
     }
+}
+
+fn attributes(attributes: Attributes) -> Vec<KeyValue> {
+    attributes
+        .into_iter()
+        .map(|(k, v)| kv(k.into_owned(), value(v)))
+        .collect()
 }
 
 fn kind(k: SpanKind) -> span::SpanKind {
@@ -109,13 +132,33 @@ pub(crate) fn traces_request(
                 kind: kind(s.kind) as i32,
                 start_time_unix_nano: s.start_unix_nanos,
                 end_time_unix_nano: s.end_unix_nanos,
-                attributes: s
-                    .attributes
+                attributes: attributes(s.attributes),
+                dropped_attributes_count: s.dropped_attributes,
+                events: s
+                    .events
                     .into_iter()
-                    .map(|(k, v)| kv(k.into_owned(), value(v)))
+                    .map(|e| span::Event {
+                        time_unix_nano: e.time_unix_nanos,
+                        name: e.name.into_string(),
+                        attributes: attributes(e.attributes),
+                        dropped_attributes_count: 0,
+                    })
                     .collect(),
+                dropped_events_count: s.dropped_events,
+                links: s
+                    .links
+                    .into_iter()
+                    .map(|l| span::Link {
+                        trace_id: l.context.trace_id.0.to_vec(),
+                        span_id: l.context.span_id.0.to_vec(),
+                        trace_state: l.trace_state.map(|t| t.to_string()).unwrap_or_default(),
+                        attributes: attributes(l.attributes),
+                        dropped_attributes_count: 0,
+                        flags: u32::from(l.context.flags),
+                    })
+                    .collect(),
+                dropped_links_count: s.dropped_links,
                 status,
-                ..Default::default()
             }
         })
         .collect();
