@@ -502,6 +502,8 @@ impl AgentBuilder {
             .try_init()
             .map_err(|e| InitError::SubscriberInstalled(e.to_string()))?;
         let _ = GLOBAL.set(guard.agent.clone());
+        #[cfg(feature = "otel-api")]
+        crate::otel_api::install(&guard.agent);
         Ok(guard)
     }
 

@@ -31,6 +31,8 @@ mod intern;
 pub mod logs;
 pub mod messaging;
 pub mod metrics;
+#[cfg(feature = "otel-api")]
+pub mod otel_api;
 pub mod propagation;
 mod queue;
 pub mod resource;
