@@ -400,10 +400,10 @@ mod tests {
             .expect("agent starts")
     }
 
-    fn finished(guard: &AgentGuard) -> Vec<Box<SpanData>> {
+    fn finished(guard: &AgentGuard) -> Vec<SpanData> {
         let mut spans = Vec::new();
         guard.agent().shared.spans.swap(&mut spans);
-        spans
+        spans.into_iter().map(|s| *s).collect()
     }
 
     fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
