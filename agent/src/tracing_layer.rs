@@ -376,3 +376,123 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tracing::{info_span, Level};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+    use crate::span::SpanData;
+    use crate::{AgentBuilder, AgentGuard, Config, Sampler};
+
+    /// An agent whose spans stay queued for the test to read (no export
+    /// before an hour; the endpoint is never reached).
+    fn agent(sampler: Sampler) -> AgentGuard {
+        AgentBuilder::from_config(Config::default())
+            .endpoint("http://127.0.0.1:9")
+            .json_logs(false)
+            .export_interval(Duration::from_secs(3600))
+            .sampler(sampler)
+            .start()
+            .expect("agent starts")
+    }
+
+    fn finished(guard: &AgentGuard) -> Vec<SpanData> {
+        let mut spans = Vec::new();
+        guard.agent().shared.spans.swap(&mut spans);
+        spans.into_iter().map(|s| *s).collect()
+    }
+
+    fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn nested_spans_keep_their_parents_fields_and_special_fields() {
+        let guard = agent(Sampler::AlwaysOn);
+        let subscriber = tracing_subscriber::registry().with(guard.agent().tracing_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = info_span!("outer", otel.kind = "consumer", user = 7u64, ok = true);
+            outer.in_scope(|| {
+                let inner = info_span!(
+                    "inner",
+                    otel.name = "renamed",
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_description = "bad input",
+                    late = tracing::field::Empty,
+                );
+                inner.record("late", 1.5);
+                inner.record("otel.status_code", "error");
+                inner.in_scope(|| {
+                    // The current context is the inner span.
+                    let current = Context::current().and_then(|c| c.span);
+                    assert!(current.is_some_and(|c| c.is_sampled()));
+                    tracing::event!(Level::ERROR, "does not override the explicit status");
+                });
+            });
+        });
+        let spans = finished(&guard);
+        assert_eq!(spans.len(), 2);
+        let (inner, outer) = (&spans[0], &spans[1]);
+        assert_eq!(outer.name.as_str(), "outer");
+        assert_eq!(outer.kind, SpanKind::Consumer);
+        assert_eq!(attr(outer, "user"), Some(&Value::I64(7)));
+        assert_eq!(attr(outer, "ok"), Some(&Value::Bool(true)));
+        assert_eq!(outer.parent_span_id, None);
+        assert_eq!(inner.name.as_str(), "renamed");
+        assert_eq!(inner.parent_span_id, Some(outer.span_id));
+        assert_eq!(inner.trace_id, outer.trace_id);
+        assert_eq!(attr(inner, "late"), Some(&Value::F64(1.5)));
+        assert_eq!(inner.status, Status::Error("bad input".into()));
+        assert!(attr(inner, "otel.name").is_none());
+    }
+
+    #[test]
+    fn an_error_event_fails_its_span_and_events_can_be_recorded() {
+        let guard = agent(Sampler::AlwaysOn);
+        let layer = guard.agent().tracing_layer().with_span_events(true);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            info_span!("charge").in_scope(|| {
+                tracing::info!(amount = 3, "charging");
+                tracing::error!(error = "card declined", "charge failed");
+            });
+        });
+        let spans = finished(&guard);
+        assert_eq!(spans[0].status, Status::Error("card declined".into()));
+        let names: Vec<&str> = spans[0].events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["charging", "charge failed"]);
+    }
+
+    #[test]
+    fn unsampled_spans_record_nothing_but_pass_their_trace_on() {
+        let guard = agent(Sampler::AlwaysOff);
+        let subscriber = tracing_subscriber::registry().with(guard.agent().tracing_layer());
+        let (outer_trace, inner_trace) = tracing::subscriber::with_default(subscriber, || {
+            info_span!("outer").in_scope(|| {
+                let outer = Context::current().and_then(|c| c.span).expect("outer ids");
+                let inner = info_span!("inner")
+                    .in_scope(|| Context::current().and_then(|c| c.span).expect("inner ids"));
+                assert!(!outer.is_sampled() && !inner.is_sampled());
+                (outer.trace_id, inner.trace_id)
+            })
+        });
+        assert_eq!(outer_trace, inner_trace);
+        assert!(finished(&guard).is_empty());
+        // Leaving the spans restored the empty context.
+        assert_eq!(Context::current(), None);
+    }
+
+    #[test]
+    fn kinds_are_read_case_insensitively() {
+        assert_eq!(kind_from("CLIENT"), Some(SpanKind::Client));
+        assert_eq!(kind_from("producer"), Some(SpanKind::Producer));
+        assert_eq!(kind_from("sideways"), None);
+    }
+}
