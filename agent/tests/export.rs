@@ -155,14 +155,11 @@ async fn flaky_grpc_front(collector: &TestCollector, fail: usize) -> (String, Ar
         fail,
         upstream,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (connections, addr) = common::incoming().await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(front))
-            .serve_with_incoming(common::incoming(listener)),
+            .serve_with_incoming(connections),
     );
     (format!("http://{addr}"), calls)
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use agent::metrics::RpcSide;
 use agent::{FutureExt, SpanKind};
 use collector::testing::TestCollector;
-use common::{incoming, spans, start_agent, SpanRow};
+use common::{spans, start_agent, SpanRow};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -26,15 +26,12 @@ async fn a_tonic_call_is_a_client_and_a_server_span_in_one_trace() {
     reporter
         .set_service_status("shop.Orders", tonic_health::ServingStatus::Serving)
         .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (connections, addr) = common::incoming().await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(agent.grpc_server_layer())
             .add_service(health)
-            .serve_with_incoming(incoming(listener)),
+            .serve_with_incoming(connections),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")

@@ -29,8 +29,6 @@ use crate::span::{Array, Attributes, SpanData, SpanKind, Status as SpanStatus, V
 pub const SCOPE_NAME: &str = "agent";
 pub const SCOPE_VERSION: &str = crate::resource::SDK_VERSION;
 pub const DURATION_METRIC: &str = "http.server.request.duration";
-/// The hdrhistogram quantiles of the same durations.
-pub const DURATION_SUMMARY_METRIC: &str = "http.server.request.duration.summary";
 pub const DROPPED_METRIC: &str = "agent.telemetry.dropped";
 
 fn kv(key: impl Into<String>, value: any_value::Value) -> KeyValue {
@@ -388,49 +386,69 @@ fn rpc_attributes(s: &RpcSeriesSnapshot) -> Vec<KeyValue> {
     ]
 }
 
-/// `rpc.{server,client}.call.duration` (histogram, seconds) and its exact
-/// quantiles (`….summary`), as for HTTP.
+/// `rpc.{server,client}.call.duration` and their summaries, as for HTTP.
 fn rpc_metrics(series: &[RpcSeriesSnapshot], times: (u64, u64)) -> (Vec<Metric>, u64) {
     let mut metrics = Vec::new();
     let mut points = 0;
     for side in [RpcSide::Server, RpcSide::Client] {
-        let side_series: Vec<&RpcSeriesSnapshot> =
-            series.iter().filter(|s| s.side == side).collect();
+        let side_series: Vec<(Vec<KeyValue>, &SeriesSnapshot)> = series
+            .iter()
+            .filter(|s| s.side == side)
+            .map(|s| (rpc_attributes(s), &s.durations))
+            .collect();
         if side_series.is_empty() {
             continue;
         }
-        let name = format!("rpc.{}.call.duration", side.as_str());
-        let histogram_points: Vec<HistogramDataPoint> = side_series
-            .iter()
-            .map(|s| histogram_point(rpc_attributes(s), &s.durations, times))
-            .collect();
-        let summary_points: Vec<SummaryDataPoint> = side_series
-            .iter()
-            .map(|s| summary_point(rpc_attributes(s), &s.durations, times))
-            .collect();
-        points += (histogram_points.len() + summary_points.len()) as u64;
-        metrics.push(Metric {
-            name: name.clone(),
-            description: format!("Duration of gRPC calls ({} side).", side.as_str()),
+        points += 2 * side_series.len() as u64;
+        metrics.extend(duration_metrics(
+            &format!("rpc.{}.call.duration", side.as_str()),
+            &format!("Duration of gRPC calls ({} side).", side.as_str()),
+            side_series,
+            times,
+        ));
+    }
+    (metrics, points)
+}
+
+/// RED series as the duration histogram (seconds, the HTTP buckets) named
+/// `name` and the summary of their exact quantiles, `{name}.summary`.
+fn duration_metrics(
+    name: &str,
+    description: &str,
+    series: Vec<(Vec<KeyValue>, &SeriesSnapshot)>,
+    times: (u64, u64),
+) -> [Metric; 2] {
+    let summary_points: Vec<SummaryDataPoint> = series
+        .iter()
+        .map(|(attributes, s)| summary_point(attributes.clone(), s, times))
+        .collect();
+    let histogram_points: Vec<HistogramDataPoint> = series
+        .into_iter()
+        .map(|(attributes, s)| histogram_point(attributes, s, times))
+        .collect();
+    [
+        Metric {
+            name: name.to_string(),
+            description: description.to_string(),
             unit: "s".into(),
             data: Some(metric::Data::Histogram(Histogram {
                 data_points: histogram_points,
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
             })),
             ..Default::default()
-        });
-        metrics.push(Metric {
+        },
+        Metric {
             name: format!("{name}.summary"),
             description:
-                "Quantiles of the same durations (hdrhistogram); quantile 1 is the maximum.".into(),
+                "Quantiles of the same durations (hdrhistogram, 3 significant digits); quantile 1 is the maximum."
+                    .into(),
             unit: "s".into(),
             data: Some(metric::Data::Summary(Summary {
                 data_points: summary_points,
             })),
             ..Default::default()
-        });
-    }
-    (metrics, points)
+        },
+    ]
 }
 
 /// Cumulative since `start`: each export carries everything since the agent
@@ -445,14 +463,6 @@ pub(crate) fn metrics_request(
     let series = &snapshot.series;
     let stats = &snapshot.stats;
     let times = (start_unix_nanos, now_unix_nanos);
-    let histogram_points: Vec<HistogramDataPoint> = series
-        .iter()
-        .map(|s| histogram_point(series_attributes(s), s, times))
-        .collect();
-    let summary_points: Vec<SummaryDataPoint> = series
-        .iter()
-        .map(|s| summary_point(series_attributes(s), s, times))
-        .collect();
     let dropped_points: Vec<NumberDataPoint> = stats
         .by_signal()
         .iter()
@@ -472,32 +482,15 @@ pub(crate) fn metrics_request(
         .collect();
     let (instrument_metrics, instrument_points) = instrument_metrics(snapshot, now_unix_nanos);
     let (rpc_metrics, rpc_points) = rpc_metrics(&snapshot.rpc, times);
-    let points = (histogram_points.len() + summary_points.len() + dropped_points.len()) as u64
-        + instrument_points
-        + rpc_points;
+    let points = (2 * series.len() + dropped_points.len()) as u64 + instrument_points + rpc_points;
     let mut metrics = Vec::new();
     if !series.is_empty() {
-        metrics.push(Metric {
-            name: DURATION_METRIC.into(),
-            description: "Duration of HTTP server requests.".into(),
-            unit: "s".into(),
-            data: Some(metric::Data::Histogram(Histogram {
-                data_points: histogram_points,
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            })),
-            ..Default::default()
-        });
-        metrics.push(Metric {
-            name: DURATION_SUMMARY_METRIC.into(),
-            description:
-                "Quantiles of HTTP server request durations (hdrhistogram, 3 significant digits); quantile 1 is the maximum."
-                    .into(),
-            unit: "s".into(),
-            data: Some(metric::Data::Summary(Summary {
-                data_points: summary_points,
-            })),
-            ..Default::default()
-        });
+        metrics.extend(duration_metrics(
+            DURATION_METRIC,
+            "Duration of HTTP server requests.",
+            series.iter().map(|s| (series_attributes(s), s)).collect(),
+            times,
+        ));
     }
     metrics.extend(rpc_metrics);
     metrics.push(Metric {

@@ -6,6 +6,7 @@ pub mod instruments;
 pub mod prometheus;
 pub mod red;
 pub mod rpc;
+mod series_map;
 
 pub use instruments::{
     Counter, CounterSnapshot, Gauge, GaugeSnapshot, InstrumentSeries, InstrumentSnapshot,

@@ -2,13 +2,11 @@
 //! tonic layers: the same count, error count, buckets and hdrhistogram as the
 //! HTTP series, exported as `rpc.{server,client}.call.duration`.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::red::{Series, StatusClass};
+use super::series_map::SeriesMap;
 use super::SeriesSnapshot;
 
 /// Which end of the call recorded it.
@@ -68,21 +66,15 @@ impl Entry {
 }
 
 pub(crate) struct RpcMetrics {
-    series: RwLock<HashMap<Box<str>, Arc<Entry>>>,
-    max_series: usize,
+    series: SeriesMap<Entry>,
     overflow: [Arc<Entry>; 2],
-}
-
-thread_local! {
-    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl RpcMetrics {
     pub(crate) fn new(max_series: usize) -> RpcMetrics {
         let overflow = |side| Arc::new(Entry::new(side, super::red::OVERFLOW_ROUTE, "", -1));
         RpcMetrics {
-            series: RwLock::new(HashMap::new()),
-            max_series: max_series.max(1),
+            series: SeriesMap::new(max_series),
             overflow: [overflow(RpcSide::Server), overflow(RpcSide::Client)],
         }
     }
@@ -97,46 +89,20 @@ impl RpcMetrics {
         elapsed: Duration,
     ) {
         let micros = elapsed.as_micros().min(u64::MAX as u128) as u64;
-        // Built in a reused buffer: an existing series costs no allocation.
-        let entry = KEY.with(|key| {
-            let mut key = key.borrow_mut();
-            key.clear();
-            let _ = write!(
-                key,
-                "{}\u{0}{service}\u{0}{method}\u{0}{code}",
-                side.as_str()
-            );
-            if let Some(e) = self
-                .series
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(key.as_str())
-            {
-                return e.clone();
-            }
-            let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = map.get(key.as_str()) {
-                return e.clone();
-            }
-            if map.len() >= self.max_series {
-                return self.overflow[side as usize].clone();
-            }
-            let e = Arc::new(Entry::new(side, service, method, code));
-            map.insert(key.as_str().into(), e.clone());
-            e
-        });
+        let entry = self
+            .series
+            .get(
+                format_args!("{}\u{0}{service}\u{0}{method}\u{0}{code}", side.as_str()),
+                || Entry::new(side, service, method, code),
+            )
+            .unwrap_or_else(|| self.overflow[side as usize].clone());
         entry.series.record(micros, error);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<RpcSeriesSnapshot> {
-        let entries: Vec<Arc<Entry>> = self
+        let mut out: Vec<RpcSeriesSnapshot> = self
             .series
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
-            .collect();
-        let mut out: Vec<RpcSeriesSnapshot> = entries
             .iter()
             .chain(self.overflow.iter())
             .map(|e| RpcSeriesSnapshot {

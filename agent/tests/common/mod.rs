@@ -73,14 +73,21 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
-/// A listener's connections as the stream tonic's `serve_with_incoming` takes.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
+/// A free loopback port's connections, as the stream tonic's
+/// `serve_with_incoming` takes, and its address.
+pub async fn incoming() -> (
+    impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>>,
+    SocketAddr,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stream = futures::stream::unfold(listener, |listener| async move {
         let accepted = listener.accept().await.map(|(s, _)| s);
         Some((accepted, listener))
-    })
+    });
+    (stream, addr)
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
