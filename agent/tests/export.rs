@@ -124,6 +124,144 @@ async fn a_missing_ca_file_fails_at_start() {
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
 
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed.
+struct MutualTls {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    server: rustls::ServerConfig,
+}
+
+fn mutual_tls() -> MutualTls {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server certificate");
+    let client_key = KeyPair::generate().expect("key");
+    let client = CertificateParams::new(vec!["agent".to_string()])
+        .expect("params")
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client certificate");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("CA root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .expect("client verifier");
+    let mut server = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(server.der().to_vec())],
+            PrivateKeyDer::try_from(server_key.serialize_der()).expect("server key"),
+        )
+        .expect("server config");
+    server.alpn_protocols = vec![b"h2".to_vec()];
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    };
+    MutualTls {
+        ca: write("ca.pem", ca.pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
+        server,
+        _dir: dir,
+    }
+}
+
+/// Terminates TLS that requires a client certificate and passes the bytes on
+/// to the collector's cleartext gRPC port.
+async fn mutual_tls_front(server: rustls::ServerConfig, upstream: std::net::SocketAddr) -> String {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client without an accepted certificate ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut collector) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut collector).await;
+                }
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}", addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_client_certificate() {
+    let collector = TestCollector::start("agent_mtls").await;
+    let tls = mutual_tls();
+    let front = mutual_tls_front(tls.server.clone(), collector.collector.grpc_addr).await;
+    let with_client_cert = TlsConfig {
+        certificate: Some(tls.ca.clone()),
+        client_certificate: Some(tls.client_cert.clone()),
+        client_key: Some(tls.client_key.clone()),
+        insecure: false,
+    };
+    for (service, config) in [
+        ("mtls-with-cert", with_client_cert.clone()),
+        (
+            "mtls-without-cert",
+            TlsConfig {
+                certificate: Some(tls.ca.clone()),
+                ..TlsConfig::default()
+            },
+        ),
+    ] {
+        let guard = builder(service, &front)
+            .export_timeout(Duration::from_secs(2))
+            .configure(|c| {
+                for signal in agent::Signal::ALL {
+                    c.export_mut(signal).tls = config.clone();
+                }
+            })
+            .log_writer(Captured::default())
+            .start()
+            .expect("agent starts");
+        let agent = emit_spans(guard, "mutual", 2).await;
+        let stats = agent.stats();
+        if service == "mtls-with-cert" {
+            assert_eq!(stats.spans.exported, 2, "{stats:?}");
+            assert_eq!(
+                spans(&collector, "ServiceName = 'mtls-with-cert'", 2)
+                    .await
+                    .len(),
+                2
+            );
+        } else {
+            // The server refuses the handshake: nothing goes through.
+            assert_eq!((stats.spans.exported, stats.spans.export_failed), (0, 2));
+        }
+    }
+    let refused: u64 = collector
+        .client
+        .query("SELECT count() FROM otel_traces WHERE ServiceName = 'mtls-without-cert'")
+        .fetch_one()
+        .await
+        .expect("count");
+    assert_eq!(refused, 0);
+    collector.stop().await;
+}
+
 /// In front of the real collector: answers UNAVAILABLE to the first `fail`
 /// exports, then forwards each one.
 struct FlakyFront {
