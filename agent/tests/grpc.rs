@@ -160,3 +160,80 @@ async fn a_tonic_call_is_a_client_and_a_server_span_in_one_trace() {
     assert!(n >= 1);
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_call_dropped_by_the_client_ends_as_cancelled_on_both_sides() {
+    let collector = TestCollector::start("agent_grpc_stream").await;
+    let (guard, _lines) = start_agent("grpc-stream", &collector);
+    let agent = guard.agent().clone();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop.Orders", tonic_health::ServingStatus::Serving)
+        .await;
+    let (connections, addr) = common::incoming().await;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(agent.grpc_server_layer())
+            .add_service(health)
+            .serve_with_incoming(connections),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects");
+    let mut health = HealthClient::new(
+        tower::ServiceBuilder::new()
+            .layer(agent.grpc_client_layer())
+            .service(channel),
+    );
+    let parent = agent.start_span("watcher", SpanKind::Internal);
+    let trace_id = parent.trace_id().to_hex();
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: "shop.Orders".into(),
+        })
+        .with_context(parent.context().clone())
+        .await
+        .expect("watch starts")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("first update")
+        .expect("a message");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // The server would stream on forever; the client walks away.
+    drop(stream);
+    drop(parent);
+    // The server learns of the reset and drops its response body.
+    let server_done = collector::testing::eventually(std::time::Duration::from_secs(10), || {
+        let snapshot = agent.metrics_snapshot();
+        async move {
+            snapshot
+                .rpc
+                .iter()
+                .any(|s| s.side == RpcSide::Server && &*s.method == "Watch")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(server_done.is_some(), "{:?}", agent.metrics_snapshot().rpc);
+    guard.shutdown_async().await.expect("flushed");
+
+    let rows = spans(&collector, &format!("TraceId = '{trace_id}'"), 3).await;
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    for (kind, status) in [("Client", "Error"), ("Server", "Unset")] {
+        let span = rows
+            .iter()
+            .find(|r| r.span_kind == kind)
+            .unwrap_or_else(|| panic!("{kind} span in {rows:#?}"));
+        assert_eq!(span.span_name, "grpc.health.v1.Health/Watch");
+        assert_eq!(span.attr("rpc.grpc.status_code"), Some("1"), "{kind}");
+        assert_eq!(
+            span.status_code, status,
+            "{kind}: CANCELLED is the client's failure"
+        );
+    }
+    collector.stop().await;
+}
