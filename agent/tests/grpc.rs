@@ -149,6 +149,14 @@ async fn a_tonic_call_is_a_client_and_a_server_span_in_one_trace() {
     assert_eq!(calls(RpcSide::Server, "Check", 5), Some((1, 0)));
     assert_eq!(calls(RpcSide::Client, "Check", 5), Some((1, 1)));
     assert_eq!(calls(RpcSide::Server, "Export", 12), Some((1, 1)));
+    let text = agent::metrics::prometheus::render(&snapshot);
+    assert!(
+        text.contains(
+            "rpc_server_call_duration_seconds_count{service_name=\"grpc-app\",rpc_system=\"grpc\",\
+             rpc_service=\"grpc.health.v1.Health\",rpc_method=\"Check\",rpc_grpc_status_code=\"5\"} 1\n"
+        ),
+        "{text}"
+    );
     let n = collector
         .wait_for_rows(
             "otel_metrics_histogram",
