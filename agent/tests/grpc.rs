@@ -16,12 +16,11 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tonic_call_is_a_client_and_a_server_span_in_one_trace() {
-    let collector = TestCollector::start("agent_grpc").await;
-    let (guard, _lines) = start_agent("grpc-app", &collector);
-    let agent = guard.agent().clone();
-
+/// tonic-health's server (`shop.Orders` serving) behind the server layer, and a
+/// channel to it behind the client layer.
+async fn traced_health_server(
+    agent: &agent::Agent,
+) -> agent::grpc::GrpcClientService<tonic::transport::Channel> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("shop.Orders", tonic_health::ServingStatus::Serving)
@@ -38,9 +37,18 @@ async fn a_tonic_call_is_a_client_and_a_server_span_in_one_trace() {
         .connect()
         .await
         .expect("connects");
-    let traced = tower::ServiceBuilder::new()
+    tower::ServiceBuilder::new()
         .layer(agent.grpc_client_layer())
-        .service(channel);
+        .service(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_call_is_a_client_and_a_server_span_in_one_trace() {
+    let collector = TestCollector::start("agent_grpc").await;
+    let (guard, _lines) = start_agent("grpc-app", &collector);
+    let agent = guard.agent().clone();
+
+    let traced = traced_health_server(&agent).await;
 
     let parent = agent.start_span("checkout", SpanKind::Internal);
     let trace_id = parent.trace_id().to_hex();
@@ -174,27 +182,7 @@ async fn a_streaming_call_dropped_by_the_client_ends_as_cancelled_on_both_sides(
     let collector = TestCollector::start("agent_grpc_stream").await;
     let (guard, _lines) = start_agent("grpc-stream", &collector);
     let agent = guard.agent().clone();
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("shop.Orders", tonic_health::ServingStatus::Serving)
-        .await;
-    let (connections, addr) = common::incoming().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(agent.grpc_server_layer())
-            .add_service(health)
-            .serve_with_incoming(connections),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connects");
-    let mut health = HealthClient::new(
-        tower::ServiceBuilder::new()
-            .layer(agent.grpc_client_layer())
-            .service(channel),
-    );
+    let mut health = HealthClient::new(traced_health_server(&agent).await);
     let parent = agent.start_span("watcher", SpanKind::Internal);
     let trace_id = parent.trace_id().to_hex();
     let mut stream = health
