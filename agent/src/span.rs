@@ -268,6 +268,19 @@ impl Span {
         kind: SpanKind,
         parent: Option<&Context>,
     ) -> Span {
+        // Room for the HTTP layers' attribute sets without regrowing.
+        Span::start_sized(shared, name, kind, parent, 12)
+    }
+
+    /// [`Span::start`] with room for `attributes` attributes (a `tracing`
+    /// span knows how many fields it has).
+    pub(crate) fn start_sized(
+        shared: &Arc<Shared>,
+        name: Str,
+        kind: SpanKind,
+        parent: Option<&Context>,
+        attributes: usize,
+    ) -> Span {
         if !shared.recording {
             // Disabled: downstream sees exactly what came in, so a disabled
             // service in the middle of a trace neither breaks nor unsamples it.
@@ -303,7 +316,7 @@ impl Span {
                 kind,
                 start_unix_nanos: unix_nanos(SystemTime::now()),
                 end_unix_nanos: 0,
-                attributes: Vec::with_capacity(12),
+                attributes: Vec::with_capacity(attributes),
                 events: Vec::new(),
                 links: Vec::new(),
                 dropped_attributes: 0,

@@ -54,9 +54,10 @@ struct Bridged {
 }
 
 thread_local! {
-    /// The current contexts that entering `tracing` spans replaced, restored on
-    /// exit (entries and exits nest per thread).
-    static ENTERED: RefCell<Vec<Option<Context>>> = const { RefCell::new(Vec::new()) };
+    /// The bridged spans entered on this thread, each with the current context
+    /// it replaced, restored on exit (entries and exits nest per thread, so the
+    /// exit of a bridged span always finds it on top, without a registry lookup).
+    static ENTERED: RefCell<Vec<(Id, Option<Context>)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn parent_context<S>(attrs: &Attributes<'_>, ctx: &LayerContext<'_, S>) -> Option<Context>
@@ -263,11 +264,12 @@ where
             return;
         };
         let parent = parent_context(attrs, &ctx);
-        let span = Span::start(
+        let span = Span::start_sized(
             &self.shared,
             Str::Static(attrs.metadata().name()),
             SpanKind::Internal,
             parent.as_ref(),
+            attrs.metadata().fields().len(),
         );
         let mut bridged = Bridged {
             span,
@@ -315,18 +317,20 @@ where
             .map(|b| b.span.context().clone());
         if let Some(context) = context {
             let previous = replace_current(Some(context));
-            ENTERED.with(|e| e.borrow_mut().push(previous));
+            ENTERED.with(|e| e.borrow_mut().push((id.clone(), previous)));
         }
     }
 
-    fn on_exit(&self, id: &Id, ctx: LayerContext<'_, S>) {
-        let bridged = ctx
-            .span(id)
-            .is_some_and(|s| s.extensions().get::<Bridged>().is_some());
-        if bridged {
-            if let Some(previous) = ENTERED.with(|e| e.borrow_mut().pop()) {
-                replace_current(previous);
+    fn on_exit(&self, id: &Id, _ctx: LayerContext<'_, S>) {
+        let previous = ENTERED.with(|e| {
+            let mut entered = e.borrow_mut();
+            match entered.last() {
+                Some((top, _)) if top == id => entered.pop().map(|(_, previous)| previous),
+                _ => None,
             }
+        });
+        if let Some(previous) = previous {
+            replace_current(previous);
         }
     }
 
