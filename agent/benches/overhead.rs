@@ -1,5 +1,11 @@
-//! Server CPU per request of a minimal axum handler in three configurations,
-//! side by side on the same load:
+//! Server CPU per request of an axum handler in three configurations, side by
+//! side on the same load, for two request shapes:
+//!
+//! - `hello`: a minimal handler that logs one line;
+//! - `nested`: the handler calls 5 nested `#[instrument]` functions, the
+//!   innermost logging one line, before answering (6 spans per request);
+//!
+//! and three configurations:
 //!
 //! - (a) uninstrumented;
 //! - (b) this agent: SERVER span + RED + one JSON log line per request, all three
@@ -16,10 +22,12 @@
 //! runtime (the load generator, the collector and ClickHouse stay on CPU 0); its
 //! CPU time (all threads, from /proc) over the measured requests divided by
 //! their number is the figure. The load is open-loop at a fixed rate, the same
-//! for all three. Rounds interleave a/b/c; medians are reported, and at the end
-//! how many spans and log records of each stack reached the collector.
-//! `OVERHEAD_REQUESTS` (20000), `OVERHEAD_RATE` (2500/s), `OVERHEAD_ROUNDS` (3)
-//! and `OVERHEAD_CONCURRENCY` (64 in flight at most) override the defaults.
+//! for all three. Rounds interleave a/b/c (one server per configuration and
+//! round, measured on both shapes); every round and the medians are reported,
+//! and at the end how many spans and log records of each stack reached the
+//! collector. `OVERHEAD_REQUESTS` (20000), `OVERHEAD_RATE` (2500/s),
+//! `OVERHEAD_ROUNDS` (5) and `OVERHEAD_CONCURRENCY` (64 in flight at most)
+//! override the defaults.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,6 +55,32 @@ impl Mode {
 
     fn parse(s: &str) -> Option<Mode> {
         Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
+/// The request shapes: the path each one requests, and the spans each
+/// request makes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shape {
+    Hello,
+    Nested,
+}
+
+impl Shape {
+    const ALL: [Shape; 2] = [Shape::Hello, Shape::Nested];
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Hello => "hello",
+            Shape::Nested => "nested",
+        }
+    }
+
+    fn spans_per_request(self) -> u64 {
+        match self {
+            Shape::Hello => 1,
+            Shape::Nested => 6,
+        }
     }
 }
 
@@ -153,6 +187,7 @@ fn spawn_server(mode: Mode, endpoint: &str) -> Server {
 async fn load(
     client: &reqwest::Client,
     port: u16,
+    shape: Shape,
     requests: usize,
     rate: usize,
     concurrency: usize,
@@ -166,7 +201,7 @@ async fn load(
         let permit = limit.clone().acquire_owned().await.expect("semaphore");
         let client = client.clone();
         tasks.spawn(async move {
-            let url = format!("http://127.0.0.1:{port}/hello/{}", i % 16);
+            let url = format!("http://127.0.0.1:{port}/{}/{}", shape.name(), i % 16);
             let ok = match client.get(url).send().await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                 _ => false,
@@ -191,66 +226,99 @@ fn median(v: &mut [f64]) -> f64 {
 
 async fn drive() {
     let requests = env_number("OVERHEAD_REQUESTS", 20_000);
-    let rounds = env_number("OVERHEAD_ROUNDS", 3);
+    let rounds = env_number("OVERHEAD_ROUNDS", 5);
     let concurrency = env_number("OVERHEAD_CONCURRENCY", 64);
     let rate = env_number("OVERHEAD_RATE", 2500);
     let collector = collector::testing::TestCollector::start("agent_bench").await;
     let endpoint = collector.grpc_endpoint();
     println!(
-        "overhead: {requests} requests x {rounds} rounds at {rate} req/s (at most {concurrency} in flight); collector at {endpoint}"
+        "overhead: {requests} requests x {rounds} rounds per shape at {rate} req/s (at most {concurrency} in flight); collector at {endpoint}"
     );
-    let mut results: Vec<(Mode, Vec<f64>)> = Mode::ALL.iter().map(|m| (*m, Vec::new())).collect();
+    // results[shape][mode] = µs CPU per request, one per round.
+    let mut results = vec![vec![Vec::new(); Mode::ALL.len()]; Shape::ALL.len()];
     for round in 0..rounds {
-        for (mode, samples) in results.iter_mut() {
+        for (m, mode) in Mode::ALL.iter().enumerate() {
             let server = spawn_server(*mode, &endpoint);
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(concurrency)
                 .build()
                 .expect("client");
-            // Warm-up: connections, lazily built series, exporter channels.
-            load(&client, server.port, requests / 10, rate, concurrency).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let pid = server.child.id();
-            let (cpu_before, main_before) = process_cpu_ns(pid);
-            let started = Instant::now();
-            load(&client, server.port, requests, rate, concurrency).await;
-            let wall = started.elapsed();
-            let (cpu_after, main_after) = process_cpu_ns(pid);
-            let per_request = |ns: u64| ns as f64 / 1000.0 / requests as f64;
-            let us_per_request = per_request(cpu_after - cpu_before);
-            println!(
-                "round {round} {:>8}: {us_per_request:6.2} µs CPU/request, {:6.2} on the request thread ({:.0} req/s)",
-                mode.name(),
-                per_request(main_after - main_before),
-                requests as f64 / wall.as_secs_f64()
-            );
-            samples.push(us_per_request);
+            for (s, shape) in Shape::ALL.iter().enumerate() {
+                // Warm-up: connections, lazily built series, exporter channels.
+                load(
+                    &client,
+                    server.port,
+                    *shape,
+                    requests / 10,
+                    rate,
+                    concurrency,
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let pid = server.child.id();
+                let (cpu_before, main_before) = process_cpu_ns(pid);
+                let started = Instant::now();
+                load(&client, server.port, *shape, requests, rate, concurrency).await;
+                let wall = started.elapsed();
+                let (cpu_after, main_after) = process_cpu_ns(pid);
+                let per_request = |ns: u64| ns as f64 / 1000.0 / requests as f64;
+                let us_per_request = per_request(cpu_after - cpu_before);
+                println!(
+                    "round {round} {:>6} {:>8}: {us_per_request:6.2} µs CPU/request, {:6.2} on the request thread ({:.0} req/s)",
+                    shape.name(),
+                    mode.name(),
+                    per_request(main_after - main_before),
+                    requests as f64 / wall.as_secs_f64()
+                );
+                results[s][m].push(us_per_request);
+            }
             drop(server);
         }
     }
-    let mut medians = [0.0; 3];
-    for (i, (mode, samples)) in results.iter_mut().enumerate() {
-        medians[i] = median(samples);
+    for (s, shape) in Shape::ALL.iter().enumerate() {
+        let mut medians = [0.0; 3];
+        for (m, mode) in Mode::ALL.iter().enumerate() {
+            let samples = &mut results[s][m];
+            let rounds: Vec<String> = samples.iter().map(|v| format!("{v:.2}")).collect();
+            medians[m] = median(samples);
+            println!(
+                "{:>6} {:>8}: {:6.2} µs CPU/request (median of {})",
+                shape.name(),
+                mode.name(),
+                medians[m],
+                rounds.join(", ")
+            );
+        }
+        let [a, b, c] = medians;
         println!(
-            "{:>8}: {:6.2} µs CPU/request (median)",
-            mode.name(),
-            medians[i]
+            "{:>6} ratio (b-a)/(c-a) = ({b:.2}-{a:.2})/({c:.2}-{a:.2}) = {:.3}  (target <= 0.25)",
+            shape.name(),
+            (b - a) / (c - a)
+        );
+        // The ratio of each round's own figures, to show the spread.
+        let per_round: Vec<String> = (0..results[s][0].len())
+            .map(|r| {
+                let (a, b, c) = (results[s][0][r], results[s][1][r], results[s][2][r]);
+                format!("{:.3}", (b - a) / (c - a))
+            })
+            .collect();
+        println!(
+            "{:>6} per-round ratios (unsorted): {}",
+            shape.name(),
+            per_round.join(", ")
         );
     }
-    let [a, b, c] = medians;
-    println!(
-        "ratio (b-a)/(c-a) = ({b:.2}-{a:.2})/({c:.2}-{a:.2}) = {:.3}  (target <= 0.25)",
-        (b - a) / (c - a)
-    );
     // Both stacks should have delivered what they recorded; a stack that drops
     // (its queues full) looks cheaper than it is, so show what arrived. Servers
     // are killed, so each run loses at most its last unsent batch.
-    let sent = ((requests + requests / 10) * rounds) as u64;
+    let per_shape = ((requests + requests / 10) * rounds) as u64;
+    let spans_sent: u64 = Shape::ALL
+        .iter()
+        .map(|s| s.spans_per_request() * per_shape)
+        .sum();
+    let logs_sent = per_shape * Shape::ALL.len() as u64;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for service in ["bench-agent", "bench-standard"] {
-        // The transport crates are kept out of the exported logs (as the agent
-        // does). Not `tower`: EnvFilter matches target prefixes and would also
-        // silence `tower_http`'s request spans.
         let filter = format!("ServiceName = '{service}'");
         let count = |table: &str| {
             let sql = format!("SELECT count() FROM {table} WHERE {filter}");
@@ -259,7 +327,7 @@ async fn drive() {
         };
         let (spans, logs) = (count("otel_traces").await, count("otel_logs").await);
         println!(
-            "{service}: collector stored {spans} spans and {logs} log records of {sent} requests"
+            "{service}: collector stored {spans} of {spans_sent} spans and {logs} of {logs_sent} log records"
         );
     }
     collector.stop().await;
@@ -285,6 +353,47 @@ mod server {
         format!("hello {name}")
     }
 
+    // The nested shape: five levels of `#[instrument]`, as service code marks
+    // its steps; the innermost logs one line. Every configuration runs this
+    // same code (uninstrumented, nothing listens to the spans).
+    #[tracing::instrument]
+    async fn step1(name: &str) -> usize {
+        step2(name).await + 1
+    }
+
+    #[tracing::instrument]
+    async fn step2(name: &str) -> usize {
+        step3(name).await + 1
+    }
+
+    #[tracing::instrument]
+    async fn step3(name: &str) -> usize {
+        step4(name).await + 1
+    }
+
+    #[tracing::instrument]
+    async fn step4(name: &str) -> usize {
+        step5(name).await + 1
+    }
+
+    #[tracing::instrument]
+    async fn step5(name: &str) -> usize {
+        tracing::info!(%name, "deepest step");
+        name.len()
+    }
+
+    async fn nested(Path(name): Path<String>) -> String {
+        let n = step1(&name).await;
+        format!("nested {name} {n}")
+    }
+
+    /// The routes of both shapes.
+    fn routes() -> Router {
+        Router::new()
+            .route("/hello/{name}", get(hello_logged))
+            .route("/nested/{name}", get(nested))
+    }
+
     pub fn run(mode: Mode, endpoint: &str) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -296,7 +405,9 @@ mod server {
                 .expect("bind");
             let port = listener.local_addr().expect("addr").port();
             let app = match mode {
-                Mode::Plain => Router::new().route("/hello/{name}", get(hello)),
+                Mode::Plain => Router::new()
+                    .route("/hello/{name}", get(hello))
+                    .route("/nested/{name}", get(nested)),
                 Mode::Agent => agent_app(endpoint),
                 Mode::Standard => standard_app(endpoint),
             };
@@ -315,9 +426,7 @@ mod server {
         let layer = guard.agent().http_layer();
         // The process is killed at the end; the guard lives as long as it does.
         std::mem::forget(guard);
-        Router::new()
-            .route("/hello/{name}", get(hello_logged))
-            .layer(layer)
+        routes().layer(layer)
     }
 
     fn standard_app(endpoint: &str) -> Router {
@@ -421,8 +530,7 @@ mod server {
             response
         }
 
-        Router::new()
-            .route("/hello/{name}", get(hello_logged))
+        routes()
             .layer(middleware::from_fn_with_state(histogram, record))
             .layer(
                 TraceLayer::new_for_http()

@@ -1,6 +1,7 @@
 //! The [`Agent`] handle, its [`AgentBuilder`] and the [`AgentGuard`] whose drop
 //! flushes everything within a bounded deadline.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,6 +11,7 @@ use thiserror::Error;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 use crate::config::{Compression, Config, ConfigError, Protocol, Signal};
 use crate::context::Context;
@@ -21,7 +23,7 @@ use crate::metrics::{Counter, Gauge, MetricsSnapshot};
 use crate::propagation::{Extractor, Injector, Propagators};
 use crate::queue::Queue;
 use crate::sampler::Sampler;
-use crate::span::{Span, SpanData, SpanKind, Str};
+use crate::span::{Span, SpanData, SpanKind, Str, Value};
 
 #[derive(Debug, Error)]
 pub enum InitError {
@@ -33,6 +35,8 @@ pub enum InitError {
     SubscriberInstalled(String),
     #[error("export header {name:?} is not a valid header")]
     InvalidHeader { name: String },
+    #[error("export TLS: {0}")]
+    Tls(#[from] crate::export::tls::TlsError),
     #[error("endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("cannot start the agent's export thread: {0}")]
@@ -114,10 +118,14 @@ const NAME_CACHE_CAPACITY: usize = 4096;
 /// State shared by every handle, layer and span of one agent.
 pub(crate) struct Shared {
     pub service_name: String,
+    /// `service.name`, `service.instance.id`, host, process, … (see `resource.rs`).
+    pub resource: Vec<(Cow<'static, str>, Value)>,
     pub sampler: Sampler,
     pub propagators: Propagators,
     /// False when `OTEL_SDK_DISABLED`: spans are not recorded.
     pub recording: bool,
+    /// `tracing` events inside a span become span events.
+    pub span_events: bool,
     pub spans: Queue<Box<SpanData>>,
     /// Route and span names shared across requests.
     pub names: crate::intern::Interner,
@@ -125,6 +133,7 @@ pub(crate) struct Shared {
     /// Log records written to stdout and waiting for export.
     pub log_export: Queue<LogEvent>,
     pub red: RedMetrics,
+    pub rpc: crate::metrics::rpc::RpcMetrics,
     pub instruments: Instruments,
     pub span_counts: ExportCounts,
     pub log_counts: ExportCounts,
@@ -149,6 +158,7 @@ impl Shared {
         MetricsSnapshot {
             service_name: self.service_name.clone(),
             series: self.red.snapshot(),
+            rpc: self.rpc.snapshot(),
             counters,
             gauges,
             stats: self.stats(),
@@ -181,6 +191,11 @@ impl Agent {
 
     pub fn service_name(&self) -> &str {
         &self.shared.service_name
+    }
+
+    /// The resource attributes every export carries (`service.instance.id`, …).
+    pub fn resource(&self) -> &[(Cow<'static, str>, Value)] {
+        &self.shared.resource
     }
 
     /// A span whose parent is the current context (if any).
@@ -217,6 +232,16 @@ impl Agent {
     pub fn log_layer(&self) -> LogLayer {
         LogLayer {
             shared: self.shared.clone(),
+        }
+    }
+
+    /// The `tracing` layer turning `tracing` spans (`#[instrument]`,
+    /// `info_span!`, libraries' spans) into OTLP spans; [`crate::init`]
+    /// installs it, behind the span filter.
+    pub fn tracing_layer(&self) -> crate::TracingLayer {
+        crate::TracingLayer {
+            shared: self.shared.clone(),
+            span_events: self.shared.span_events,
         }
     }
 
@@ -401,6 +426,18 @@ impl AgentBuilder {
         self.with(|c| c.log_filter = filter)
     }
 
+    /// `EnvFilter` directives for the `tracing` spans that become OTLP spans
+    /// (default: the log filter's). `off` turns the bridge off.
+    pub fn span_filter(self, filter: impl Into<String>) -> Self {
+        let filter = filter.into();
+        self.with(|c| c.span_filter = Some(filter))
+    }
+
+    /// `tracing` events inside a span also become events of that span.
+    pub fn span_events(self, on: bool) -> Self {
+        self.with(|c| c.span_events = on)
+    }
+
     /// Turns the JSON lines off (records are still exported).
     pub fn json_logs(self, on: bool) -> Self {
         self.with(|c| c.json_logs = on)
@@ -444,42 +481,49 @@ impl AgentBuilder {
         self.with(f)
     }
 
-    /// Starts the agent and installs it globally: the `tracing` subscriber (filter +
-    /// JSON/OTLP log layer) and [`Agent::global`].
+    /// Starts the agent and installs it globally: the `tracing` subscriber
+    /// (the JSON/OTLP log layer behind the log filter, the span layer behind
+    /// the span filter) and [`Agent::global`].
     pub fn init(self) -> Result<AgentGuard, InitError> {
-        let filter = self
-            .config
-            .as_ref()
-            .map(|c| c.log_filter.clone())
-            .unwrap_or_default();
-        let env_filter = EnvFilter::try_new(&filter).map_err(|e| InitError::LogFilter {
-            filter: filter.clone(),
-            reason: e.to_string(),
-        })?;
+        let env_filter = |filter: &str| {
+            EnvFilter::try_new(filter).map_err(|e| InitError::LogFilter {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let (log_filter, span_filter) = match &self.config {
+            Ok(c) => (env_filter(&c.log_filter)?, env_filter(c.span_filter())?),
+            Err(_) => (EnvFilter::default(), EnvFilter::default()),
+        };
         let guard = self.start()?;
         tracing_subscriber::registry()
-            .with(env_filter)
-            .with(guard.agent.log_layer())
+            .with(guard.agent.tracing_layer().with_filter(span_filter))
+            .with(guard.agent.log_layer().with_filter(log_filter))
             .try_init()
             .map_err(|e| InitError::SubscriberInstalled(e.to_string()))?;
         let _ = GLOBAL.set(guard.agent.clone());
+        #[cfg(feature = "otel-api")]
+        crate::otel_api::install(&guard.agent);
         Ok(guard)
     }
 
     /// Starts the agent without touching any global: compose
-    /// [`Agent::log_layer`] into your own subscriber.
+    /// [`Agent::log_layer`] and [`Agent::tracing_layer`] into your own subscriber.
     pub fn start(self) -> Result<AgentGuard, InitError> {
         let config = self.config?;
         let shared = Arc::new(Shared {
             service_name: config.service_name.clone(),
+            resource: crate::resource::build(&config),
             sampler: config.sampler,
             propagators: config.propagators,
             recording: !config.disabled,
+            span_events: config.span_events,
             spans: Queue::new(config.span_queue_capacity, config.max_export_batch),
             names: crate::intern::Interner::new(NAME_CACHE_CAPACITY),
             logs: Queue::new(config.log_queue_capacity, config.max_export_batch),
             log_export: Queue::new(config.log_queue_capacity, config.max_export_batch),
             red: RedMetrics::new(config.max_metric_series),
+            rpc: crate::metrics::rpc::RpcMetrics::new(config.max_metric_series),
             instruments: Instruments::new(config.max_metric_series),
             span_counts: ExportCounts::default(),
             log_counts: ExportCounts::default(),

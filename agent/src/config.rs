@@ -1,6 +1,7 @@
 //! Settings read from the standard `OTEL_*` environment, each overridable in code
 //! through [`AgentBuilder`](crate::AgentBuilder).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -27,6 +28,13 @@ pub enum Protocol {
     #[default]
     Grpc,
     HttpProtobuf,
+    HttpJson,
+}
+
+impl Protocol {
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::HttpProtobuf | Protocol::HttpJson)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -79,8 +87,12 @@ pub struct ExportConfig {
     pub endpoint: Option<String>,
     pub protocol: Protocol,
     pub headers: Vec<(String, String)>,
+    /// The whole export of one batch, retries included.
     pub timeout: Duration,
     pub compression: Compression,
+    /// `OTEL_<SIGNAL>_EXPORTER`: false for `none` (nothing is exported).
+    pub enabled: bool,
+    pub tls: TlsConfig,
 }
 
 impl Default for ExportConfig {
@@ -91,8 +103,26 @@ impl Default for ExportConfig {
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             compression: Compression::None,
+            enabled: true,
+            tls: TlsConfig::default(),
         }
     }
+}
+
+/// Transport security of one signal's export (`OTEL_EXPORTER_OTLP[_<SIGNAL>]_*`).
+/// The files are read when the agent starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsConfig {
+    /// PEM CA certificate(s) trusted for the collector instead of the system and
+    /// webpki roots (`_CERTIFICATE`).
+    pub certificate: Option<PathBuf>,
+    /// PEM client certificate chain and key for mutual TLS
+    /// (`_CLIENT_CERTIFICATE`, `_CLIENT_KEY`).
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `_INSECURE=true`: a gRPC endpoint given without a scheme is reached in
+    /// cleartext instead of over TLS.
+    pub insecure: bool,
 }
 
 /// Everything the agent needs; [`Config::from_env`] fills it from the environment.
@@ -112,6 +142,12 @@ pub struct Config {
     pub disabled: bool,
     /// An `EnvFilter` directive string (`RUST_LOG`, else `OTEL_LOG_LEVEL`).
     pub log_filter: String,
+    /// `EnvFilter` directives choosing the `tracing` spans that become OTLP
+    /// spans (`AGENT_SPAN_FILTER`); `None` uses [`Config::log_filter`].
+    pub span_filter: Option<String>,
+    /// `tracing` events inside a span also become events of that span
+    /// (`AGENT_SPAN_EVENTS=true`).
+    pub span_events: bool,
     pub json_logs: bool,
     pub span_export_interval: Duration,
     pub log_export_interval: Duration,
@@ -139,6 +175,8 @@ impl Default for Config {
             propagators: Propagators::default(),
             disabled: false,
             log_filter: "info".into(),
+            span_filter: None,
+            span_events: false,
             json_logs: true,
             span_export_interval: Duration::from_millis(5000),
             log_export_interval: Duration::from_millis(1000),
@@ -196,7 +234,22 @@ impl Config {
             if let Some(e) = &export.endpoint {
                 validate_endpoint(e, &format!("{prefix}_ENDPOINT"))?;
             }
+            let var = format!("OTEL_{}_EXPORTER", signal.env_name());
+            if let Some(names) = get(&var) {
+                let (enabled, warnings) = parse_exporters(&names, &var, signal);
+                export.enabled = enabled;
+                config.warnings.extend(warnings);
+            }
             *config.export_mut(signal) = export;
+            if config.export(signal).protocol.is_http() {
+                let url = config.resolved_endpoint(signal);
+                if !has_scheme(&url) {
+                    return Err(invalid(
+                        &prefix,
+                        format!("{url:?}: OTLP/HTTP needs an http:// or https:// endpoint"),
+                    ));
+                }
+            }
         }
 
         if let Some(name) = get("OTEL_TRACES_SAMPLER") {
@@ -214,6 +267,12 @@ impl Config {
         }
         if let Some(filter) = get("RUST_LOG").or_else(|| get("OTEL_LOG_LEVEL")) {
             config.log_filter = filter;
+        }
+        config.span_filter = get("AGENT_SPAN_FILTER");
+        if let Some(v) = get("AGENT_SPAN_EVENTS") {
+            config.span_events = parse_bool(&v).ok_or_else(|| {
+                invalid("AGENT_SPAN_EVENTS", format!("{v:?} is not true or false"))
+            })?;
         }
         let millis = |var: &str, default: Duration| -> Result<Duration, ConfigError> {
             match get(var) {
@@ -246,6 +305,11 @@ impl Config {
         Ok(config)
     }
 
+    /// The directives for `tracing` spans: their own, else the logs'.
+    pub fn span_filter(&self) -> &str {
+        self.span_filter.as_deref().unwrap_or(&self.log_filter)
+    }
+
     pub fn export(&self, signal: Signal) -> &ExportConfig {
         match signal {
             Signal::Traces => &self.traces,
@@ -270,16 +334,29 @@ impl Config {
         if let Some(e) = &export.endpoint {
             return e.clone();
         }
-        match (export.protocol, &self.endpoint) {
-            (Protocol::Grpc, Some(base)) => base.clone(),
-            (Protocol::Grpc, None) => "http://localhost:4317".into(),
-            (Protocol::HttpProtobuf, Some(base)) => {
+        match (export.protocol.is_http(), &self.endpoint) {
+            (false, Some(base)) => base.clone(),
+            (false, None) => "http://localhost:4317".into(),
+            (true, Some(base)) => {
                 format!("{}{}", base.trim_end_matches('/'), signal.http_path())
             }
-            (Protocol::HttpProtobuf, None) => {
-                format!("http://localhost:4318{}", signal.http_path())
-            }
+            (true, None) => format!("http://localhost:4318{}", signal.http_path()),
         }
+    }
+
+    /// [`Config::resolved_endpoint`] with the scheme a gRPC endpoint without one
+    /// gets: `https`, or `http` with `_INSECURE=true` (as the OTLP exporter spec says).
+    pub fn connect_url(&self, signal: Signal) -> String {
+        let url = self.resolved_endpoint(signal);
+        if has_scheme(&url) {
+            return url;
+        }
+        let scheme = if self.export(signal).tls.insecure {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{url}")
     }
 }
 
@@ -292,10 +369,39 @@ fn read_export(
         export.protocol = match p.as_str() {
             "grpc" => Protocol::Grpc,
             "http/protobuf" => Protocol::HttpProtobuf,
+            "http/json" => Protocol::HttpJson,
             other => {
                 return Err(invalid(
                     &format!("{prefix}_PROTOCOL"),
-                    format!("{other:?} is not supported (grpc, http/protobuf)"),
+                    format!("{other:?} is not supported (grpc, http/protobuf, http/json)"),
+                ))
+            }
+        };
+    }
+    let path = |suffix: &str| get(&format!("{prefix}_{suffix}")).map(PathBuf::from);
+    if let Some(p) = path("CERTIFICATE") {
+        export.tls.certificate = Some(p);
+    }
+    if let Some(p) = path("CLIENT_CERTIFICATE") {
+        export.tls.client_certificate = Some(p);
+    }
+    if let Some(p) = path("CLIENT_KEY") {
+        export.tls.client_key = Some(p);
+    }
+    if export.tls.client_certificate.is_some() != export.tls.client_key.is_some() {
+        return Err(invalid(
+            &format!("{prefix}_CLIENT_CERTIFICATE"),
+            "the client certificate and the client key must be given together",
+        ));
+    }
+    if let Some(v) = get(&format!("{prefix}_INSECURE")) {
+        export.tls.insecure = match v.to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(invalid(
+                    &format!("{prefix}_INSECURE"),
+                    format!("{other:?} is not true or false"),
                 ))
             }
         };
@@ -327,17 +433,46 @@ fn read_export(
     Ok(export)
 }
 
+fn has_scheme(endpoint: &str) -> bool {
+    endpoint.contains("://")
+}
+
+/// `http://…`, `https://…`, or `host:port` (gRPC only: TLS unless `_INSECURE`).
 fn validate_endpoint(endpoint: &str, var: &str) -> Result<(), ConfigError> {
-    let uri: http::Uri = endpoint
+    let with_scheme = if has_scheme(endpoint) {
+        endpoint.to_string()
+    } else {
+        format!("https://{endpoint}")
+    };
+    let uri: http::Uri = with_scheme
         .parse()
         .map_err(|e| invalid(var, format!("{endpoint:?} is not a URL: {e}")))?;
     match uri.scheme_str() {
-        Some("http") | Some("https") => Ok(()),
+        Some("http") | Some("https") if uri.host().is_some() => Ok(()),
         _ => Err(invalid(
             var,
-            format!("{endpoint:?} needs an http:// or https:// scheme"),
+            format!("{endpoint:?} needs an http:// or https:// scheme and a host"),
         )),
     }
+}
+
+/// `OTEL_<SIGNAL>_EXPORTER`: whether `otlp` is among the names. `none` and an
+/// empty list export nothing; names this agent does not implement are reported.
+fn parse_exporters(names: &str, var: &str, signal: Signal) -> (bool, Vec<String>) {
+    let mut otlp = false;
+    let mut warnings = Vec::new();
+    for name in names.split(',').map(str::trim) {
+        match name {
+            "otlp" => otlp = true,
+            "none" | "" => {}
+            // The local `/metrics` route serves Prometheus text whatever this says.
+            "prometheus" if signal == Signal::Metrics => {}
+            other => warnings.push(format!(
+                "{var}: {other:?} is not supported (otlp, none); ignored"
+            )),
+        }
+    }
+    (otlp, warnings)
 }
 
 /// `key1=value1,key2=value2` with percent-encoded values (W3C baggage style).
@@ -354,6 +489,16 @@ fn parse_pairs(s: &str, var: &str) -> Result<Vec<(String, String)>, ConfigError>
             ))
         })
         .collect()
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 fn parse_propagators(s: &str) -> (Propagators, Vec<String>) {
@@ -447,6 +592,23 @@ mod tests {
         assert!(config.propagators.trace_context && !config.propagators.baggage);
         assert_eq!(config.warnings.len(), 1);
         assert_eq!(config.log_filter, "debug");
+        // Spans follow the logs' directives unless given their own.
+        assert_eq!(config.span_filter(), "debug");
+        assert!(!config.span_events);
+    }
+
+    #[test]
+    fn spans_can_have_their_own_filter_and_events() {
+        let config = from(&[
+            ("RUST_LOG", "info"),
+            ("AGENT_SPAN_FILTER", "warn,shop=debug"),
+            ("AGENT_SPAN_EVENTS", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(config.span_filter(), "warn,shop=debug");
+        assert!(config.span_events);
+        let err = from(&[("AGENT_SPAN_EVENTS", "yes")]).unwrap_err();
+        assert!(err.to_string().starts_with("AGENT_SPAN_EVENTS"), "{err}");
     }
 
     #[test]
@@ -457,7 +619,68 @@ mod tests {
                 .starts_with("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
             "{err}"
         );
-        let err = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]).unwrap_err();
+        let err = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317")]).unwrap_err();
         assert!(err.to_string().contains("scheme"), "{err}");
+        let err = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("OTLP/HTTP"), "{err}");
+        let err = from(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")]).unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
+        let err = from(&[("OTEL_EXPORTER_OTLP_LOGS_INSECURE", "maybe")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_LOGS_INSECURE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_grpc_endpoint_without_scheme_is_tls_unless_insecure() {
+        let config = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "/etc/traces-ca.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/client.key"),
+        ])
+        .expect("valid");
+        assert_eq!(config.connect_url(Signal::Traces), "https://collector:4317");
+        assert_eq!(config.connect_url(Signal::Metrics), "http://collector:4317");
+        assert_eq!(
+            config.traces.tls.certificate.as_deref(),
+            Some(std::path::Path::new("/etc/traces-ca.pem"))
+        );
+        assert_eq!(
+            config.logs.tls.certificate.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(config.logs.tls.client_key.is_some());
+    }
+
+    #[test]
+    fn signal_exporters_otlp_or_none() {
+        let config = from(&[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_LOGS_EXPORTER", "otlp,console"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ])
+        .expect("valid");
+        assert!(!config.traces.enabled);
+        assert!(!config.metrics.enabled);
+        assert!(config.logs.enabled);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert_eq!(config.logs.protocol, Protocol::HttpJson);
+        assert_eq!(
+            config.resolved_endpoint(Signal::Logs),
+            "http://localhost:4318/v1/logs"
+        );
     }
 }

@@ -124,7 +124,11 @@ pub struct Context {
 impl Context {
     /// The context of the code running now on this thread, if any.
     pub fn current() -> Option<Context> {
-        CURRENT.with(|c| c.borrow().clone())
+        let raw = current_raw();
+        // With the OpenTelemetry API bridge, a span the API made current counts too.
+        #[cfg(feature = "otel-api")]
+        let raw = crate::otel_api::resolve(raw);
+        raw
     }
 
     pub fn trace_id(&self) -> Option<TraceId> {
@@ -149,9 +153,23 @@ thread_local! {
     static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
 }
 
+/// Swaps the current context, returning the one it replaces: for entering and
+/// leaving `tracing` spans, whose guards the subscriber does not own.
+pub(crate) fn replace_current(context: Option<Context>) -> Option<Context> {
+    CURRENT.with(|c| c.replace(context))
+}
+
 /// Reads only the ids, without cloning the context: the log hot path.
 pub(crate) fn current_span_context() -> Option<SpanContext> {
-    CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.span))
+    let raw = CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.span));
+    #[cfg(feature = "otel-api")]
+    let raw = crate::otel_api::resolve_span(raw);
+    raw
+}
+
+/// The agent's own current context, whatever the OpenTelemetry API has.
+pub(crate) fn current_raw() -> Option<Context> {
+    CURRENT.with(|c| c.borrow().clone())
 }
 
 /// Restores the previous current context when dropped.

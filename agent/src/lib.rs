@@ -25,26 +25,33 @@ mod agent;
 pub mod config;
 pub mod context;
 mod export;
+pub mod grpc;
 pub mod http;
 mod intern;
 pub mod logs;
 pub mod messaging;
 pub mod metrics;
+#[cfg(feature = "otel-api")]
+pub mod otel_api;
 pub mod propagation;
 mod queue;
+pub mod resource;
 pub mod sampler;
 pub mod span;
+pub mod tracing_layer;
 
 pub use agent::{
     Agent, AgentBuilder, AgentGuard, AgentStats, InitError, LogWriter, ShutdownError, SignalStats,
 };
-pub use config::{Compression, Config, ConfigError, Protocol, Signal};
+pub use config::{Compression, Config, ConfigError, Protocol, Signal, TlsConfig};
 pub use context::{Context, FutureExt, SpanContext, SpanId, TraceId};
+pub use export::tls::TlsError;
 pub use http::client::SendTraced;
 pub use messaging::Destination;
 pub use propagation::{Extractor, Injector, Propagators};
 pub use sampler::Sampler;
-pub use span::{Span, SpanKind, Status, Str, Value};
+pub use span::{Array, Attribute, Span, SpanKind, Status, Str, Value};
+pub use tracing_layer::TracingLayer;
 
 /// Configures from the environment and installs globally (see [`AgentBuilder::init`]).
 pub fn init() -> Result<AgentGuard, InitError> {

@@ -62,6 +62,10 @@ pub(crate) fn mark_agent_thread() {
     AGENT_THREAD.with(|f| f.set(true));
 }
 
+pub(crate) fn on_agent_thread() -> bool {
+    AGENT_THREAD.with(Cell::get)
+}
+
 /// Crates of the export transport; their events are never exported as records
 /// (from any thread), whatever the filter lets through to stdout.
 const TRANSPORT_TARGETS: [&str; 5] = ["tonic", "h2", "hyper", "hyper_util", "tower"];
@@ -82,7 +86,7 @@ pub struct LogLayer {
 
 impl<S: Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
-        if AGENT_THREAD.with(Cell::get) {
+        if on_agent_thread() {
             return;
         }
         let meta = event.metadata();

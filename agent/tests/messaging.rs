@@ -97,8 +97,14 @@ fn amqp_field_table_carries_the_context() {
     use agent::{Extractor, Propagators};
     use lapin::types::FieldTable;
 
+    // Recording (a disabled agent only passes a parent through), exporting nothing.
     let guard = agent::AgentBuilder::from_config(agent::Config::default())
-        .disabled(true)
+        .json_logs(false)
+        .configure(|c| {
+            for signal in agent::Signal::ALL {
+                c.export_mut(signal).enabled = false;
+            }
+        })
         .start()
         .expect("agent");
     let span = guard

@@ -18,8 +18,21 @@ struct Span {
     kind: String,
     #[serde(rename = "ServiceName")]
     service: String,
+    #[serde(rename = "StatusCode")]
+    status: String,
+    #[serde(rename = "SpanAttributes")]
+    attributes: Vec<(String, String)>,
     start: i64,
     end: i64,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 async fn spans(collector: &TestCollector, trace_id: &str, at_least: u64) -> Vec<Span> {
@@ -30,8 +43,8 @@ async fn spans(collector: &TestCollector, trace_id: &str, at_least: u64) -> Vec<
     collector
         .client
         .query(
-            "SELECT SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, \
-             toUnixTimestamp64Nano(Timestamp) AS start, toInt64(start + Duration) AS end \
+            "SELECT SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, StatusCode, \
+             SpanAttributes, toUnixTimestamp64Nano(Timestamp) AS start, toInt64(start + Duration) AS end \
              FROM otel_traces WHERE TraceId = ? ORDER BY Timestamp",
         )
         .bind(trace_id)
@@ -91,6 +104,59 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
         .find(|s| s.kind == "Server")
         .expect("the server span");
     assert_eq!(server.name, "POST /orders");
+    // One CLIENT span per statement and command under the request, with the
+    // database conventions' attributes.
+    let under_server: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == "Client" && s.parent == server.span_id)
+        .collect();
+    let statement = |name: &str| {
+        under_server
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name:?} span under POST /orders: {under_server:#?}"))
+    };
+    let database = env.database_url.rsplit('/').next().unwrap();
+    for name in [
+        "BEGIN",
+        "INSERT orders",
+        "INSERT outbox",
+        "SELECT pg_notify",
+        "COMMIT",
+    ] {
+        let s = statement(name);
+        assert_eq!(s.attr("db.system.name"), Some("postgresql"), "{s:?}");
+        assert_eq!(s.attr("db.query.summary"), Some(name));
+        assert_eq!(s.attr("db.namespace"), Some(database));
+        assert_eq!(s.attr("server.port"), Some("5432"));
+        assert!(s.attr("server.address").is_some(), "{s:?}");
+        assert_eq!(s.status, "Unset", "{s:?}");
+    }
+    let insert = statement("INSERT orders");
+    assert_eq!(insert.attr("db.operation.name"), Some("INSERT"));
+    assert_eq!(insert.attr("db.collection.name"), Some("orders"));
+    assert_eq!(
+        statement("SELECT pg_notify").attr("db.collection.name"),
+        None
+    );
+    let outbox_rows = under_server
+        .iter()
+        .filter(|s| s.name == "INSERT outbox")
+        .count();
+    assert_eq!(outbox_rows, 3, "one INSERT per outbox row");
+    // Statements of one transaction run one after the other, inside the request.
+    let (begin, commit) = (statement("BEGIN"), statement("COMMIT"));
+    assert!(begin.end <= insert.start && insert.end <= commit.start);
+    assert!(server.start <= begin.start && commit.end <= server.end);
+    for name in ["EVALSHA idempotency.claim", "EVALSHA idempotency.complete"] {
+        let s = statement(name);
+        assert_eq!(s.attr("db.system.name"), Some("redis"), "{s:?}");
+        assert_eq!(s.attr("db.operation.name"), Some("EVALSHA"));
+        assert_eq!(s.attr("db.query.summary"), Some(name));
+        assert_eq!(s.attr("db.namespace"), Some("0"));
+        assert_eq!(s.attr("server.port"), Some("6379"));
+        assert_eq!(s.attr("db.collection.name"), None);
+    }
     let prefix = &env.name;
     for queue in ["payment", "email", "sms"] {
         let producer = spans
@@ -113,6 +179,30 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
         );
     }
     assert!(spans.iter().all(|s| s.service == "shop"));
+    // `sample-service report` draws them in the order's waterfall.
+    let args = sample_service::report::ReportArgs {
+        clickhouse_url: collector::testing::clickhouse_url(),
+        database: collector.database.clone(),
+        since_seconds: 600,
+        trace_id: Some(trace_id.clone()),
+        collector_grpc: collector.grpc_endpoint(),
+        collector_http: collector.http_endpoint(),
+        collector_admin: collector.admin_endpoint(),
+        shop_url: None,
+    };
+    let mut report = Vec::new();
+    sample_service::report::run(&args, &mut report)
+        .await
+        .expect("the report runs");
+    let report = String::from_utf8(report).unwrap();
+    for name in ["INSERT orders", "COMMIT", "EVALSHA idempotency.claim"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(name) && l.contains("CLIENT")),
+            "{name} missing from the waterfall:\n{report}"
+        );
+    }
     shop.stop().await;
     env.cleanup().await;
     collector.stop().await;
@@ -197,4 +287,69 @@ async fn the_summary_calls_its_three_downstreams_in_parallel() {
 
 fn token_for_admin() -> String {
     token("operator", "admin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expected_unique_violation_does_not_fail_its_span() {
+    use agent::FutureExt;
+    use sample_service::store::{CreateOrder, NewOrder, Orders, Postgres};
+
+    let collector = TestCollector::start("shop_unique").await;
+    let env = Env::new("unique").await;
+    let guard = agent_builder("shop-store", Some(&collector.grpc_endpoint()))
+        .start()
+        .expect("agent starts");
+    let store = Postgres::connect(
+        &env.database_url,
+        2,
+        std::time::Duration::from_secs(5),
+        guard.agent().clone(),
+    )
+    .await
+    .expect("store connects");
+    let order = |id: uuid::Uuid| NewOrder {
+        id,
+        tenant: "tenant-a".into(),
+        idempotency_key: "same-key".into(),
+        items: Vec::new(),
+        total_cents: 100,
+        email: "a@example.com".into(),
+        phone: "+100".into(),
+        payment_method: "card".into(),
+        events: Vec::new(),
+    };
+    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let request = guard
+        .agent()
+        .start_span("POST /orders", agent::SpanKind::Server);
+    let trace_id = request.trace_id().to_hex();
+    let outcome = async {
+        store.create_order(order(first)).await.expect("first order");
+        // The same key again, as when two replicas race past the Redis claim.
+        store
+            .create_order(order(second))
+            .await
+            .expect("second order")
+    }
+    .with_context(request.context().clone())
+    .await;
+    request.end();
+    assert!(matches!(outcome, CreateOrder::Exists(id) if id == first));
+    store.close().await;
+    guard.shutdown_async().await.expect("flushed");
+
+    let filter = format!("TraceId = '{trace_id}' AND SpanName = 'INSERT orders'");
+    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 2).await, 2);
+    let spans = spans(&collector, &trace_id, 2).await;
+    let inserts: Vec<&Span> = spans.iter().filter(|s| s.name == "INSERT orders").collect();
+    let violated = inserts
+        .iter()
+        .find(|s| s.attr("db.response.status_code") == Some("23505"))
+        .unwrap_or_else(|| panic!("no INSERT recorded the violation: {inserts:#?}"));
+    assert_eq!(violated.status, "Unset");
+    assert_eq!(violated.attr("error.type"), None);
+    // The lookup that resolves it is a span of its own.
+    assert!(spans.iter().any(|s| s.name == "SELECT orders"));
+    env.cleanup().await;
+    collector.stop().await;
 }

@@ -5,6 +5,8 @@
 //! any thread without deadlocking a current-thread runtime.
 
 pub(crate) mod otlp;
+pub(crate) mod retry;
+pub(crate) mod tls;
 pub(crate) mod transport;
 
 use std::io::Write;
@@ -20,6 +22,7 @@ use crate::agent::{ExportCounts, InitError, LogWriter, Shared, ShutdownError};
 use crate::config::{Config, Signal};
 use crate::logs::{self, is_transport_target, write_json_line, LogEvent};
 use crate::span::unix_nanos;
+use retry::Retry;
 use transport::{ExportError, Payload, Transport};
 
 /// JSON lines reach stdout at most this long after the event.
@@ -51,10 +54,11 @@ impl Worker {
     }
 }
 
+/// One transport per signal; `None` where `OTEL_<SIGNAL>_EXPORTER=none`.
 struct Exporters {
-    traces: Transport,
-    logs: Transport,
-    metrics: Transport,
+    traces: Option<Transport>,
+    logs: Option<Transport>,
+    metrics: Option<Transport>,
 }
 
 pub(crate) fn spawn(
@@ -83,11 +87,18 @@ pub(crate) fn spawn(
             };
             runtime.block_on(async move {
                 let exporters = if shared.recording {
+                    let transport = |signal| {
+                        config
+                            .export(signal)
+                            .enabled
+                            .then(|| Transport::new(&config, signal))
+                            .transpose()
+                    };
                     let built = (|| {
                         Ok::<_, InitError>(Exporters {
-                            traces: Transport::new(&config, Signal::Traces)?,
-                            logs: Transport::new(&config, Signal::Logs)?,
-                            metrics: Transport::new(&config, Signal::Metrics)?,
+                            traces: transport(Signal::Traces)?,
+                            logs: transport(Signal::Logs)?,
+                            metrics: transport(Signal::Metrics)?,
                         })
                     })();
                     match built {
@@ -123,7 +134,7 @@ async fn run(
     writer: Option<LogWriter>,
     stop_rx: oneshot::Receiver<Instant>,
 ) -> bool {
-    let resource = Arc::new(otlp::resource(&config));
+    let resource = Arc::new(otlp::resource(&shared.resource));
     let started_unix_nanos = unix_nanos(SystemTime::now());
     let (stop_tx, stop) = watch::channel(None);
     let lines_done = Arc::new(Notify::new());
@@ -131,11 +142,13 @@ async fn run(
     tasks.spawn(write_lines(
         shared.clone(),
         writer,
-        exporters.is_some(),
+        exporters.as_ref().is_some_and(|e| e.logs.is_some()),
         lines_done.clone(),
         stop.clone(),
     ));
     if let Some(exporters) = exporters {
+        // With traces off, spans are still sampled and propagated; the queue is
+        // emptied here without a word to the network.
         tasks.spawn(export_spans(
             shared.clone(),
             exporters.clone(),
@@ -144,23 +157,27 @@ async fn run(
             config.max_export_batch,
             stop.clone(),
         ));
-        tasks.spawn(export_logs(
-            shared.clone(),
-            exporters.clone(),
-            resource.clone(),
-            config.log_export_interval,
-            config.max_export_batch,
-            lines_done,
-            stop.clone(),
-        ));
-        tasks.spawn(export_metrics(
-            shared.clone(),
-            exporters,
-            resource,
-            config.metric_export_interval,
-            started_unix_nanos,
-            stop.clone(),
-        ));
+        if exporters.logs.is_some() {
+            tasks.spawn(export_logs(
+                shared.clone(),
+                exporters.clone(),
+                resource.clone(),
+                config.log_export_interval,
+                config.max_export_batch,
+                lines_done,
+                stop.clone(),
+            ));
+        }
+        if exporters.metrics.is_some() {
+            tasks.spawn(export_metrics(
+                shared.clone(),
+                exporters,
+                resource,
+                config.metric_export_interval,
+                started_unix_nanos,
+                stop.clone(),
+            ));
+        }
     }
     tasks.spawn(report_drops(
         shared.clone(),
@@ -200,15 +217,60 @@ async fn next_round(
     }
 }
 
-/// One export; once shutdown begins (also mid-flight) it is cut at the deadline.
+/// One batch: encoded once, then attempted until it is delivered, fails for
+/// good, or the time is up. Retryable failures wait for the server's hint or a
+/// jittered backoff, within the export timeout and (once shutdown begins) its
+/// deadline; the batch is the only thing held meanwhile.
 async fn send_bounded(
     shared: &Shared,
     transport: &Transport,
     payload: Payload,
     stop: &Stop,
 ) -> Result<(), ExportError> {
+    let body = transport.encode(payload)?;
+    let budget_end = Instant::now() + transport.timeout;
     let mut stop = stop.clone();
-    let send = transport.send(payload);
+    let mut attempt = 0;
+    loop {
+        let remaining = budget_end.saturating_duration_since(Instant::now());
+        let send = transport.send(body.clone(), remaining);
+        let error = match cut_at_shutdown(shared, send, &mut stop).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Retry::After(hint) = error.retry() else {
+            return Err(error);
+        };
+        let wait = hint.unwrap_or_else(|| retry::backoff(attempt));
+        attempt += 1;
+        // Waiting past the budget or the shutdown deadline would only delay the
+        // same failure.
+        loop {
+            let limit = match *stop.borrow_and_update() {
+                Some(deadline) => budget_end.min(deadline),
+                None => budget_end,
+            };
+            let resume = Instant::now() + wait;
+            if resume >= limit {
+                return Err(error);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(resume.into()) => break,
+                // Shutdown began: check the wait against its deadline.
+                changed = stop.changed() => if changed.is_err() {
+                    return Err(error);
+                },
+            }
+        }
+    }
+}
+
+/// One attempt; once shutdown begins (also mid-flight) it is cut at the deadline.
+async fn cut_at_shutdown(
+    shared: &Shared,
+    send: impl std::future::Future<Output = Result<(), ExportError>>,
+    stop: &mut Stop,
+) -> Result<(), ExportError> {
     tokio::pin!(send);
     loop {
         let current = *stop.borrow_and_update();
@@ -287,12 +349,18 @@ async fn export_spans(
     loop {
         let stopping = next_round(interval, shared.spans.batch_ready(), &mut stop).await;
         shared.spans.swap(&mut spans);
+        let Some(transport) = &exporters.traces else {
+            spans.clear();
+            if stopping.is_some() {
+                return;
+            }
+            continue;
+        };
         while !spans.is_empty() {
             let n = spans.len().min(max_batch.max(1));
             let request = otlp::traces_request(&resource, spans.drain(..n));
             let n = n as u64;
-            let result =
-                send_bounded(&shared, &exporters.traces, Payload::Traces(request), &stop).await;
+            let result = send_bounded(&shared, transport, Payload::Traces(request), &stop).await;
             count(&shared.span_counts, n, result);
         }
         if stopping.is_some() {
@@ -324,8 +392,10 @@ async fn export_logs(
             if n == 0 {
                 continue;
             }
-            let result =
-                send_bounded(&shared, &exporters.logs, Payload::Logs(request), &stop).await;
+            let Some(transport) = &exporters.logs else {
+                return;
+            };
+            let result = send_bounded(&shared, transport, Payload::Logs(request), &stop).await;
             count(&shared.log_counts, n, result);
         }
         if stopping.is_some() {
@@ -342,6 +412,9 @@ async fn export_metrics(
     started_unix_nanos: u64,
     mut stop: Stop,
 ) {
+    let Some(transport) = &exporters.metrics else {
+        return;
+    };
     loop {
         let stopping = next_round(interval, std::future::pending(), &mut stop).await;
         let snapshot = shared.metrics_snapshot();
@@ -351,13 +424,7 @@ async fn export_metrics(
             started_unix_nanos,
             unix_nanos(SystemTime::now()),
         );
-        let result = send_bounded(
-            &shared,
-            &exporters.metrics,
-            Payload::Metrics(request),
-            &stop,
-        )
-        .await;
+        let result = send_bounded(&shared, transport, Payload::Metrics(request), &stop).await;
         count(&shared.point_counts, n, result);
         if stopping.is_some() {
             return;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, summary_data_point, AggregationTemporality, Gauge, Histogram,
@@ -17,19 +19,16 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 
-use crate::config::Config;
 use crate::logs::{is_transport_target, severity_number, FieldValue, LogEvent};
 use crate::metrics::{
-    InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, SeriesSnapshot,
-    DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
+    InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
+    SeriesSnapshot, DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
 };
-use crate::span::{SpanData, SpanKind, Status as SpanStatus, Value};
+use crate::span::{Array, Attributes, SpanData, SpanKind, Status as SpanStatus, Value};
 
 pub const SCOPE_NAME: &str = "agent";
-pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const SCOPE_VERSION: &str = crate::resource::SDK_VERSION;
 pub const DURATION_METRIC: &str = "http.server.request.duration";
-/// The hdrhistogram quantiles of the same durations.
-pub const DURATION_SUMMARY_METRIC: &str = "http.server.request.duration.summary";
 pub const DROPPED_METRIC: &str = "agent.telemetry.dropped";
 
 fn kv(key: impl Into<String>, value: any_value::Value) -> KeyValue {
@@ -53,21 +52,12 @@ fn scope(name: &str) -> Option<InstrumentationScope> {
 }
 
 /// Built once at start and cloned into each request.
-pub(crate) fn resource(config: &Config) -> Resource {
-    let mut attributes = vec![
-        str_kv("service.name", config.service_name.clone()),
-        str_kv("telemetry.sdk.name", "agent"),
-        str_kv("telemetry.sdk.language", "rust"),
-        str_kv("telemetry.sdk.version", SCOPE_VERSION),
-    ];
-    attributes.extend(
-        config
-            .resource_attributes
-            .iter()
-            .map(|(k, v)| str_kv(k.clone(), v.clone())),
-    );
+pub(crate) fn resource(attributes: &[(std::borrow::Cow<'static, str>, Value)]) -> Resource {
     Resource {
-        attributes,
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| kv(k.to_string(), value(v.clone())))
+            .collect(),
         ..Default::default()
     }
 }
@@ -78,7 +68,28 @@ fn value(v: Value) -> any_value::Value {
         Value::I64(i) => any_value::Value::IntValue(i),
         Value::F64(f) => any_value::Value::DoubleValue(f),
         Value::Bool(b) => any_value::Value::BoolValue(b),
+        Value::Array(a) => {
+            fn items<T>(v: Vec<T>, f: impl Fn(T) -> any_value::Value) -> Vec<AnyValue> {
+                v.into_iter()
+                    .map(|x| AnyValue { value: Some(f(x)) })
+                    .collect()
+            }
+            let values = match a {
+                Array::Str(v) => items(v, |s| any_value::Value::StringValue(s.into_string())),
+                Array::I64(v) => items(v, any_value::Value::IntValue),
+                Array::F64(v) => items(v, any_value::Value::DoubleValue),
+                Array::Bool(v) => items(v, any_value::Value::BoolValue),
+            };
+            any_value::Value::ArrayValue(ArrayValue { values })
+        }
     }
+}
+
+fn attributes(attributes: Attributes) -> Vec<KeyValue> {
+    attributes
+        .into_iter()
+        .map(|(k, v)| kv(k.into_owned(), value(v)))
+        .collect()
 }
 
 fn kind(k: SpanKind) -> span::SpanKind {
@@ -119,13 +130,33 @@ pub(crate) fn traces_request(
                 kind: kind(s.kind) as i32,
                 start_time_unix_nano: s.start_unix_nanos,
                 end_time_unix_nano: s.end_unix_nanos,
-                attributes: s
-                    .attributes
+                attributes: attributes(s.attributes),
+                dropped_attributes_count: s.dropped_attributes,
+                events: s
+                    .events
                     .into_iter()
-                    .map(|(k, v)| kv(k.into_owned(), value(v)))
+                    .map(|e| span::Event {
+                        time_unix_nano: e.time_unix_nanos,
+                        name: e.name.into_string(),
+                        attributes: attributes(e.attributes),
+                        dropped_attributes_count: 0,
+                    })
                     .collect(),
+                dropped_events_count: s.dropped_events,
+                links: s
+                    .links
+                    .into_iter()
+                    .map(|l| span::Link {
+                        trace_id: l.context.trace_id.0.to_vec(),
+                        span_id: l.context.span_id.0.to_vec(),
+                        trace_state: l.trace_state.map(|t| t.to_string()).unwrap_or_default(),
+                        attributes: attributes(l.attributes),
+                        dropped_attributes_count: 0,
+                        flags: u32::from(l.context.flags),
+                    })
+                    .collect(),
+                dropped_links_count: s.dropped_links,
                 status,
-                ..Default::default()
             }
         })
         .collect();
@@ -293,6 +324,133 @@ fn instrument_metrics(snapshot: &MetricsSnapshot, now_unix_nanos: u64) -> (Vec<M
     (metrics, points)
 }
 
+/// One RED series as a point of the duration histogram (seconds).
+fn histogram_point(
+    attributes: Vec<KeyValue>,
+    s: &SeriesSnapshot,
+    (start_unix_nanos, now_unix_nanos): (u64, u64),
+) -> HistogramDataPoint {
+    HistogramDataPoint {
+        attributes,
+        start_time_unix_nano: start_unix_nanos,
+        time_unix_nano: now_unix_nanos,
+        count: s.requests,
+        sum: Some(s.sum_seconds),
+        bucket_counts: s.bucket_counts.clone(),
+        explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
+        min: Some(s.min_seconds),
+        max: Some(s.quantile_seconds(QUANTILES.len() - 1)),
+        ..Default::default()
+    }
+}
+
+/// The same series' exact quantiles.
+fn summary_point(
+    attributes: Vec<KeyValue>,
+    s: &SeriesSnapshot,
+    (start_unix_nanos, now_unix_nanos): (u64, u64),
+) -> SummaryDataPoint {
+    SummaryDataPoint {
+        attributes,
+        start_time_unix_nano: start_unix_nanos,
+        time_unix_nano: now_unix_nanos,
+        count: s.requests,
+        sum: s.sum_seconds,
+        quantile_values: QUANTILES
+            .iter()
+            .enumerate()
+            .map(|(i, q)| summary_data_point::ValueAtQuantile {
+                quantile: *q,
+                value: s.quantile_seconds(i),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn rpc_attributes(s: &RpcSeriesSnapshot) -> Vec<KeyValue> {
+    if s.is_overflow() {
+        return vec![
+            str_kv("rpc.system", "grpc"),
+            kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)),
+        ];
+    }
+    vec![
+        str_kv("rpc.system", "grpc"),
+        str_kv("rpc.service", s.service.to_string()),
+        str_kv("rpc.method", s.method.to_string()),
+        kv(
+            "rpc.grpc.status_code",
+            any_value::Value::IntValue(i64::from(s.code)),
+        ),
+    ]
+}
+
+/// `rpc.{server,client}.call.duration` and their summaries, as for HTTP.
+fn rpc_metrics(series: &[RpcSeriesSnapshot], times: (u64, u64)) -> (Vec<Metric>, u64) {
+    let mut metrics = Vec::new();
+    let mut points = 0;
+    for side in [RpcSide::Server, RpcSide::Client] {
+        let side_series: Vec<(Vec<KeyValue>, &SeriesSnapshot)> = series
+            .iter()
+            .filter(|s| s.side == side)
+            .map(|s| (rpc_attributes(s), &s.durations))
+            .collect();
+        if side_series.is_empty() {
+            continue;
+        }
+        points += 2 * side_series.len() as u64;
+        metrics.extend(duration_metrics(
+            &format!("rpc.{}.call.duration", side.as_str()),
+            &format!("Duration of gRPC calls ({} side).", side.as_str()),
+            side_series,
+            times,
+        ));
+    }
+    (metrics, points)
+}
+
+/// RED series as the duration histogram (seconds, the HTTP buckets) named
+/// `name` and the summary of their exact quantiles, `{name}.summary`.
+fn duration_metrics(
+    name: &str,
+    description: &str,
+    series: Vec<(Vec<KeyValue>, &SeriesSnapshot)>,
+    times: (u64, u64),
+) -> [Metric; 2] {
+    let summary_points: Vec<SummaryDataPoint> = series
+        .iter()
+        .map(|(attributes, s)| summary_point(attributes.clone(), s, times))
+        .collect();
+    let histogram_points: Vec<HistogramDataPoint> = series
+        .into_iter()
+        .map(|(attributes, s)| histogram_point(attributes, s, times))
+        .collect();
+    [
+        Metric {
+            name: name.to_string(),
+            description: description.to_string(),
+            unit: "s".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: histogram_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        },
+        Metric {
+            name: format!("{name}.summary"),
+            description:
+                "Quantiles of the same durations (hdrhistogram, 3 significant digits); quantile 1 is the maximum."
+                    .into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Summary(Summary {
+                data_points: summary_points,
+            })),
+            ..Default::default()
+        },
+    ]
+}
+
 /// Cumulative since `start`: each export carries everything since the agent
 /// started, so a lost export loses nothing but freshness. The service's own
 /// instruments go in a scope named after the service.
@@ -304,40 +462,7 @@ pub(crate) fn metrics_request(
 ) -> (ExportMetricsServiceRequest, u64) {
     let series = &snapshot.series;
     let stats = &snapshot.stats;
-    let histogram_points: Vec<HistogramDataPoint> = series
-        .iter()
-        .map(|s| HistogramDataPoint {
-            attributes: series_attributes(s),
-            start_time_unix_nano: start_unix_nanos,
-            time_unix_nano: now_unix_nanos,
-            count: s.requests,
-            sum: Some(s.sum_seconds),
-            bucket_counts: s.bucket_counts.clone(),
-            explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
-            min: Some(s.min_seconds),
-            max: Some(s.quantile_seconds(QUANTILES.len() - 1)),
-            ..Default::default()
-        })
-        .collect();
-    let summary_points: Vec<SummaryDataPoint> = series
-        .iter()
-        .map(|s| SummaryDataPoint {
-            attributes: series_attributes(s),
-            start_time_unix_nano: start_unix_nanos,
-            time_unix_nano: now_unix_nanos,
-            count: s.requests,
-            sum: s.sum_seconds,
-            quantile_values: QUANTILES
-                .iter()
-                .enumerate()
-                .map(|(i, q)| summary_data_point::ValueAtQuantile {
-                    quantile: *q,
-                    value: s.quantile_seconds(i),
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .collect();
+    let times = (start_unix_nanos, now_unix_nanos);
     let dropped_points: Vec<NumberDataPoint> = stats
         .by_signal()
         .iter()
@@ -356,32 +481,18 @@ pub(crate) fn metrics_request(
         })
         .collect();
     let (instrument_metrics, instrument_points) = instrument_metrics(snapshot, now_unix_nanos);
-    let points = (histogram_points.len() + summary_points.len() + dropped_points.len()) as u64
-        + instrument_points;
+    let (rpc_metrics, rpc_points) = rpc_metrics(&snapshot.rpc, times);
+    let points = (2 * series.len() + dropped_points.len()) as u64 + instrument_points + rpc_points;
     let mut metrics = Vec::new();
     if !series.is_empty() {
-        metrics.push(Metric {
-            name: DURATION_METRIC.into(),
-            description: "Duration of HTTP server requests.".into(),
-            unit: "s".into(),
-            data: Some(metric::Data::Histogram(Histogram {
-                data_points: histogram_points,
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            })),
-            ..Default::default()
-        });
-        metrics.push(Metric {
-            name: DURATION_SUMMARY_METRIC.into(),
-            description:
-                "Quantiles of HTTP server request durations (hdrhistogram, 3 significant digits); quantile 1 is the maximum."
-                    .into(),
-            unit: "s".into(),
-            data: Some(metric::Data::Summary(Summary {
-                data_points: summary_points,
-            })),
-            ..Default::default()
-        });
+        metrics.extend(duration_metrics(
+            DURATION_METRIC,
+            "Duration of HTTP server requests.",
+            series.iter().map(|s| (series_attributes(s), s)).collect(),
+            times,
+        ));
     }
+    metrics.extend(rpc_metrics);
     metrics.push(Metric {
         name: DROPPED_METRIC.into(),
         description: "Spans, log records and metric points the agent dropped.".into(),

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::context::WithContext;
+use crate::context::{replace_current, WithContext};
 use crate::span::{Span, SpanKind, Status, Str};
 use crate::Agent;
 
@@ -90,23 +90,23 @@ fn protocol_version(version: http::Version) -> Option<&'static str> {
 
 fn request_attributes<B>(span: &mut Span, req: &Request<B>, method: &'static str) {
     let uri = req.uri();
-    span.set_attribute("http.request.method", method);
+    span.push_attribute("http.request.method", method);
     if method == "_OTHER" {
-        span.set_attribute(
+        span.push_attribute(
             "http.request.method_original",
             req.method().as_str().to_string(),
         );
     }
-    span.set_attribute("url.path", uri.path().to_string());
+    span.push_attribute("url.path", uri.path().to_string());
     if let Some(query) = uri.query() {
-        span.set_attribute("url.query", query.to_string());
+        span.push_attribute("url.query", query.to_string());
     }
     let scheme = match uri.scheme_str() {
         None | Some("http") => Str::Static("http"),
         Some("https") => Str::Static("https"),
         Some(other) => Str::Owned(other.to_string()),
     };
-    span.set_attribute("url.scheme", scheme);
+    span.push_attribute("url.scheme", scheme);
     let authority = uri.authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -114,9 +114,9 @@ fn request_attributes<B>(span: &mut Span, req: &Request<B>, method: &'static str
     });
     if let Some(authority) = authority {
         let (host, port) = split_host_port(authority);
-        span.set_attribute("server.address", host.to_string());
+        span.push_attribute("server.address", host.to_string());
         if let Some(port) = port {
-            span.set_attribute("server.port", port);
+            span.push_attribute("server.port", port);
         }
     }
     // The original client when a proxy says so, else the peer.
@@ -131,21 +131,21 @@ fn request_attributes<B>(span: &mut Span, req: &Request<B>, method: &'static str
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     if let Some(client) = forwarded.or_else(|| peer.map(|p| p.ip().to_string())) {
-        span.set_attribute("client.address", client);
+        span.push_attribute("client.address", client);
     }
     if let Some(peer) = peer {
-        span.set_attribute("network.peer.address", peer.ip().to_string());
-        span.set_attribute("network.peer.port", i64::from(peer.port()));
+        span.push_attribute("network.peer.address", peer.ip().to_string());
+        span.push_attribute("network.peer.port", i64::from(peer.port()));
     }
     if let Some(agent) = req
         .headers()
         .get(http::header::USER_AGENT)
         .and_then(|h| h.to_str().ok())
     {
-        span.set_attribute("user_agent.original", agent.to_string());
+        span.push_attribute("user_agent.original", agent.to_string());
     }
     if let Some(v) = protocol_version(req.version()) {
-        span.set_attribute("network.protocol.version", v);
+        span.push_attribute("network.protocol.version", v);
     }
 }
 
@@ -177,21 +177,25 @@ where
         if span.is_recording() {
             request_attributes(&mut span, &req, method);
             if let Some(r) = &route {
-                span.set_attribute("http.route", names.get(format_args!("{}", r.as_str())));
+                span.push_attribute("http.route", names.get(format_args!("{}", r.as_str())));
             }
         }
         // RED and the span time the very same interval.
         let started = span.start_instant().unwrap_or(started);
-        let context = span.context().clone();
+        // Inner layers may start spans in `call` itself (tower-http's
+        // TraceLayer does): the request's context is current there too.
+        let previous = replace_current(Some(span.context().clone()));
+        let inner = self.inner.call(req);
+        let context = replace_current(previous).unwrap_or_default();
         ResponseFuture {
-            inner: WithContext::new(self.inner.call(req), context),
-            state: Some(Pending {
+            inner: WithContext::new(inner, context),
+            state: Armed(Some(Pending {
                 span,
                 started,
                 method,
                 route,
                 agent: self.agent.clone(),
-            }),
+            })),
         }
     }
 }
@@ -204,28 +208,78 @@ struct Pending {
     agent: Agent,
 }
 
+/// How a request ended.
+enum Outcome<'a> {
+    Response(u16),
+    /// The inner service returned an error (no response).
+    Failed(&'static str),
+    /// The handler panicked; the panic goes on after the span ends.
+    Panicked(&'a (dyn std::any::Any + Send)),
+    /// The future was dropped unfinished: the client went away, or a timeout
+    /// outside this layer gave up.
+    Cancelled,
+}
+
+/// Status recorded in RED for a request dropped before it answered, as
+/// proxies log it ("client closed request"): it counts, in the 4xx class.
+const CANCELLED_STATUS: u16 = 499;
+
 impl Pending {
-    fn finish(mut self, status: Option<u16>, error_type: Option<String>) {
+    fn finish(mut self, outcome: Outcome<'_>) {
         let end = Instant::now();
         let elapsed = end.saturating_duration_since(self.started);
-        if let Some(code) = status {
-            self.span
-                .set_attribute("http.response.status_code", i64::from(code));
-        }
-        // Only 5xx is a server-side error; 4xx is the client's.
-        let failed = status.is_none_or(|c| c >= 500);
-        if failed {
-            let error_type = error_type
-                .or_else(|| status.map(|c| c.to_string()))
-                .unwrap_or_else(|| "_OTHER".into());
-            self.span.set_attribute("error.type", error_type);
+        let (status, error_type) = match outcome {
+            Outcome::Response(code) => {
+                self.span
+                    .push_attribute("http.response.status_code", i64::from(code));
+                // Only 5xx is a server-side error; 4xx is the client's.
+                (code, (code >= 500).then(|| Str::Owned(code.to_string())))
+            }
+            Outcome::Failed(type_name) => (500, Some(Str::Static(type_name))),
+            Outcome::Panicked(payload) => {
+                let message = panic_message(payload);
+                self.span.add_event(
+                    "exception",
+                    vec![
+                        ("exception.type".into(), "panic".into()),
+                        ("exception.message".into(), message.into()),
+                    ],
+                );
+                (500, Some(Str::Static("panic")))
+            }
+            Outcome::Cancelled => (CANCELLED_STATUS, Some(Str::Static("cancelled"))),
+        };
+        if let Some(error_type) = error_type {
+            self.span.push_attribute("error.type", error_type);
             self.span
                 .set_status(Status::Error(std::borrow::Cow::Borrowed("")));
         }
         let route = self.route.as_ref().map_or("", |r| r.as_str());
         self.agent
-            .record_request(self.method, route, status.unwrap_or(500), elapsed);
+            .record_request(self.method, route, status, elapsed);
         self.span.end_at(end);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// The request's span and RED record until the response is ready; dropped
+/// before that (request cancelled), it still ends them.
+struct Armed(Option<Pending>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.finish(Outcome::Cancelled);
+        }
     }
 }
 
@@ -233,7 +287,7 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: WithContext<F>,
-        state: Option<Pending>,
+        state: Armed,
     }
 }
 
@@ -244,12 +298,26 @@ where
     type Output = Result<Response<RB>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let Some(pending) = this.state.take() {
+        let mut this = self.project();
+        // Catching costs nothing unless a panic happens; the panic is resumed
+        // once the span says what happened.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.inner.as_mut().poll(cx)
+        }));
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(payload) => {
+                if let Some(pending) = this.state.0.take() {
+                    pending.finish(Outcome::Panicked(&*payload));
+                }
+                std::panic::resume_unwind(payload);
+            }
+        };
+        if let Some(pending) = this.state.0.take() {
             match &result {
-                Ok(response) => pending.finish(Some(response.status().as_u16()), None),
-                Err(_) => pending.finish(None, Some(std::any::type_name::<E>().to_string())),
+                Ok(response) => pending.finish(Outcome::Response(response.status().as_u16())),
+                Err(_) => pending.finish(Outcome::Failed(std::any::type_name::<E>())),
             }
         }
         Poll::Ready(result)

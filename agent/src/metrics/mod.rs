@@ -5,12 +5,15 @@
 pub mod instruments;
 pub mod prometheus;
 pub mod red;
+pub mod rpc;
+mod series_map;
 
 pub use instruments::{
     Counter, CounterSnapshot, Gauge, GaugeSnapshot, InstrumentSeries, InstrumentSnapshot,
     OVERFLOW_ATTRIBUTE,
 };
 pub use red::{SeriesSnapshot, StatusClass, DURATION_BUCKETS_SECONDS, QUANTILES};
+pub use rpc::{RpcSeriesSnapshot, RpcSide};
 
 use crate::agent::AgentStats;
 
@@ -19,6 +22,8 @@ use crate::agent::AgentStats;
 pub struct MetricsSnapshot {
     pub service_name: String,
     pub series: Vec<SeriesSnapshot>,
+    /// gRPC calls through the tonic layers, per side, method and status code.
+    pub rpc: Vec<RpcSeriesSnapshot>,
     /// The service's counters and gauges that have at least one series, by name.
     pub counters: Vec<CounterSnapshot>,
     pub gauges: Vec<GaugeSnapshot>,

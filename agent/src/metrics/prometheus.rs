@@ -7,7 +7,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::{get, MethodRouter};
 
 use super::{
-    InstrumentSnapshot, MetricsSnapshot, SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES,
+    InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide, SeriesSnapshot,
+    DURATION_BUCKETS_SECONDS, QUANTILES,
 };
 use crate::Agent;
 
@@ -116,52 +117,97 @@ fn series_labels(service: &str, s: &SeriesSnapshot) -> String {
     )
 }
 
-pub fn render(snapshot: &MetricsSnapshot) -> String {
-    let mut out = String::new();
-    let service = escape(&snapshot.service_name);
+/// One duration family as a Prometheus histogram `{base}_seconds` and a summary
+/// of the exact quantiles `{base}_quantiles_seconds`, each series with its labels.
+fn write_durations(out: &mut String, base: &str, help: &str, series: &[(String, &SeriesSnapshot)]) {
     let _ = writeln!(
         out,
-        "# HELP http_server_request_duration_seconds Duration of HTTP server requests.\n\
-         # TYPE http_server_request_duration_seconds histogram"
+        "# HELP {base}_seconds {help}\n\
+         # TYPE {base}_seconds histogram"
     );
-    for s in &snapshot.series {
-        let labels = series_labels(&service, s);
+    for (labels, s) in series {
         let mut cumulative = 0;
         for (bound, count) in DURATION_BUCKETS_SECONDS.iter().zip(&s.bucket_counts) {
             cumulative += count;
             let _ = writeln!(
                 out,
-                "http_server_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                "{base}_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
             );
         }
         let _ = writeln!(
             out,
-            "http_server_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
-             http_server_request_duration_seconds_sum{{{labels}}} {}\n\
-             http_server_request_duration_seconds_count{{{labels}}} {}",
+            "{base}_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
+             {base}_seconds_sum{{{labels}}} {}\n\
+             {base}_seconds_count{{{labels}}} {}",
             s.requests, s.sum_seconds, s.requests
         );
     }
     let _ = writeln!(
         out,
-        "# HELP http_server_request_duration_quantiles_seconds Exact request duration quantiles (hdrhistogram, 3 significant digits); quantile 1 is the maximum.\n\
-         # TYPE http_server_request_duration_quantiles_seconds summary"
+        "# HELP {base}_quantiles_seconds Exact duration quantiles (hdrhistogram, 3 significant digits); quantile 1 is the maximum.\n\
+         # TYPE {base}_quantiles_seconds summary"
     );
-    for s in &snapshot.series {
-        let labels = series_labels(&service, s);
+    for (labels, s) in series {
         for (i, q) in QUANTILES.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "http_server_request_duration_quantiles_seconds{{{labels},quantile=\"{q}\"}} {}",
+                "{base}_quantiles_seconds{{{labels},quantile=\"{q}\"}} {}",
                 s.quantile_seconds(i)
             );
         }
         let _ = writeln!(
             out,
-            "http_server_request_duration_quantiles_seconds_sum{{{labels}}} {}\n\
-             http_server_request_duration_quantiles_seconds_count{{{labels}}} {}",
+            "{base}_quantiles_seconds_sum{{{labels}}} {}\n\
+             {base}_quantiles_seconds_count{{{labels}}} {}",
             s.sum_seconds, s.requests
         );
+    }
+}
+
+/// The labels of one gRPC series (the OTLP attributes, `.` as `_`).
+fn rpc_labels(service: &str, s: &RpcSeriesSnapshot) -> String {
+    if s.is_overflow() {
+        return format!(
+            "service_name=\"{service}\",rpc_system=\"grpc\",otel_metric_overflow=\"true\""
+        );
+    }
+    format!(
+        "service_name=\"{service}\",rpc_system=\"grpc\",rpc_service=\"{}\",rpc_method=\"{}\",rpc_grpc_status_code=\"{}\"",
+        escape(&s.service),
+        escape(&s.method),
+        s.code
+    )
+}
+
+pub fn render(snapshot: &MetricsSnapshot) -> String {
+    let mut out = String::new();
+    let service = escape(&snapshot.service_name);
+    let http: Vec<(String, &SeriesSnapshot)> = snapshot
+        .series
+        .iter()
+        .map(|s| (series_labels(&service, s), s))
+        .collect();
+    write_durations(
+        &mut out,
+        "http_server_request_duration",
+        "Duration of HTTP server requests.",
+        &http,
+    );
+    for side in [RpcSide::Server, RpcSide::Client] {
+        let rpc: Vec<(String, &SeriesSnapshot)> = snapshot
+            .rpc
+            .iter()
+            .filter(|s| s.side == side)
+            .map(|s| (rpc_labels(&service, s), &s.durations))
+            .collect();
+        if !rpc.is_empty() {
+            write_durations(
+                &mut out,
+                &format!("rpc_{}_call_duration", side.as_str()),
+                &format!("Duration of gRPC calls ({} side).", side.as_str()),
+                &rpc,
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -1,13 +1,12 @@
 //! RED (rate, errors, duration) per (method, route, status class), with an
 //! hdrhistogram per series for exact percentiles.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use super::series_map::SeriesMap;
 
 /// Upper bounds of `http.server.request.duration` (seconds) from the HTTP
 /// semantic conventions.
@@ -69,7 +68,9 @@ struct SeriesState {
     histogram: Histogram<u64>,
 }
 
-struct Series {
+/// One series' request count, errors and durations (also the unit of the gRPC
+/// RED in `rpc.rs`).
+pub(crate) struct Series {
     method: &'static str,
     route: Arc<str>,
     status_class: StatusClass,
@@ -77,7 +78,7 @@ struct Series {
 }
 
 impl Series {
-    fn new(method: &'static str, route: Arc<str>, status_class: StatusClass) -> Series {
+    pub(crate) fn new(method: &'static str, route: Arc<str>, status_class: StatusClass) -> Series {
         Series {
             method,
             route,
@@ -95,7 +96,7 @@ impl Series {
         }
     }
 
-    fn record(&self, micros: u64, error: bool) {
+    pub(crate) fn record(&self, micros: u64, error: bool) {
         let bucket = DURATION_BUCKETS_MICROS
             .iter()
             .position(|b| micros <= *b)
@@ -112,7 +113,7 @@ impl Series {
         }
     }
 
-    fn snapshot(&self) -> SeriesSnapshot {
+    pub(crate) fn snapshot(&self) -> SeriesSnapshot {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let quantiles_micros = QUANTILES.map(|q| {
             if s.histogram.is_empty() {
@@ -170,20 +171,14 @@ impl SeriesSnapshot {
 }
 
 pub(crate) struct RedMetrics {
-    series: RwLock<HashMap<Box<str>, Arc<Series>>>,
-    max_series: usize,
+    series: SeriesMap<Series>,
     overflow: Arc<Series>,
-}
-
-thread_local! {
-    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl RedMetrics {
     pub(crate) fn new(max_series: usize) -> RedMetrics {
         RedMetrics {
-            series: RwLock::new(HashMap::new()),
-            max_series: max_series.max(1),
+            series: SeriesMap::new(max_series),
             overflow: Arc::new(Series::new(
                 "_OTHER",
                 Arc::from(OVERFLOW_ROUTE),
@@ -196,42 +191,19 @@ impl RedMetrics {
         let class = StatusClass::of(status);
         let error = status >= 500;
         let micros = elapsed.as_micros().min(u64::MAX as u128) as u64;
-        // The key is built in a reused thread-local buffer, so a hit allocates nothing.
-        let series = KEY.with(|key| {
-            let mut key = key.borrow_mut();
-            key.clear();
-            let _ = write!(key, "{method}\u{0}{route}\u{0}{}", class.as_str());
-            if let Some(s) = self
-                .series
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(key.as_str())
-            {
-                return s.clone();
-            }
-            let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = map.get(key.as_str()) {
-                return s.clone();
-            }
-            if map.len() >= self.max_series {
-                return self.overflow.clone();
-            }
-            let s = Arc::new(Series::new(method, Arc::from(route), class));
-            map.insert(key.as_str().into(), s.clone());
-            s
-        });
+        let series = self
+            .series
+            .get(
+                format_args!("{method}\u{0}{route}\u{0}{}", class.as_str()),
+                || Series::new(method, Arc::from(route), class),
+            )
+            .unwrap_or_else(|| self.overflow.clone());
         series.record(micros, error);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<SeriesSnapshot> {
-        let series: Vec<Arc<Series>> = self
-            .series
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out: Vec<SeriesSnapshot> = series.iter().map(|s| s.snapshot()).collect();
+        let mut out: Vec<SeriesSnapshot> =
+            self.series.values().iter().map(|s| s.snapshot()).collect();
         let overflow = self.overflow.snapshot();
         if overflow.requests > 0 {
             out.push(overflow);

@@ -73,6 +73,23 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// A free loopback port's connections, as the stream tonic's
+/// `serve_with_incoming` takes, and its address.
+pub async fn incoming() -> (
+    impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>>,
+    SocketAddr,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stream = futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    });
+    (stream, addr)
+}
+
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 pub struct SpanRow {
     #[serde(rename = "TraceId")]

@@ -7,7 +7,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{SharedCache, SharedError};
-use crate::telemetry::{backend_span, traced};
+use crate::telemetry::{traced, Backend};
 
 /// One multiplexed, reconnecting connection with a command timeout, shared by the
 /// cache, the idempotency records and the rate limiter.
@@ -15,7 +15,7 @@ use crate::telemetry::{backend_span, traced};
 pub struct Redis {
     conn: ConnectionManager,
     prefix: String,
-    agent: agent::Agent,
+    backend: Backend,
 }
 
 impl Redis {
@@ -26,6 +26,7 @@ impl Redis {
         agent: agent::Agent,
     ) -> redis::RedisResult<Redis> {
         let client = redis::Client::open(url)?;
+        let backend = Backend::redis(agent, client.get_connection_info());
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
@@ -34,7 +35,7 @@ impl Redis {
         Ok(Redis {
             conn,
             prefix: prefix.to_string(),
-            agent,
+            backend,
         })
     }
 
@@ -48,8 +49,8 @@ impl Redis {
     }
 
     /// A CLIENT span for one Redis command or script, inside a trace.
-    pub fn span(&self, name: &'static str) -> Option<agent::Span> {
-        backend_span(&self.agent, name, "redis")
+    pub fn span(&self, summary: &'static str) -> Option<agent::Span> {
+        self.backend.span(summary)
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
@@ -138,13 +139,17 @@ impl SharedCache for Redis {
     }
 
     async fn unlock(&self, key: &str, token: &str) -> Result<(), SharedError> {
-        Script::new(UNLOCK)
-            .key(self.key(key))
-            .arg(token)
-            .invoke_async::<i64>(&mut self.conn())
-            .await
-            .map(drop)
-            .map_err(shared)
+        let mut conn = self.conn();
+        let script = Script::new(UNLOCK);
+        let mut unlock = script.key(self.key(key));
+        unlock.arg(token);
+        traced(
+            self.span("EVALSHA cache.unlock"),
+            unlock.invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
+        .map_err(shared)
     }
 
     async fn invalidate(&self, key: &str) -> Result<(), SharedError> {

@@ -146,12 +146,15 @@ impl IdempotencyStore for RedisIdempotency {
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        self.release
-            .key(self.key(key))
-            .arg(owner)
-            .invoke_async::<i64>(&mut self.redis.conn())
-            .await
-            .map(drop)
-            .map_err(err)
+        let mut conn = self.redis.conn();
+        let mut release = self.release.key(self.key(key));
+        release.arg(owner);
+        crate::telemetry::traced(
+            self.redis.span("EVALSHA idempotency.release"),
+            release.invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
+        .map_err(err)
     }
 }

@@ -1,4 +1,5 @@
-//! The stores on PostgreSQL (sqlx). Every query runs inside a CLIENT span.
+//! The stores on PostgreSQL (sqlx). Every statement inside a request's trace
+//! runs inside its own CLIENT span (transactions: one per statement).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,20 +7,20 @@ use std::time::Duration;
 use agent::Agent;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::*;
-use crate::telemetry::{backend_span, traced};
+use crate::telemetry::{traced, traced_expecting, Backend};
 
 /// NOTIFY channel the API signals after committing outbox rows.
 const OUTBOX_CHANNEL: &str = "shop_outbox";
 
 pub struct Postgres {
     pool: PgPool,
-    agent: Agent,
+    backend: Backend,
     listener: Mutex<Option<PgListener>>,
 }
 
@@ -32,6 +33,7 @@ impl Postgres {
         statement_timeout: Duration,
         agent: Agent,
     ) -> Result<Postgres> {
+        let options: PgConnectOptions = url.parse()?;
         let statement_ms = statement_timeout.as_millis().to_string();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -52,7 +54,7 @@ impl Postgres {
             .map_err(|e| StoreError::Database(e.into()))?;
         Ok(Postgres {
             pool,
-            agent,
+            backend: Backend::postgres(agent, &options),
             listener: Mutex::new(None),
         })
     }
@@ -70,8 +72,8 @@ impl Postgres {
         self.pool.close().await;
     }
 
-    fn span(&self, name: &'static str) -> Option<agent::Span> {
-        backend_span(&self.agent, name, "postgresql")
+    fn span(&self, summary: &'static str) -> Option<agent::Span> {
+        self.backend.span(summary)
     }
 }
 
@@ -178,59 +180,73 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl Postgres {
     async fn insert_order(&self, order: &NewOrder) -> std::result::Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO orders (id, tenant, idempotency_key, status, items, total_cents, email, \
-             phone, payment_method, request_fingerprint, response) \
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10)",
+        let mut tx = traced(self.span("BEGIN"), self.pool.begin()).await?;
+        // A duplicate key is the idempotency race the caller resolves, not a failure.
+        traced_expecting(
+            self.span("INSERT orders"),
+            sqlx::query(
+                "INSERT INTO orders (id, tenant, idempotency_key, status, items, total_cents, email, \
+                 phone, payment_method, request_fingerprint, response) \
+                 VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(order.id)
+            .bind(&order.tenant)
+            .bind(&order.idempotency_key)
+            .bind(sqlx::types::Json(&order.items))
+            .bind(order.total_cents)
+            .bind(&order.email)
+            .bind(&order.phone)
+            .bind(&order.payment_method)
+            .bind(&order.fingerprint)
+            .bind(&order.response)
+            .execute(&mut *tx),
+            is_unique_violation,
         )
-        .bind(order.id)
-        .bind(&order.tenant)
-        .bind(&order.idempotency_key)
-        .bind(sqlx::types::Json(&order.items))
-        .bind(order.total_cents)
-        .bind(&order.email)
-        .bind(&order.phone)
-        .bind(&order.payment_method)
-        .bind(&order.fingerprint)
-        .bind(&order.response)
-        .execute(&mut *tx)
         .await?;
         for event in &order.events {
-            sqlx::query(
-                "INSERT INTO outbox (id, aggregate, aggregate_id, event_type, payload, headers) \
-                 VALUES ($1, 'order', $2, $3, $4, $5)",
+            traced(
+                self.span("INSERT outbox"),
+                sqlx::query(
+                    "INSERT INTO outbox (id, aggregate, aggregate_id, event_type, payload, headers) \
+                     VALUES ($1, 'order', $2, $3, $4, $5)",
+                )
+                .bind(event.id)
+                .bind(order.id)
+                .bind(event.event_type.as_str())
+                .bind(&event.payload)
+                .bind(sqlx::types::Json(&event.headers))
+                .execute(&mut *tx),
             )
-            .bind(event.id)
-            .bind(order.id)
-            .bind(event.event_type.as_str())
-            .bind(&event.payload)
-            .bind(sqlx::types::Json(&event.headers))
-            .execute(&mut *tx)
             .await?;
         }
         // Delivered at commit: wakes the relay without waiting for its poll.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        traced(
+            self.backend.statement("SELECT pg_notify", None),
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(&mut *tx),
+        )
+        .await?;
+        traced(self.span("COMMIT"), tx.commit()).await
     }
 }
 
 #[async_trait]
 impl Orders for Postgres {
     async fn create_order(&self, order: NewOrder) -> Result<CreateOrder> {
-        match traced(self.span("INSERT orders"), self.insert_order(&order)).await {
+        match self.insert_order(&order).await {
             Ok(()) => Ok(CreateOrder::Created),
             Err(e) if is_unique_violation(&e) => {
-                let (id, fingerprint, response) = sqlx::query_as(
-                    "SELECT id, request_fingerprint, response FROM orders \
-                     WHERE tenant = $1 AND idempotency_key = $2",
+                let (id, fingerprint, response) = traced(
+                    self.span("SELECT orders"),
+                    sqlx::query_as(
+                        "SELECT id, request_fingerprint, response FROM orders \
+                         WHERE tenant = $1 AND idempotency_key = $2",
+                    )
+                    .bind(&order.tenant)
+                    .bind(&order.idempotency_key)
+                    .fetch_one(&self.pool),
                 )
-                .bind(&order.tenant)
-                .bind(&order.idempotency_key)
-                .fetch_one(&self.pool)
                 .await?;
                 Ok(CreateOrder::Exists(ExistingOrder {
                     id,
@@ -354,14 +370,17 @@ impl Outbox for Postgres {
     }
 
     async fn release(&self, id: Uuid, retry_in: Duration, error: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET locked_until = NULL, attempts = attempts + 1, last_error = $3, \
-             available_at = now() + $2 * interval '1 millisecond' WHERE id = $1",
+        traced(
+            self.span("UPDATE outbox"),
+            sqlx::query(
+                "UPDATE outbox SET locked_until = NULL, attempts = attempts + 1, last_error = $3, \
+                 available_at = now() + $2 * interval '1 millisecond' WHERE id = $1",
+            )
+            .bind(id)
+            .bind(retry_in.as_millis() as f64)
+            .bind(error)
+            .execute(&self.pool),
         )
-        .bind(id)
-        .bind(retry_in.as_millis() as f64)
-        .bind(error)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -405,36 +424,45 @@ impl Postgres {
         consumer: &str,
         m: &OutboxMessage,
     ) -> std::result::Result<Applied, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let fresh = sqlx::query(
-            "INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING",
+        let mut tx = traced(self.span("BEGIN"), self.pool.begin()).await?;
+        let fresh = traced(
+            self.span("INSERT processed_messages"),
+            sqlx::query(
+                "INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(m.id)
+            .execute(&mut *tx),
         )
-        .bind(consumer)
-        .bind(m.id)
-        .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
         if !fresh {
-            tx.rollback().await?;
+            traced(self.span("ROLLBACK"), tx.rollback()).await?;
             return Ok(Applied::Duplicate);
         }
         match m.event_type {
             EventType::Payment => {
                 let amount = m.payload["total_cents"].as_i64().unwrap_or(0);
-                sqlx::query(
-                    "INSERT INTO payments (order_id, amount_cents, message_id) VALUES ($1, $2, $3)",
-                )
-                .bind(m.aggregate_id)
-                .bind(amount)
-                .bind(m.id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE orders SET status = 'paid' WHERE id = $1")
+                traced(
+                    self.span("INSERT payments"),
+                    sqlx::query(
+                        "INSERT INTO payments (order_id, amount_cents, message_id) VALUES ($1, $2, $3)",
+                    )
                     .bind(m.aggregate_id)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(amount)
+                    .bind(m.id)
+                    .execute(&mut *tx),
+                )
+                .await?;
+                traced(
+                    self.span("UPDATE orders"),
+                    sqlx::query("UPDATE orders SET status = 'paid' WHERE id = $1")
+                        .bind(m.aggregate_id)
+                        .execute(&mut *tx),
+                )
+                .await?;
             }
             EventType::Email | EventType::Sms => {
                 let recipient_field = if m.event_type == EventType::Email {
@@ -442,19 +470,22 @@ impl Postgres {
                 } else {
                     "phone"
                 };
-                sqlx::query(
-                    "INSERT INTO notifications (order_id, channel, recipient, message_id) \
-                     VALUES ($1, $2, $3, $4)",
+                traced(
+                    self.span("INSERT notifications"),
+                    sqlx::query(
+                        "INSERT INTO notifications (order_id, channel, recipient, message_id) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(m.aggregate_id)
+                    .bind(m.event_type.as_str())
+                    .bind(m.payload[recipient_field].as_str().unwrap_or_default())
+                    .bind(m.id)
+                    .execute(&mut *tx),
                 )
-                .bind(m.aggregate_id)
-                .bind(m.event_type.as_str())
-                .bind(m.payload[recipient_field].as_str().unwrap_or_default())
-                .bind(m.id)
-                .execute(&mut *tx)
                 .await?;
             }
         }
-        tx.commit().await?;
+        traced(self.span("COMMIT"), tx.commit()).await?;
         Ok(Applied::Done)
     }
 }
@@ -462,11 +493,7 @@ impl Postgres {
 #[async_trait]
 impl SideEffects for Postgres {
     async fn apply(&self, consumer: &str, message: &OutboxMessage) -> Result<Applied> {
-        Ok(traced(
-            self.span("INSERT processed_messages"),
-            self.apply_tx(consumer, message),
-        )
-        .await?)
+        Ok(self.apply_tx(consumer, message).await?)
     }
 
     async fn dead_letter(
@@ -476,25 +503,31 @@ impl SideEffects for Postgres {
         attempts: i32,
         reason: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO dead_letters (message_id, queue, order_id, attempts, reason) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        let mut tx = traced(self.span("BEGIN"), self.pool.begin()).await?;
+        traced(
+            self.span("INSERT dead_letters"),
+            sqlx::query(
+                "INSERT INTO dead_letters (message_id, queue, order_id, attempts, reason) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(m.id)
+            .bind(queue)
+            .bind(m.aggregate_id)
+            .bind(attempts)
+            .bind(reason)
+            .execute(&mut *tx),
         )
-        .bind(m.id)
-        .bind(queue)
-        .bind(m.aggregate_id)
-        .bind(attempts)
-        .bind(reason)
-        .execute(&mut *tx)
         .await?;
         if m.event_type == EventType::Payment {
-            sqlx::query("UPDATE orders SET status = 'payment_failed' WHERE id = $1")
-                .bind(m.aggregate_id)
-                .execute(&mut *tx)
-                .await?;
+            traced(
+                self.span("UPDATE orders"),
+                sqlx::query("UPDATE orders SET status = 'payment_failed' WHERE id = $1")
+                    .bind(m.aggregate_id)
+                    .execute(&mut *tx),
+            )
+            .await?;
         }
-        tx.commit().await?;
+        traced(self.span("COMMIT"), tx.commit()).await?;
         Ok(())
     }
 }
