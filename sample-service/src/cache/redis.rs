@@ -112,8 +112,8 @@ impl SharedCache for Redis {
     }
 
     async fn delete(&self, key: &str) -> Result<(), SharedError> {
-        let mut conn = self.conn();
-        traced(self.span("DEL"), conn.del::<_, ()>(self.key(key)))
+        self.conn()
+            .del::<_, ()>(self.key(key))
             .await
             .map_err(shared)
     }
