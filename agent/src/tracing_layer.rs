@@ -324,9 +324,18 @@ where
     fn on_exit(&self, id: &Id, _ctx: LayerContext<'_, S>) {
         let previous = ENTERED.with(|e| {
             let mut entered = e.borrow_mut();
-            match entered.last() {
-                Some((top, _)) if top == id => entered.pop().map(|(_, previous)| previous),
-                _ => None,
+            let at = entered
+                .iter()
+                .rposition(|(entered_id, _)| entered_id == id)?;
+            let (_, previous) = entered.remove(at);
+            match entered.get_mut(at) {
+                // Left out of order (guards dropped in another order): the span
+                // entered after it now restores what this one replaced.
+                Some(above) => {
+                    above.1 = previous;
+                    None
+                }
+                None => Some(previous),
             }
         });
         if let Some(previous) = previous {
@@ -491,6 +500,23 @@ mod tests {
         assert!(finished(&guard).is_empty());
         // Leaving the spans restored the empty context.
         assert_eq!(Context::current(), None);
+    }
+
+    #[test]
+    fn spans_left_out_of_order_still_restore_the_context() {
+        let guard = agent(Sampler::AlwaysOn);
+        let subscriber = tracing_subscriber::registry().with(guard.agent().tracing_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let first = info_span!("first").entered();
+            let first_id = Context::current().and_then(|c| c.span_id());
+            let second = info_span!("second").entered();
+            drop(first);
+            // The innermost entered span is still current.
+            let current = Context::current().and_then(|c| c.span_id());
+            assert!(current.is_some() && current != first_id);
+            drop(second);
+            assert_eq!(Context::current(), None);
+        });
     }
 
     #[test]

@@ -107,9 +107,19 @@ fn amqp_field_table_carries_the_context() {
         })
         .start()
         .expect("agent");
+    // With a parent: a disabled agent passes it through unchanged.
+    let parent = agent::Context {
+        span: Some(agent::SpanContext {
+            trace_id: agent::TraceId([7; 16]),
+            span_id: agent::SpanId([8; 8]),
+            flags: 1,
+            remote: true,
+        }),
+        ..agent::Context::default()
+    };
     let span = guard
         .agent()
-        .start_span_with_parent("x", SpanKind::Producer, None);
+        .start_span_with_parent("x", SpanKind::Producer, Some(&parent));
     let mut table = FieldTable::default();
     Propagators::default().inject(span.context(), &mut table);
     assert!(table.get("traceparent").is_some());

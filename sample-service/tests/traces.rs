@@ -289,67 +289,61 @@ fn token_for_admin() -> String {
     token("operator", "admin")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expected_unique_violation_does_not_fail_its_span() {
-    use agent::FutureExt;
-    use sample_service::store::{CreateOrder, NewOrder, Orders, Postgres};
-
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_idempotency_back_stop_is_not_an_error_on_its_span() {
     let collector = TestCollector::start("shop_unique").await;
     let env = Env::new("unique").await;
-    let guard = agent_builder("shop-store", Some(&collector.grpc_endpoint()))
-        .start()
-        .expect("agent starts");
-    let store = Postgres::connect(
-        &env.database_url,
-        2,
-        std::time::Duration::from_secs(5),
-        guard.agent().clone(),
-    )
-    .await
-    .expect("store connects");
-    let order = |id: uuid::Uuid| NewOrder {
-        id,
-        tenant: "tenant-a".into(),
-        idempotency_key: "same-key".into(),
-        items: Vec::new(),
-        total_cents: 100,
-        email: "a@example.com".into(),
-        phone: "+100".into(),
-        payment_method: "card".into(),
-        events: Vec::new(),
+    let shop = RunningShop::start(env.config(), Some(&collector.grpc_endpoint())).await;
+    let client = client();
+    let token = token("tracer", "orders:write");
+    let post = |header: String| {
+        client
+            .post(format!("{}/orders", shop.base))
+            .bearer_auth(&token)
+            .header("traceparent", header)
+            .header("Idempotency-Key", "back-stop-order")
+            .json(&order_body(9, 1))
+            .send()
     };
-    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let request = guard
-        .agent()
-        .start_span("POST /orders", agent::SpanKind::Server);
-    let trace_id = request.trace_id().to_hex();
-    let outcome = async {
-        store.create_order(order(first)).await.expect("first order");
-        // The same key again, as when two replicas race past the Redis claim.
-        store
-            .create_order(order(second))
-            .await
-            .expect("second order")
-    }
-    .with_context(request.context().clone())
-    .await;
-    request.end();
-    assert!(matches!(outcome, CreateOrder::Exists(id) if id == first));
-    store.close().await;
-    guard.shutdown_async().await.expect("flushed");
+    let (first, _) = traceparent();
+    assert!(post(first).await.unwrap().status().is_success());
+    // Redis loses the idempotency record: the same key reaches PostgreSQL,
+    // whose UNIQUE (tenant, idempotency_key) answers for it.
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:idem:*", env.name))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !keys.is_empty(),
+        "the first request left an idempotency record"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (second, trace_id) = traceparent();
+    assert!(post(second).await.unwrap().status().is_success());
 
-    let filter = format!("TraceId = '{trace_id}' AND SpanName = 'INSERT orders'");
-    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 2).await, 2);
-    let spans = spans(&collector, &trace_id, 2).await;
-    let inserts: Vec<&Span> = spans.iter().filter(|s| s.name == "INSERT orders").collect();
-    let violated = inserts
+    let filter = format!("TraceId = '{trace_id}' AND SpanKind = 'Server'");
+    assert_eq!(collector.wait_for_rows("otel_traces", &filter, 1).await, 1);
+    let spans = spans(&collector, &trace_id, 3).await;
+    let insert = spans
         .iter()
-        .find(|s| s.attr("db.response.status_code") == Some("23505"))
-        .unwrap_or_else(|| panic!("no INSERT recorded the violation: {inserts:#?}"));
-    assert_eq!(violated.status, "Unset");
-    assert_eq!(violated.attr("error.type"), None);
-    // The lookup that resolves it is a span of its own.
-    assert!(spans.iter().any(|s| s.name == "SELECT orders"));
+        .find(|s| s.name == "INSERT orders")
+        .unwrap_or_else(|| panic!("no INSERT orders span: {spans:#?}"));
+    assert_eq!(insert.attr("db.response.status_code"), Some("23505"));
+    assert_eq!(insert.status, "Unset", "{insert:?}");
+    assert_eq!(insert.attr("error.type"), None);
+    // The lookup that resolves it is a span of its own, and nothing failed.
+    assert!(spans
+        .iter()
+        .any(|s| s.name == "SELECT orders" && s.kind == "Client"));
+    assert!(spans.iter().all(|s| s.status != "Error"), "{spans:#?}");
+    shop.stop().await;
     env.cleanup().await;
     collector.stop().await;
 }
