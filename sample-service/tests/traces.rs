@@ -171,6 +171,10 @@ async fn one_trace_runs_from_the_request_through_the_relay_to_the_worker() {
             consumer.parent, producer.span_id,
             "the consumer continues the producer"
         );
+        for s in [producer, consumer] {
+            assert_eq!(s.attr("server.address"), Some("127.0.0.1"), "{s:?}");
+            assert_eq!(s.attr("server.port"), Some("5672"), "{s:?}");
+        }
         assert!(
             spans
                 .iter()

@@ -99,9 +99,24 @@ pub trait Broker: Send + Sync {
     async fn consume(&self, queue: EventType) -> Result<Deliveries, BrokerError>;
     /// The destination name the spans and metrics show for a queue.
     fn queue_name(&self, queue: EventType) -> String;
+    /// The broker's host and port, for the messaging spans' `server.address` /
+    /// `server.port` (none for an in-process broker).
+    fn server(&self) -> Option<(&str, u16)> {
+        None
+    }
     async fn healthy(&self) -> bool;
     /// Messages parked in the dead-letter queue.
     async fn dead_letter_count(&self) -> Result<u64, BrokerError>;
+}
+
+/// Sets `server.address` / `server.port` on a messaging span when the broker has them.
+pub fn record_server(span: &mut agent::Span, broker: &dyn Broker) {
+    if let Some((host, port)) = broker.server() {
+        if span.is_recording() {
+            span.set_attribute("server.address", host.to_owned());
+            span.set_attribute("server.port", i64::from(port));
+        }
+    }
 }
 
 /// Delay before attempt `level + 1`: `base · 4^(level − 1)`.

@@ -43,6 +43,8 @@ pub struct Settings {
 
 pub struct RabbitMq {
     settings: Settings,
+    /// Host and port from the URL, for the spans.
+    server: Option<(String, u16)>,
     connection: Mutex<Option<Connection>>,
     publisher: Mutex<Option<Channel>>,
 }
@@ -95,8 +97,14 @@ fn properties(message_id: &str, headers: &HashMap<String, String>) -> BasicPrope
 impl RabbitMq {
     /// Connects and declares the topology (idempotent; every replica does it).
     pub async fn connect(settings: Settings) -> Result<RabbitMq, BrokerError> {
+        // AMQP URLs parse as URLs; 5672 is AMQP's port when none is given.
+        let server = reqwest::Url::parse(&settings.url).ok().and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some((host, u.port().unwrap_or(5672)))
+        });
         let rabbit = RabbitMq {
             settings,
+            server,
             connection: Mutex::new(None),
             publisher: Mutex::new(None),
         };
@@ -377,6 +385,10 @@ impl Broker for RabbitMq {
 
     fn queue_name(&self, queue: EventType) -> String {
         self.name(queue.as_str())
+    }
+
+    fn server(&self) -> Option<(&str, u16)> {
+        self.server.as_ref().map(|(h, p)| (h.as_str(), *p))
     }
 
     async fn healthy(&self) -> bool {

@@ -81,6 +81,7 @@ impl Relay {
             if span.is_recording() {
                 span.set_attribute("messaging.message.id", m.id.to_string());
             }
+            super::record_server(&mut span, self.broker.as_ref());
             spans.push(span);
             batch.push((m, headers));
         }

@@ -103,6 +103,7 @@ impl Workers {
             span.set_attribute("messaging.message.id", message.id.to_string());
             span.set_attribute("messaging.rabbitmq.attempt", attempt as i64);
         }
+        super::record_server(&mut span, self.broker.as_ref());
         let context = span.context().clone();
         let result = self
             .apply(queue, &message)
