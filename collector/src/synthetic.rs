@@ -17,7 +17,7 @@ fn events(index: u16, start: u64) -> Vec<span::Event> {
             ..Default::default()
         });
     }
-    if index % 50 == 0 {
+    if index.is_multiple_of(50) {
         events.push(span::Event {
             time_unix_nano: start + 900_000,
             name: "exception".into(),
