@@ -22,6 +22,9 @@ pub struct PartLoc {
     pub len: u32,
 }
 
+/// A batch record's (epoch, id): ids of different process starts may be equal.
+pub type BatchKey = (u64, u64);
+
 struct Segment {
     file: Arc<File>,
     /// Parts and batch records in it not yet confirmed.
@@ -36,8 +39,8 @@ pub struct Log {
     current_len: u64,
     /// By sequence number, so the oldest unconfirmed part is the first.
     parts: BTreeMap<u64, PartLoc>,
-    /// The segment of each batch record not yet confirmed.
-    batches: HashMap<u64, u64>,
+    /// The segment of each batch record not yet confirmed, by (epoch, id).
+    batches: HashMap<BatchKey, u64>,
     /// The fingerprints of recent requests; saved before their segments go.
     pub recent: Recent,
 }
@@ -67,7 +70,7 @@ impl Log {
         segment_bytes: u64,
         existing: Vec<u64>,
         parts: HashMap<u64, PartLoc>,
-        batches: HashMap<u64, u64>,
+        batches: HashMap<BatchKey, u64>,
         recent: Recent,
     ) -> std::io::Result<Log> {
         let mut segments = BTreeMap::new();
@@ -173,11 +176,11 @@ impl Log {
         self.parts.insert(seq, loc);
     }
 
-    pub fn add_batch(&mut self, id: u64, segment: u64) {
+    pub fn add_batch(&mut self, key: BatchKey, segment: u64) {
         if let Some(s) = self.segments.get_mut(&segment) {
             s.live += 1;
         }
-        self.batches.insert(id, segment);
+        self.batches.insert(key, segment);
     }
 
     pub fn part(&self, seq: u64) -> Option<(PartLoc, Arc<File>)> {
@@ -186,7 +189,7 @@ impl Log {
     }
 
     /// The batch and its parts are done: they stop holding their segments.
-    pub fn done(&mut self, batch: u64, seqs: &[u64]) -> std::io::Result<()> {
+    pub fn done(&mut self, batch: BatchKey, seqs: &[u64]) -> std::io::Result<()> {
         let segments = seqs
             .iter()
             .filter_map(|s| self.parts.remove(s).map(|l| l.segment))

@@ -37,7 +37,7 @@ use thiserror::Error;
 use crate::part::TablePart;
 use crate::schema::TableId;
 use commit::GroupCommit;
-use log::{Log, PartLoc};
+use log::{BatchKey, Log, PartLoc};
 
 pub use record::{BatchRecord, Remembered, SpooledPart};
 
@@ -186,6 +186,9 @@ impl Spool {
             instance,
             epoch: rand::random(),
             next_seq: AtomicU64::new(found.max_seq + 1),
+            // Past every id a surviving batch or confirm record holds. Ids may still
+            // start over once the spool empties; the epoch keeps (epoch, id), the
+            // key confirms and tokens use, unique.
             next_batch: AtomicU64::new(found.max_batch + 1),
             used_bytes: AtomicU64::new(used),
             budget: config.max_disk_bytes,
@@ -355,7 +358,7 @@ impl Spool {
             let mut log = self.log.lock().expect("not poisoned");
             log.append(&[std::io::IoSlice::new(&bytes)])?;
             let segment = log.current_segment();
-            log.add_batch(id, segment);
+            log.add_batch((self.epoch, id), segment);
         }
         self.durable().await?;
         Ok(record)
@@ -370,10 +373,10 @@ impl Spool {
     /// waited for: if the confirmation is lost, a restart re-sends the batch with
     /// its token and ClickHouse drops the repeat.
     pub fn confirm(&self, record: &BatchRecord, bytes: u64) -> Result<(), SpoolError> {
-        let confirm = record::confirm(record.id);
+        let confirm = record::confirm(record.epoch, record.id);
         let mut log = self.log.lock().expect("not poisoned");
         log.append(&[std::io::IoSlice::new(&confirm)])?;
-        log.done(record.id, &record.seqs)?;
+        log.done((record.epoch, record.id), &record.seqs)?;
         drop(log);
         self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
@@ -418,8 +421,12 @@ fn found_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 struct Found {
     /// seq → (part, where its bytes are)
     parts: BTreeMap<u64, (SpooledPart, PartLoc)>,
-    /// id → (record, its segment), not confirmed
-    batches: BTreeMap<u64, (BatchRecord, u64)>,
+    /// Log order → (record, its segment), not confirmed.
+    batches: BTreeMap<usize, (BatchRecord, u64)>,
+    /// (epoch, id) → the log order of the newest such batch in `batches`.
+    batch_keys: HashMap<BatchKey, usize>,
+    /// Batch records read so far.
+    records: usize,
     /// The fingerprints of the requests in the segments, in log order, with their
     /// segment.
     remembered: Vec<(Remembered, u64)>,
@@ -428,13 +435,35 @@ struct Found {
 }
 
 impl Found {
+    /// Cancels the newest batch recorded so far with this key (any epoch for a
+    /// confirm of the earlier format) and its parts.
+    fn confirm(&mut self, epoch: Option<u64>, id: u64) {
+        let order = match epoch {
+            Some(epoch) => self.batch_keys.remove(&(epoch, id)),
+            // Rare (a spool written by an earlier version): a scan is fine.
+            None => self
+                .batches
+                .iter()
+                .rev()
+                .find(|(_, (b, _))| b.id == id)
+                .map(|(order, _)| *order),
+        };
+        let Some((record, _)) = order.and_then(|o| self.batches.remove(&o)) else {
+            return;
+        };
+        self.batch_keys.remove(&(record.epoch, record.id));
+        for s in &record.seqs {
+            self.parts.remove(s);
+        }
+    }
+
     /// Recorded batches with the parts still present, the free parts, and where
     /// everything live is.
-    fn split(&self) -> (Recovered, HashMap<u64, PartLoc>, HashMap<u64, u64>) {
+    fn split(&self) -> (Recovered, HashMap<u64, PartLoc>, HashMap<BatchKey, u64>) {
         let mut claimed = HashSet::new();
         let mut batches = Vec::new();
         let mut batch_segments = HashMap::new();
-        for (id, (record, segment)) in &self.batches {
+        for (record, segment) in self.batches.values() {
             let members: Vec<SpooledPart> = record
                 .seqs
                 .iter()
@@ -443,7 +472,7 @@ impl Found {
                 .collect();
             // A batch with no parts left was delivered; its confirm was lost.
             if !members.is_empty() {
-                batch_segments.insert(*id, *segment);
+                batch_segments.insert((record.epoch, record.id), *segment);
                 batches.push((record.clone(), members));
             }
         }
@@ -462,11 +491,12 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
     let mut found = Found {
         parts: BTreeMap::new(),
         batches: BTreeMap::new(),
+        batch_keys: HashMap::new(),
+        records: 0,
         remembered: Vec::new(),
         max_seq: 0,
         max_batch: 0,
     };
-    let mut confirmed = Vec::new();
     for id in log::segment_ids(dir)? {
         let path = log::segment_path(dir, id);
         let bytes = std::fs::read(&path)?;
@@ -490,17 +520,19 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
                 }
                 record::Record::Batch(b) => {
                     found.max_batch = found.max_batch.max(b.id);
-                    found.batches.insert(b.id, (b, id));
+                    found.max_seq = found.max_seq.max(b.seqs.iter().copied().max().unwrap_or(0));
+                    let order = found.records;
+                    found.records += 1;
+                    found.batch_keys.insert((b.epoch, b.id), order);
+                    found.batches.insert(order, (b, id));
                 }
-                record::Record::Confirm(b) => confirmed.push(b),
+                // Applied in log order, so it cancels only a batch (and parts)
+                // written before it, never a later one that reused the id.
+                record::Record::Confirm { epoch, id: batch } => {
+                    found.max_batch = found.max_batch.max(batch);
+                    found.confirm(epoch, batch);
+                }
                 record::Record::Fingerprints(_) => {}
-            }
-        }
-    }
-    for b in confirmed {
-        if let Some((record, _)) = found.batches.remove(&b) {
-            for s in &record.seqs {
-                found.parts.remove(s);
             }
         }
     }
@@ -649,7 +681,7 @@ mod tests {
             .append(true)
             .open(log::segment_path(dir.path(), last))
             .unwrap();
-        std::io::Write::write_all(&mut f, &record::confirm(1)[..5]).unwrap();
+        std::io::Write::write_all(&mut f, &record::confirm(0, 1)[..5]).unwrap();
         let (spool, rec) = Spool::open(&small).unwrap();
         assert!(rec.batches.is_empty());
         assert_eq!(
@@ -730,6 +762,63 @@ mod tests {
             spool.append(request()).await.unwrap(),
             Appended::Stored(_)
         ));
+    }
+
+    /// Issue 14: killed during an outage, restarted, the replayed batch confirmed,
+    /// killed again before a new batch, restarted, a new batch recorded, restarted:
+    /// the old confirm must not cancel the new batch (which may reuse its id).
+    #[tokio::test]
+    async fn an_old_confirm_never_cancels_a_later_batch_in_a_crash_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let a = spool
+            .append(vec![part(TableId::Logs, 1, 1)])
+            .await
+            .unwrap()
+            .stored();
+        let first = spool
+            .record_batch(TableId::Logs, vec![a[0].seq])
+            .await
+            .unwrap();
+        drop(spool); // killed while ClickHouse is down
+
+        let (spool, rec) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(rec.batches.len(), 1);
+        // Meanwhile a new request arrives; then the replayed batch lands.
+        let b = spool
+            .append(vec![part(TableId::Logs, 2, 2)])
+            .await
+            .unwrap()
+            .stored();
+        spool.confirm(&rec.batches[0].0, 3).unwrap();
+        drop(spool); // killed before the new part was batched
+
+        let (spool, rec) = Spool::open(&config(dir.path())).unwrap();
+        assert!(rec.batches.is_empty());
+        assert_eq!(
+            rec.parts.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [b[0].seq]
+        );
+        let second = spool
+            .record_batch(TableId::Logs, vec![b[0].seq])
+            .await
+            .unwrap();
+        drop(spool); // killed before ClickHouse confirmed the new batch
+
+        let (spool, rec) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            rec.batches
+                .iter()
+                .map(|(r, m)| (r.id, m.iter().map(|p| p.seq).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            [(second.id, vec![b[0].seq])],
+            "the acknowledged, unconfirmed part is still there, in its batch"
+        );
+        assert_eq!(spool.read(b[0].seq).unwrap(), [2; 6]);
+        assert!(
+            second.id > first.id,
+            "batch ids are not reused across restarts"
+        );
     }
 
     #[test]
