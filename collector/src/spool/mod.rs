@@ -16,12 +16,20 @@
 //! so after a restart it is rebuilt identically and a retry of an INSERT that did
 //! land is dropped by ClickHouse's deduplication instead of duplicating rows.
 //!
+//! Disk faults: a failed write leaves no partial record behind (see [`log`]) and
+//! fails the request, which the receivers answer with 503 / UNAVAILABLE. A failed
+//! fsync exits the process ([`commit::fsync_failed`] says why): the data written
+//! since the last good fsync is in an unknown state, and only a restart, which reads
+//! the segments back, knows what is durable.
+//!
 //! A client that lost its answer and sends the request again is recognised by the
 //! request's fingerprint within `dedup_window_secs` ([`dedup`]): the retry is
 //! acknowledged without being stored twice.
 
 mod commit;
 pub mod dedup;
+#[cfg(test)]
+mod fault_tests;
 mod log;
 mod record;
 
@@ -176,7 +184,12 @@ impl Spool {
         };
         let commit = GroupCommit::start(
             move || {
-                let file = flushed.lock().expect("not poisoned").current_file();
+                let log = flushed.lock().expect("not poisoned");
+                #[cfg(test)]
+                log.faults.sync()?;
+                // Not under the lock: appends go on while the fsync runs.
+                let file = log.current_file();
+                drop(log);
                 file.sync_data()
             },
             interval,
