@@ -127,6 +127,8 @@ impl Appended {
 pub struct Recovered {
     pub batches: Vec<(BatchRecord, Vec<SpooledPart>)>,
     pub parts: Vec<SpooledPart>,
+    /// Quarantine files written by this start (see [`quarantine`]).
+    pub quarantined: Vec<PathBuf>,
 }
 
 pub struct Spool {
@@ -445,6 +447,8 @@ struct Found {
     remembered: Vec<(Remembered, u64)>,
     max_seq: u64,
     max_batch: u64,
+    /// Files holding the rest of segments after a corrupt record.
+    quarantined: Vec<PathBuf>,
 }
 
 impl Found {
@@ -496,8 +500,34 @@ impl Found {
             .map(|(_, (p, _))| p.clone())
             .collect();
         let locs = self.parts.iter().map(|(s, (_, loc))| (*s, *loc)).collect();
-        (Recovered { batches, parts }, locs, batch_segments)
+        (
+            Recovered {
+                batches,
+                parts,
+                quarantined: self.quarantined.clone(),
+            },
+            locs,
+            batch_segments,
+        )
     }
+}
+
+/// Moves what follows a corrupt record in a segment to `<segment>-<offset>.quarantine`
+/// in the spool directory, fsynced, then cuts the segment there: the records after
+/// a corrupt one cannot be framed with certainty, so they are kept for a person to
+/// look at (and reported) rather than replayed or dropped. Returns the file.
+fn quarantine(dir: &Path, segment: u64, offset: usize, rest: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!("{segment:016x}-{offset}.quarantine"));
+    let mut file = std::fs::File::create(&path)?;
+    std::io::Write::write_all(&mut file, rest)?;
+    file.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(log::segment_path(dir, segment))?;
+    cut.set_len(offset as u64)?;
+    cut.sync_all()?;
+    Ok(path)
 }
 
 fn recover(dir: &Path) -> Result<Found, SpoolError> {
@@ -509,13 +539,20 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
         remembered: Vec::new(),
         max_seq: 0,
         max_batch: 0,
+        quarantined: Vec::new(),
     };
     for id in log::segment_ids(dir)? {
         let path = log::segment_path(dir, id);
         let bytes = std::fs::read(&path)?;
         let (records, end) = record::scan(&bytes);
         if end < bytes.len() {
-            tracing::warn!(segment = %path.display(), valid = end, size = bytes.len(), "spool segment ends in an incomplete record (a write cut short); ignoring the rest");
+            if record::is_torn_tail(&bytes[end..]) {
+                tracing::warn!(segment = %path.display(), valid = end, size = bytes.len(), "spool segment ends in an incomplete record (a write cut short); ignoring the rest");
+            } else {
+                let file = quarantine(dir, id, end, &bytes[end..])?;
+                tracing::error!(segment = %path.display(), valid = end, size = bytes.len(), quarantined = %file.display(), "spool segment holds a corrupt record before its end: the rest of the segment (acknowledged data among it) was moved to the quarantine file");
+                found.quarantined.push(file);
+            }
         }
         for r in records {
             match r {

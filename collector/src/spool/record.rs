@@ -191,6 +191,19 @@ pub fn scan(segment: &[u8]) -> (Vec<Record>, usize) {
     (records, at)
 }
 
+/// Whether what follows a segment's last good record is a record cut short (a
+/// write a crash interrupted: its frame runs past the end of the file), rather than
+/// a corrupt record with data after it.
+pub fn is_torn_tail(rest: &[u8]) -> bool {
+    match rest.get(..4) {
+        None => true,
+        Some(len) => {
+            let len = u32::from_le_bytes(len.try_into().expect("4")) as usize;
+            FRAME.saturating_add(len) > rest.len()
+        }
+    }
+}
+
 fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
     let (&kind, rest) = body.split_first()?;
     let u64_at = |b: &[u8], i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
