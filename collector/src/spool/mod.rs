@@ -101,6 +101,8 @@ pub enum SpoolError {
     Missing(u64),
     #[error("{0} holds a spool of the earlier format (sled): deliver it with the version that wrote it, or remove it")]
     OldFormat(String),
+    #[error("the spool directory {dir} is in use by another collector process{holder} (it holds {dir}/lock); give each collector its own spool.dir")]
+    Locked { dir: String, holder: String },
 }
 
 /// What [`Spool::append`] did with a request.
@@ -146,9 +148,12 @@ pub struct Spool {
     commit: Arc<GroupCommit>,
     /// Whether requests are fingerprinted (`dedup_window_secs` > 0).
     dedup: bool,
+    /// Held for the spool's life: one process per spool directory.
+    _lock: std::fs::File,
 }
 
 const INSTANCE_FILE: &str = "instance";
+const LOCK_FILE: &str = "lock";
 /// With `sync = "none"`, how often the log is fsynced anyway.
 const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 
@@ -159,6 +164,7 @@ impl Spool {
             return Err(SpoolError::OldFormat(config.dir.clone()));
         }
         std::fs::create_dir_all(&dir)?;
+        let lock = lock(&dir)?;
         let instance = instance(&dir)?;
         let mut found = recover(&dir)?;
         let used: u64 = found.parts.values().map(|(p, _)| u64::from(p.len)).sum();
@@ -210,6 +216,7 @@ impl Spool {
             sync: config.sync,
             commit,
             dedup: config.dedup_window_secs > 0,
+            _lock: lock,
         };
         Ok((Arc::new(spool), recovered))
     }
@@ -408,6 +415,40 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         self.commit.stop();
+    }
+}
+
+/// Takes the spool directory's lock: two processes replaying and appending to one
+/// spool would deliver its batches twice and corrupt its segments. An advisory
+/// `flock`, released by the kernel however the process ends (a stale lock file
+/// after `kill -9` does not block the restart). The file names the holder's pid.
+fn lock(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim();
+            Err(SpoolError::Locked {
+                dir: dir.display().to_string(),
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
 
@@ -869,6 +910,24 @@ mod tests {
             second.id > first.id,
             "batch ids are not reused across restarts"
         );
+    }
+
+    #[test]
+    fn a_second_spool_on_the_same_directory_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Spool::open(&config(dir.path())).unwrap();
+        let e = Spool::open(&config(dir.path())).err().unwrap();
+        let message = e.to_string();
+        assert!(
+            message.contains(&format!(
+                "{} is in use by another collector process (pid {})",
+                dir.path().display(),
+                std::process::id()
+            )),
+            "{message}"
+        );
+        drop(first);
+        Spool::open(&config(dir.path())).unwrap();
     }
 
     #[test]
