@@ -1,4 +1,6 @@
 //! Group commit: one fsync serves every append made while the previous one ran.
+//!
+//! A failed fsync is fatal: the process exits (see [`fsync_failed`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +65,10 @@ impl GroupCommit {
                 }
                 tokio::time::sleep(interval).await;
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel);
-                let result = flush().map(|_| generation).map_err(|e| e.to_string());
+                let result = flush().map(|_| generation).map_err(|e| {
+                    fsync_failed(&e);
+                    e.to_string()
+                });
                 let _ = self.flushed.send_replace(result);
             }
         });
@@ -93,4 +98,20 @@ impl GroupCommit {
             Err(e) => Err(SpoolError::Storage(std::io::Error::other(e.clone()))),
         }
     }
+}
+
+/// The exit status after a failed fsync.
+pub const FSYNC_FAILED_EXIT: i32 = 75;
+
+/// After a failed fsync the kernel may already have dropped the dirty pages and
+/// cleared the error, so a retried fsync can succeed without the data being on
+/// disk: nothing written since the last good fsync can be trusted, and the file's
+/// state is known only by reading it back. So the process exits; the waiting
+/// requests are never acknowledged (their clients retry), and the restart recovers
+/// from what the disk really holds, recognising a retry of a request that did
+/// reach it by its fingerprint. (The crate's own tests observe the error instead.)
+pub fn fsync_failed(e: &std::io::Error) {
+    tracing::error!(error = %e, exit_status = FSYNC_FAILED_EXIT, "fsync of the spool failed; exiting so that a restart recovers from what is on disk");
+    #[cfg(not(test))]
+    std::process::exit(FSYNC_FAILED_EXIT);
 }

@@ -4,6 +4,15 @@
 //! fsynced and the next one started. A segment is deleted once nothing in it is
 //! live (every part confirmed, every batch record done) and every older segment is
 //! gone: a confirm record then never outlives the batch record it cancels.
+//!
+//! A failed write (ENOSPC, EIO, a short write) never leaves a partial record in
+//! the segment: the file is cut back to its last good length and the request fails
+//! (the receivers answer 503 / UNAVAILABLE, which clients retry). If even that cut
+//! fails, the segment is closed and the next record starts a new one, so the
+//! partial record is that segment's tail, which recovery ignores.
+//!
+//! Tests inject such faults through [`Faults`] (compiled only for the crate's own
+//! tests: the production path is the plain file calls).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -22,6 +31,9 @@ pub struct PartLoc {
     pub len: u32,
 }
 
+/// A batch record's (epoch, id): ids of different process starts may be equal.
+pub type BatchKey = (u64, u64);
+
 struct Segment {
     file: Arc<File>,
     /// Parts and batch records in it not yet confirmed.
@@ -33,13 +45,48 @@ pub struct Log {
     pub segment_bytes: u64,
     segments: BTreeMap<u64, Segment>,
     current: u64,
-    current_len: u64,
+    pub(super) current_len: u64,
     /// By sequence number, so the oldest unconfirmed part is the first.
     parts: BTreeMap<u64, PartLoc>,
-    /// The segment of each batch record not yet confirmed.
-    batches: HashMap<u64, u64>,
+    /// The segment of each batch record not yet confirmed, by (epoch, id).
+    batches: HashMap<BatchKey, u64>,
     /// The fingerprints of recent requests; saved before their segments go.
     pub recent: Recent,
+    /// A failed write could not be cut back: the next record starts a new segment.
+    broken: bool,
+    #[cfg(test)]
+    pub faults: Arc<Faults>,
+}
+
+/// Faults the next file calls fail with, for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Faults {
+    /// (bytes of the next record that reach the file, the error that follows)
+    pub write: std::sync::Mutex<Option<(usize, i32)>>,
+    /// The cut back to the last good length fails too.
+    pub truncate: std::sync::atomic::AtomicBool,
+    /// The next fsync fails with this errno.
+    pub sync: std::sync::Mutex<Option<i32>>,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn write(&self, file: &File, slices: &[IoSlice<'_>]) -> Option<std::io::Error> {
+        let (reach, errno) = self.write.lock().expect("not poisoned").take()?;
+        let bytes: Vec<u8> = slices.iter().flat_map(|s| s.to_vec()).collect();
+        if let Err(e) = (&*file).write_all(&bytes[..reach.min(bytes.len())]) {
+            return Some(e);
+        }
+        Some(std::io::Error::from_raw_os_error(errno))
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        match self.sync.lock().expect("not poisoned").take() {
+            Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
 }
 
 pub fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -67,7 +114,7 @@ impl Log {
         segment_bytes: u64,
         existing: Vec<u64>,
         parts: HashMap<u64, PartLoc>,
-        batches: HashMap<u64, u64>,
+        batches: HashMap<BatchKey, u64>,
         recent: Recent,
     ) -> std::io::Result<Log> {
         let mut segments = BTreeMap::new();
@@ -101,6 +148,9 @@ impl Log {
             parts: parts.into_iter().collect(),
             batches,
             recent,
+            broken: false,
+            #[cfg(test)]
+            faults: Arc::default(),
         };
         log.create(current)?;
         log.delete_dead()?;
@@ -133,28 +183,69 @@ impl Log {
         self.segments[&self.current].file.clone()
     }
 
-    /// Appends one record given as slices; returns the offset where it starts.
+    /// Fsyncs the current segment.
+    pub fn sync(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        self.faults.sync()?;
+        self.current_file().sync_data()
+    }
+
+    /// Appends one record given as slices; returns the offset where it starts. On
+    /// an error nothing of the record stays in the log.
     pub fn append(&mut self, slices: &[IoSlice<'_>]) -> std::io::Result<u64> {
-        if self.current_len >= self.segment_bytes {
-            self.current_file().sync_data()?;
+        if self.current_len >= self.segment_bytes || self.broken {
+            if let Err(e) = self.sync() {
+                super::commit::fsync_failed(&e);
+                return Err(e);
+            }
             self.create(self.current + 1)?;
+            self.broken = false;
         }
         let start = self.current_len;
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let file = self.current_file();
+        if let Err(e) = self.write_all(&file, slices, total) {
+            if let Err(cut) = self.truncate(&file, start) {
+                tracing::error!(error = %cut, segment = self.current, "cannot cut a failed spool write back; the next record starts a new segment");
+                self.broken = true;
+            }
+            return Err(e);
+        }
+        self.current_len += total as u64;
+        Ok(start)
+    }
+
+    fn write_all(&self, file: &File, slices: &[IoSlice<'_>], total: usize) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(e) = self.faults.write(file, slices) {
+            return Err(e);
+        }
         let mut owned: Vec<IoSlice<'_>> = slices.to_vec();
         let mut rest = &mut owned[..];
         let mut written = 0;
         while written < total {
-            let n = (&*file).write_vectored(rest)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
+            let n = match (&*file).write_vectored(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
             written += n;
             IoSlice::advance_slices(&mut rest, n);
         }
-        self.current_len += total as u64;
-        Ok(start)
+        Ok(())
+    }
+
+    fn truncate(&self, file: &File, len: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self
+            .faults
+            .truncate
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        file.set_len(len)
     }
 
     pub fn current_segment(&self) -> u64 {
@@ -173,11 +264,11 @@ impl Log {
         self.parts.insert(seq, loc);
     }
 
-    pub fn add_batch(&mut self, id: u64, segment: u64) {
+    pub fn add_batch(&mut self, key: BatchKey, segment: u64) {
         if let Some(s) = self.segments.get_mut(&segment) {
             s.live += 1;
         }
-        self.batches.insert(id, segment);
+        self.batches.insert(key, segment);
     }
 
     pub fn part(&self, seq: u64) -> Option<(PartLoc, Arc<File>)> {
@@ -186,7 +277,7 @@ impl Log {
     }
 
     /// The batch and its parts are done: they stop holding their segments.
-    pub fn done(&mut self, batch: u64, seqs: &[u64]) -> std::io::Result<()> {
+    pub fn done(&mut self, batch: BatchKey, seqs: &[u64]) -> std::io::Result<()> {
         let segments = seqs
             .iter()
             .filter_map(|s| self.parts.remove(s).map(|l| l.segment))

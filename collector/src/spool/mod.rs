@@ -16,12 +16,20 @@
 //! so after a restart it is rebuilt identically and a retry of an INSERT that did
 //! land is dropped by ClickHouse's deduplication instead of duplicating rows.
 //!
+//! Disk faults: a failed write leaves no partial record behind (see [`log`]) and
+//! fails the request, which the receivers answer with 503 / UNAVAILABLE. A failed
+//! fsync exits the process ([`commit::fsync_failed`] says why): the data written
+//! since the last good fsync is in an unknown state, and only a restart, which reads
+//! the segments back, knows what is durable.
+//!
 //! A client that lost its answer and sends the request again is recognised by the
 //! request's fingerprint within `dedup_window_secs` ([`dedup`]): the retry is
 //! acknowledged without being stored twice.
 
 mod commit;
 pub mod dedup;
+#[cfg(test)]
+mod fault_tests;
 mod log;
 mod record;
 
@@ -37,7 +45,7 @@ use thiserror::Error;
 use crate::part::TablePart;
 use crate::schema::TableId;
 use commit::GroupCommit;
-use log::{Log, PartLoc};
+use log::{BatchKey, Log, PartLoc};
 
 pub use record::{BatchRecord, Remembered, SpooledPart};
 
@@ -93,6 +101,8 @@ pub enum SpoolError {
     Missing(u64),
     #[error("{0} holds a spool of the earlier format (sled): deliver it with the version that wrote it, or remove it")]
     OldFormat(String),
+    #[error("the spool directory {dir} is in use by another collector process{holder} (it holds {dir}/lock); give each collector its own spool.dir")]
+    Locked { dir: String, holder: String },
 }
 
 /// What [`Spool::append`] did with a request.
@@ -119,6 +129,8 @@ impl Appended {
 pub struct Recovered {
     pub batches: Vec<(BatchRecord, Vec<SpooledPart>)>,
     pub parts: Vec<SpooledPart>,
+    /// Quarantine files written by this start (see [`quarantine`]).
+    pub quarantined: Vec<PathBuf>,
 }
 
 pub struct Spool {
@@ -136,9 +148,12 @@ pub struct Spool {
     commit: Arc<GroupCommit>,
     /// Whether requests are fingerprinted (`dedup_window_secs` > 0).
     dedup: bool,
+    /// Held for the spool's life: one process per spool directory.
+    _lock: std::fs::File,
 }
 
 const INSTANCE_FILE: &str = "instance";
+const LOCK_FILE: &str = "lock";
 /// With `sync = "none"`, how often the log is fsynced anyway.
 const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 
@@ -149,6 +164,7 @@ impl Spool {
             return Err(SpoolError::OldFormat(config.dir.clone()));
         }
         std::fs::create_dir_all(&dir)?;
+        let lock = lock(&dir)?;
         let instance = instance(&dir)?;
         let mut found = recover(&dir)?;
         let used: u64 = found.parts.values().map(|(p, _)| u64::from(p.len)).sum();
@@ -176,7 +192,12 @@ impl Spool {
         };
         let commit = GroupCommit::start(
             move || {
-                let file = flushed.lock().expect("not poisoned").current_file();
+                let log = flushed.lock().expect("not poisoned");
+                #[cfg(test)]
+                log.faults.sync()?;
+                // Not under the lock: appends go on while the fsync runs.
+                let file = log.current_file();
+                drop(log);
                 file.sync_data()
             },
             interval,
@@ -186,12 +207,16 @@ impl Spool {
             instance,
             epoch: rand::random(),
             next_seq: AtomicU64::new(found.max_seq + 1),
+            // Past every id a surviving batch or confirm record holds. Ids may still
+            // start over once the spool empties; the epoch keeps (epoch, id), the
+            // key confirms and tokens use, unique.
             next_batch: AtomicU64::new(found.max_batch + 1),
             used_bytes: AtomicU64::new(used),
             budget: config.max_disk_bytes,
             sync: config.sync,
             commit,
             dedup: config.dedup_window_secs > 0,
+            _lock: lock,
         };
         Ok((Arc::new(spool), recovered))
     }
@@ -355,7 +380,7 @@ impl Spool {
             let mut log = self.log.lock().expect("not poisoned");
             log.append(&[std::io::IoSlice::new(&bytes)])?;
             let segment = log.current_segment();
-            log.add_batch(id, segment);
+            log.add_batch((self.epoch, id), segment);
         }
         self.durable().await?;
         Ok(record)
@@ -370,10 +395,10 @@ impl Spool {
     /// waited for: if the confirmation is lost, a restart re-sends the batch with
     /// its token and ClickHouse drops the repeat.
     pub fn confirm(&self, record: &BatchRecord, bytes: u64) -> Result<(), SpoolError> {
-        let confirm = record::confirm(record.id);
+        let confirm = record::confirm(record.epoch, record.id);
         let mut log = self.log.lock().expect("not poisoned");
         log.append(&[std::io::IoSlice::new(&confirm)])?;
-        log.done(record.id, &record.seqs)?;
+        log.done((record.epoch, record.id), &record.seqs)?;
         drop(log);
         self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
@@ -390,6 +415,40 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         self.commit.stop();
+    }
+}
+
+/// Takes the spool directory's lock: two processes replaying and appending to one
+/// spool would deliver its batches twice and corrupt its segments. An advisory
+/// `flock`, released by the kernel however the process ends (a stale lock file
+/// after `kill -9` does not block the restart). The file names the holder's pid.
+fn lock(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = pid.trim();
+            Err(SpoolError::Locked {
+                dir: dir.display().to_string(),
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
 
@@ -418,23 +477,51 @@ fn found_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 struct Found {
     /// seq → (part, where its bytes are)
     parts: BTreeMap<u64, (SpooledPart, PartLoc)>,
-    /// id → (record, its segment), not confirmed
-    batches: BTreeMap<u64, (BatchRecord, u64)>,
+    /// Log order → (record, its segment), not confirmed.
+    batches: BTreeMap<usize, (BatchRecord, u64)>,
+    /// (epoch, id) → the log order of the newest such batch in `batches`.
+    batch_keys: HashMap<BatchKey, usize>,
+    /// Batch records read so far.
+    records: usize,
     /// The fingerprints of the requests in the segments, in log order, with their
     /// segment.
     remembered: Vec<(Remembered, u64)>,
     max_seq: u64,
     max_batch: u64,
+    /// Files holding the rest of segments after a corrupt record.
+    quarantined: Vec<PathBuf>,
 }
 
 impl Found {
+    /// Cancels the newest batch recorded so far with this key (any epoch for a
+    /// confirm of the earlier format) and its parts.
+    fn confirm(&mut self, epoch: Option<u64>, id: u64) {
+        let order = match epoch {
+            Some(epoch) => self.batch_keys.remove(&(epoch, id)),
+            // Rare (a spool written by an earlier version): a scan is fine.
+            None => self
+                .batches
+                .iter()
+                .rev()
+                .find(|(_, (b, _))| b.id == id)
+                .map(|(order, _)| *order),
+        };
+        let Some((record, _)) = order.and_then(|o| self.batches.remove(&o)) else {
+            return;
+        };
+        self.batch_keys.remove(&(record.epoch, record.id));
+        for s in &record.seqs {
+            self.parts.remove(s);
+        }
+    }
+
     /// Recorded batches with the parts still present, the free parts, and where
     /// everything live is.
-    fn split(&self) -> (Recovered, HashMap<u64, PartLoc>, HashMap<u64, u64>) {
+    fn split(&self) -> (Recovered, HashMap<u64, PartLoc>, HashMap<BatchKey, u64>) {
         let mut claimed = HashSet::new();
         let mut batches = Vec::new();
         let mut batch_segments = HashMap::new();
-        for (id, (record, segment)) in &self.batches {
+        for (record, segment) in self.batches.values() {
             let members: Vec<SpooledPart> = record
                 .seqs
                 .iter()
@@ -443,7 +530,7 @@ impl Found {
                 .collect();
             // A batch with no parts left was delivered; its confirm was lost.
             if !members.is_empty() {
-                batch_segments.insert(*id, *segment);
+                batch_segments.insert((record.epoch, record.id), *segment);
                 batches.push((record.clone(), members));
             }
         }
@@ -454,25 +541,59 @@ impl Found {
             .map(|(_, (p, _))| p.clone())
             .collect();
         let locs = self.parts.iter().map(|(s, (_, loc))| (*s, *loc)).collect();
-        (Recovered { batches, parts }, locs, batch_segments)
+        (
+            Recovered {
+                batches,
+                parts,
+                quarantined: self.quarantined.clone(),
+            },
+            locs,
+            batch_segments,
+        )
     }
+}
+
+/// Moves what follows a corrupt record in a segment to `<segment>-<offset>.quarantine`
+/// in the spool directory, fsynced, then cuts the segment there: the records after
+/// a corrupt one cannot be framed with certainty, so they are kept for a person to
+/// look at (and reported) rather than replayed or dropped. Returns the file.
+fn quarantine(dir: &Path, segment: u64, offset: usize, rest: &[u8]) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!("{segment:016x}-{offset}.quarantine"));
+    let mut file = std::fs::File::create(&path)?;
+    std::io::Write::write_all(&mut file, rest)?;
+    file.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(log::segment_path(dir, segment))?;
+    cut.set_len(offset as u64)?;
+    cut.sync_all()?;
+    Ok(path)
 }
 
 fn recover(dir: &Path) -> Result<Found, SpoolError> {
     let mut found = Found {
         parts: BTreeMap::new(),
         batches: BTreeMap::new(),
+        batch_keys: HashMap::new(),
+        records: 0,
         remembered: Vec::new(),
         max_seq: 0,
         max_batch: 0,
+        quarantined: Vec::new(),
     };
-    let mut confirmed = Vec::new();
     for id in log::segment_ids(dir)? {
         let path = log::segment_path(dir, id);
         let bytes = std::fs::read(&path)?;
         let (records, end) = record::scan(&bytes);
         if end < bytes.len() {
-            tracing::warn!(segment = %path.display(), valid = end, size = bytes.len(), "spool segment ends in an incomplete record (a write cut short); ignoring the rest");
+            if record::is_torn_tail(&bytes[end..]) {
+                tracing::warn!(segment = %path.display(), valid = end, size = bytes.len(), "spool segment ends in an incomplete record (a write cut short); ignoring the rest");
+            } else {
+                let file = quarantine(dir, id, end, &bytes[end..])?;
+                tracing::error!(segment = %path.display(), valid = end, size = bytes.len(), quarantined = %file.display(), "spool segment holds a corrupt record before its end: the rest of the segment (acknowledged data among it) was moved to the quarantine file");
+                found.quarantined.push(file);
+            }
         }
         for r in records {
             match r {
@@ -490,17 +611,19 @@ fn recover(dir: &Path) -> Result<Found, SpoolError> {
                 }
                 record::Record::Batch(b) => {
                     found.max_batch = found.max_batch.max(b.id);
-                    found.batches.insert(b.id, (b, id));
+                    found.max_seq = found.max_seq.max(b.seqs.iter().copied().max().unwrap_or(0));
+                    let order = found.records;
+                    found.records += 1;
+                    found.batch_keys.insert((b.epoch, b.id), order);
+                    found.batches.insert(order, (b, id));
                 }
-                record::Record::Confirm(b) => confirmed.push(b),
+                // Applied in log order, so it cancels only a batch (and parts)
+                // written before it, never a later one that reused the id.
+                record::Record::Confirm { epoch, id: batch } => {
+                    found.max_batch = found.max_batch.max(batch);
+                    found.confirm(epoch, batch);
+                }
                 record::Record::Fingerprints(_) => {}
-            }
-        }
-    }
-    for b in confirmed {
-        if let Some((record, _)) = found.batches.remove(&b) {
-            for s in &record.seqs {
-                found.parts.remove(s);
             }
         }
     }
@@ -649,7 +772,7 @@ mod tests {
             .append(true)
             .open(log::segment_path(dir.path(), last))
             .unwrap();
-        std::io::Write::write_all(&mut f, &record::confirm(1)[..5]).unwrap();
+        std::io::Write::write_all(&mut f, &record::confirm(0, 1)[..5]).unwrap();
         let (spool, rec) = Spool::open(&small).unwrap();
         assert!(rec.batches.is_empty());
         assert_eq!(
@@ -730,6 +853,81 @@ mod tests {
             spool.append(request()).await.unwrap(),
             Appended::Stored(_)
         ));
+    }
+
+    /// Issue 14: killed during an outage, restarted, the replayed batch confirmed,
+    /// killed again before a new batch, restarted, a new batch recorded, restarted:
+    /// the old confirm must not cancel the new batch (which may reuse its id).
+    #[tokio::test]
+    async fn an_old_confirm_never_cancels_a_later_batch_in_a_crash_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let a = spool
+            .append(vec![part(TableId::Logs, 1, 1)])
+            .await
+            .unwrap()
+            .stored();
+        let first = spool
+            .record_batch(TableId::Logs, vec![a[0].seq])
+            .await
+            .unwrap();
+        drop(spool); // killed while ClickHouse is down
+
+        let (spool, rec) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(rec.batches.len(), 1);
+        // Meanwhile a new request arrives; then the replayed batch lands.
+        let b = spool
+            .append(vec![part(TableId::Logs, 2, 2)])
+            .await
+            .unwrap()
+            .stored();
+        spool.confirm(&rec.batches[0].0, 3).unwrap();
+        drop(spool); // killed before the new part was batched
+
+        let (spool, rec) = Spool::open(&config(dir.path())).unwrap();
+        assert!(rec.batches.is_empty());
+        assert_eq!(
+            rec.parts.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [b[0].seq]
+        );
+        let second = spool
+            .record_batch(TableId::Logs, vec![b[0].seq])
+            .await
+            .unwrap();
+        drop(spool); // killed before ClickHouse confirmed the new batch
+
+        let (spool, rec) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            rec.batches
+                .iter()
+                .map(|(r, m)| (r.id, m.iter().map(|p| p.seq).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            [(second.id, vec![b[0].seq])],
+            "the acknowledged, unconfirmed part is still there, in its batch"
+        );
+        assert_eq!(spool.read(b[0].seq).unwrap(), [2; 6]);
+        assert!(
+            second.id > first.id,
+            "batch ids are not reused across restarts"
+        );
+    }
+
+    #[test]
+    fn a_second_spool_on_the_same_directory_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Spool::open(&config(dir.path())).unwrap();
+        let e = Spool::open(&config(dir.path())).err().unwrap();
+        let message = e.to_string();
+        assert!(
+            message.contains(&format!(
+                "{} is in use by another collector process (pid {})",
+                dir.path().display(),
+                std::process::id()
+            )),
+            "{message}"
+        );
+        drop(first);
+        Spool::open(&config(dir.path())).unwrap();
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //!   parts from the count on — the request's fingerprint is durable exactly when its
 //!   rows are;
 //! - batch: `[2][id u64][epoch u64][table u8][seq u64]*`;
-//! - confirm: `[3][batch id u64]` — the batch's rows are in ClickHouse;
+//! - confirm: `[6][epoch u64][batch id u64]` — the batch's rows are in ClickHouse;
+//!   it cancels only the batch of that process start recorded before it in the log
+//!   (ids of different starts may be equal). `[3][batch id u64]`, written by
+//!   earlier versions, is still read: it cancels the batch with that id recorded
+//!   before it;
 //! - fingerprints: `[5]([fingerprint u128][arrival u32])*` — in the fingerprint
 //!   files only (see [`super::dedup`]): delivered requests still within the window.
 
@@ -58,6 +62,7 @@ const BATCH: u8 = 2;
 const CONFIRM: u8 = 3;
 const REMEMBERED_PARTS: u8 = 4;
 const FINGERPRINTS: u8 = 5;
+const EPOCH_CONFIRM: u8 = 6;
 const PART_META: usize = 8 + 1 + 4 + 4 + 4;
 const REMEMBERED: usize = 16 + 4;
 
@@ -70,7 +75,11 @@ pub enum Record {
         remembered: Option<Remembered>,
     },
     Batch(BatchRecord),
-    Confirm(u64),
+    /// `epoch` is None for a confirm written by an earlier version.
+    Confirm {
+        epoch: Option<u64>,
+        id: u64,
+    },
     Fingerprints(Vec<Remembered>),
 }
 
@@ -143,8 +152,9 @@ fn get_remembered(b: &[u8]) -> Option<Remembered> {
     })
 }
 
-pub fn confirm(id: u64) -> Vec<u8> {
-    let mut body = vec![CONFIRM];
+pub fn confirm(epoch: u64, id: u64) -> Vec<u8> {
+    let mut body = vec![EPOCH_CONFIRM];
+    body.extend_from_slice(&epoch.to_le_bytes());
     body.extend_from_slice(&id.to_le_bytes());
     framed(body)
 }
@@ -179,6 +189,19 @@ pub fn scan(segment: &[u8]) -> (Vec<Record>, usize) {
         at = start + len;
     }
     (records, at)
+}
+
+/// Whether what follows a segment's last good record is a record cut short (a
+/// write a crash interrupted: its frame runs past the end of the file), rather than
+/// a corrupt record with data after it.
+pub fn is_torn_tail(rest: &[u8]) -> bool {
+    match rest.get(..4) {
+        None => true,
+        Some(len) => {
+            let len = u32::from_le_bytes(len.try_into().expect("4")) as usize;
+            FRAME.saturating_add(len) > rest.len()
+        }
+    }
 }
 
 fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
@@ -228,7 +251,14 @@ fn decode(body: &[u8], body_offset: u64) -> Option<Record> {
                     .collect(),
             }))
         }
-        CONFIRM => Some(Record::Confirm(u64_at(rest, 0)?)),
+        CONFIRM if rest.len() == 8 => Some(Record::Confirm {
+            epoch: None,
+            id: u64_at(rest, 0)?,
+        }),
+        EPOCH_CONFIRM if rest.len() == 16 => Some(Record::Confirm {
+            epoch: Some(u64_at(rest, 0)?),
+            id: u64_at(rest, 8)?,
+        }),
         FINGERPRINTS if rest.len() % REMEMBERED == 0 => Some(Record::Fingerprints(
             rest.chunks_exact(REMEMBERED)
                 .filter_map(get_remembered)
@@ -274,7 +304,8 @@ mod tests {
             seqs: vec![7],
         };
         segment.extend(batch(&b));
-        segment.extend(confirm(3));
+        segment.extend(confirm(99, 3));
+        segment.extend(framed([&[CONFIRM][..], &3u64.to_le_bytes()].concat()));
         let old_head = parts_head(9, None, &parts[1..]);
         segment.extend(
             parts_slices(&old_head, &parts[1..])
@@ -283,10 +314,10 @@ mod tests {
         );
         segment.extend(fingerprints(&[remembered, remembered]));
         let whole = segment.len();
-        segment.extend(&confirm(4)[..6]);
+        segment.extend(&confirm(99, 4)[..6]);
         let (records, end) = scan(&segment);
         assert_eq!(end, whole);
-        assert_eq!(records.len(), 5);
+        assert_eq!(records.len(), 6);
         let Record::Parts {
             parts: p,
             remembered: r,
@@ -303,17 +334,24 @@ mod tests {
         assert_eq!(&segment[at0..at0 + 5], &[1; 5]);
         assert_eq!(&segment[at1..at1 + 3], &[2; 3]);
         assert_eq!(records[1], Record::Batch(b));
-        assert_eq!(records[2], Record::Confirm(3));
+        assert_eq!(
+            records[2],
+            Record::Confirm {
+                epoch: Some(99),
+                id: 3
+            }
+        );
+        assert_eq!(records[3], Record::Confirm { epoch: None, id: 3 });
         let Record::Parts {
             parts: p,
             remembered: None,
-        } = &records[3]
+        } = &records[4]
         else {
             panic!("parts without a fingerprint (the earlier format) read back")
         };
         let at = p[0].1 as usize;
         assert_eq!((p[0].0.seq, &segment[at..at + 3]), (9, &[2u8; 3][..]));
-        assert_eq!(records[4], Record::Fingerprints(vec![remembered; 2]));
+        assert_eq!(records[5], Record::Fingerprints(vec![remembered; 2]));
         // A flipped bit ends the segment at that record.
         segment[at0] ^= 1;
         assert_eq!(scan(&segment).0.len(), 0);
