@@ -6,14 +6,17 @@
 //! they cannot drift apart. `views.rs` declares the pre-aggregations the same way:
 //! each rollup column with the expression that fills it.
 
+pub mod cast;
+mod cluster;
 mod ddl;
 mod probe;
 pub mod rowbinary;
 mod tables;
 mod views;
 
-pub use ddl::{create_statements, rollup_ttl_days, SchemaOptions};
-pub use probe::{probe, SchemaProblem};
+pub use cluster::insert_settings;
+pub use ddl::{create_statements, rollup_statements, rollup_ttl_days, SchemaOptions, LOCAL_SUFFIX};
+pub use probe::{compatible, probe, probe_report, ProbeReport, SchemaProblem};
 pub use tables::*;
 pub use views::*;
 
@@ -23,6 +26,7 @@ pub use views::*;
 pub struct Column {
     pub name: &'static str,
     pub ty: &'static str,
+    /// Empty: no CODEC clause (the server default), as upstream has for small ints.
     pub codec: &'static str,
 }
 
@@ -35,7 +39,8 @@ pub trait Row {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     MergeTree,
-    /// `otel_traces_trace_id_ts`, filled by a materialized view from `otel_traces`.
+    /// `otel_traces_trace_id_ts`, filled by a materialized view from `otel_traces`:
+    /// an AggregatingMergeTree whose `min`/`max` states merge per trace id.
     TraceIdLookup,
 }
 
@@ -46,11 +51,22 @@ pub struct Table {
     pub name: &'static str,
     pub columns: &'static [Column],
     pub indexes: &'static [&'static str],
+    /// Column definitions the DDL declares but the exporter never writes (ALIAS and
+    /// MATERIALIZED columns of the upstream layout).
+    pub derived_columns: &'static [&'static str],
+    /// (nested group, column): the DDL declares the group right after that column,
+    /// as upstream does, while inserts keep it where the row struct has it.
+    pub nested_after: &'static [(&'static str, &'static str)],
     pub partition_by: &'static str,
+    /// Empty: the sorting key is the primary key.
+    pub primary_key: &'static str,
     pub order_by: &'static str,
     /// The DateTime expression a TTL is counted from.
     pub ttl_from: &'static str,
     pub engine: Engine,
+    /// The Distributed table's sharding key on a cluster: rows of one trace (and one
+    /// metric series) land on one shard.
+    pub shard_by: &'static str,
 }
 
 impl Table {

@@ -78,7 +78,7 @@ pub const ALL_TABLES: [&Table; 8] = [
 
 row! {
     pub struct SpanRow {
-        timestamp: i64 => "Timestamp": "DateTime64(9)", "Delta, ZSTD(1)";
+        timestamp: i64 => "Timestamp": "DateTime64(9)", "Delta(8), ZSTD(1)";
         trace_id: String => "TraceId": "String";
         span_id: String => "SpanId": "String";
         parent_span_id: String => "ParentSpanId": "String";
@@ -90,7 +90,7 @@ row! {
         scope_name: String => "ScopeName": "String";
         scope_version: String => "ScopeVersion": "String";
         span_attributes: Map => "SpanAttributes": "Map(LowCardinality(String), String)";
-        duration: u64 => "Duration": "UInt64";
+        duration: u64 => "Duration": "UInt64", "T64, ZSTD(1)";
         status_code: String => "StatusCode": "LowCardinality(String)";
         status_message: String => "StatusMessage": "String";
         events_timestamp: Vec<i64> => "Events.Timestamp": "Array(DateTime64(9))";
@@ -114,11 +114,19 @@ pub const TRACES: Table = Table {
         "idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1",
         "idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1",
         "idx_duration Duration TYPE minmax GRANULARITY 1",
+        "idx_lower_span_name lower(SpanName) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8",
     ],
+    derived_columns: &[
+        "`ResourceAttributeItems` Array(String) ALIAS arrayMap(kv -> concat(kv.1, '=', kv.2), CAST(ResourceAttributes, 'Array(Tuple(String, String))'))",
+        "`SpanAttributeItems` Array(String) ALIAS arrayMap(kv -> concat(kv.1, '=', kv.2), CAST(SpanAttributes, 'Array(Tuple(String, String))'))",
+    ],
+    nested_after: &[],
     partition_by: "toDate(Timestamp)",
-    order_by: "(ServiceName, SpanName, toDateTime(Timestamp))",
+    primary_key: "(ServiceName, SpanName, toDateTime(Timestamp))",
+    order_by: "(ServiceName, SpanName, toDateTime(Timestamp), Timestamp)",
     ttl_from: "toDateTime(Timestamp)",
     engine: Engine::MergeTree,
+    shard_by: "cityHash64(TraceId)",
 };
 
 /// Not inserted into by the collector: the materialized view fills it.
@@ -133,20 +141,26 @@ pub const TRACE_ID_TS: Table = Table {
         },
         Column {
             name: "Start",
-            ty: "DateTime",
+            ty: "SimpleAggregateFunction(min, DateTime)",
             codec: "ZSTD(1)",
         },
         Column {
             name: "End",
-            ty: "DateTime",
+            ty: "SimpleAggregateFunction(max, DateTime)",
             codec: "ZSTD(1)",
         },
     ],
-    indexes: &["idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1"],
-    partition_by: "toDate(Start)",
-    order_by: "(TraceId, Start)",
+    indexes: &[],
+    derived_columns: &[],
+    nested_after: &[],
+    partition_by: "toStartOfWeek(Start)",
+    primary_key: "",
+    order_by: "(TraceId)",
     ttl_from: "Start",
     engine: Engine::TraceIdLookup,
+    // The view runs where the span rows land, so the lookup rows of a trace stay on
+    // the shard holding its spans.
+    shard_by: "cityHash64(TraceId)",
 };
 
 row! {
@@ -154,9 +168,9 @@ row! {
         timestamp: i64 => "Timestamp": "DateTime64(9)", "Delta(8), ZSTD(1)";
         trace_id: String => "TraceId": "String";
         span_id: String => "SpanId": "String";
-        trace_flags: u8 => "TraceFlags": "UInt8";
+        trace_flags: u8 => "TraceFlags": "UInt8", "";
         severity_text: String => "SeverityText": "LowCardinality(String)";
-        severity_number: u8 => "SeverityNumber": "UInt8";
+        severity_number: u8 => "SeverityNumber": "UInt8", "";
         service_name: String => "ServiceName": "LowCardinality(String)";
         body: String => "Body": "String";
         resource_schema_url: String => "ResourceSchemaUrl": "LowCardinality(String)";
@@ -168,6 +182,17 @@ row! {
         log_attributes: Map => "LogAttributes": "Map(LowCardinality(String), String)";
         event_name: String => "EventName": "String";
     }
+}
+
+/// Resource attributes the upstream layout copies into columns of their own, so a
+/// filter on them reads one small column instead of the whole map.
+macro_rules! materialized_resource_attributes {
+    ($($key:literal),*) => {
+        &[$(concat!(
+            "`__otel_materialized_", $key, "` LowCardinality(String) MATERIALIZED ResourceAttributes['",
+            $key, "'] CODEC(ZSTD(1))"
+        )),*]
+    };
 }
 
 pub const LOGS: Table = Table {
@@ -184,22 +209,38 @@ pub const LOGS: Table = Table {
         "idx_log_attr_value mapValues(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1",
         "idx_lower_body lower(Body) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8",
     ],
+    derived_columns: materialized_resource_attributes!(
+        "k8s.cluster.name",
+        "k8s.container.name",
+        "k8s.deployment.name",
+        "k8s.namespace.name",
+        "k8s.node.name",
+        "k8s.pod.name",
+        "k8s.pod.uid",
+        "deployment.environment.name"
+    ),
+    nested_after: &[],
     partition_by: "toDate(Timestamp)",
+    primary_key: "",
     order_by: "(toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)",
     ttl_from: "toDateTime(Timestamp)",
     engine: Engine::MergeTree,
+    // A trace's logs on the shard of its spans; logs without a trace spread evenly.
+    // Deterministic (never rand()): a retried insert through a Distributed table must
+    // split into the same per-shard blocks for their deduplication to drop it.
+    shard_by: "if(TraceId != '', cityHash64(TraceId), cityHash64(ServiceName, Timestamp))",
 };
 
 /// The columns every metric table starts with, in the exporter's order.
 macro_rules! metric_row {
     (
         pub struct $row:ident with exemplars {
-            $( $field:ident : $fty:ty => $col:literal : $cty:literal ; )*
+            $( $field:ident : $fty:ty => $col:literal : $cty:literal $(, $codec:literal)? ; )*
         }
     ) => {
         metric_row! {
             pub struct $row {
-                $( $field: $fty => $col: $cty; )*
+                $( $field: $fty => $col: $cty $(, $codec)?; )*
                 exemplars_filtered_attributes: Vec<Map> => "Exemplars.FilteredAttributes": "Array(Map(LowCardinality(String), String))";
                 exemplars_time_unix: Vec<u32> => "Exemplars.TimeUnix": "Array(DateTime)";
                 exemplars_value: Vec<f64> => "Exemplars.Value": "Array(Float64)";
@@ -210,7 +251,7 @@ macro_rules! metric_row {
     };
     (
         pub struct $row:ident {
-            $( $field:ident : $fty:ty => $col:literal : $cty:literal ; )*
+            $( $field:ident : $fty:ty => $col:literal : $cty:literal $(, $codec:literal)? ; )*
         }
     ) => {
         row! {
@@ -229,7 +270,7 @@ macro_rules! metric_row {
                 attributes: Map => "Attributes": "Map(LowCardinality(String), String)";
                 start_time_unix: u32 => "StartTimeUnix": "DateTime", "Delta, ZSTD(1)";
                 time_unix: u32 => "TimeUnix": "DateTime", "Delta, ZSTD(1)";
-                $( $field: $fty => $col: $cty; )*
+                $( $field: $fty => $col: $cty $(, $codec)?; )*
             }
         }
     };
@@ -247,13 +288,13 @@ metric_row! {
         value: f64 => "Value": "Float64";
         flags: u32 => "Flags": "UInt32";
         aggregation_temporality: i32 => "AggregationTemporality": "Int32";
-        is_monotonic: bool => "IsMonotonic": "Bool";
+        is_monotonic: bool => "IsMonotonic": "Bool", "Delta, ZSTD(1)";
     }
 }
 
 metric_row! {
     pub struct HistogramRow with exemplars {
-        count: u64 => "Count": "UInt64";
+        count: u64 => "Count": "UInt64", "Delta, ZSTD(1)";
         sum: f64 => "Sum": "Float64";
         bucket_counts: Vec<u64> => "BucketCounts": "Array(UInt64)";
         explicit_bounds: Vec<f64> => "ExplicitBounds": "Array(Float64)";
@@ -266,7 +307,7 @@ metric_row! {
 
 metric_row! {
     pub struct ExponentialHistogramRow with exemplars {
-        count: u64 => "Count": "UInt64";
+        count: u64 => "Count": "UInt64", "Delta, ZSTD(1)";
         sum: f64 => "Sum": "Float64";
         scale: i32 => "Scale": "Int32";
         zero_count: u64 => "ZeroCount": "UInt64";
@@ -283,7 +324,7 @@ metric_row! {
 
 metric_row! {
     pub struct SummaryRow {
-        count: u64 => "Count": "UInt64";
+        count: u64 => "Count": "UInt64", "Delta, ZSTD(1)";
         sum: f64 => "Sum": "Float64";
         quantiles: Vec<f64> => "ValueAtQuantiles.Quantile": "Array(Float64)";
         quantile_values: Vec<f64> => "ValueAtQuantiles.Value": "Array(Float64)";
@@ -298,38 +339,65 @@ const METRIC_INDEXES: &[&str] = &[
     "idx_scope_attr_value mapValues(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1",
     "idx_attr_key mapKeys(Attributes) TYPE bloom_filter(0.01) GRANULARITY 1",
     "idx_attr_value mapValues(Attributes) TYPE bloom_filter(0.01) GRANULARITY 1",
+    "idx_time_minmax TimeUnix TYPE minmax GRANULARITY 1",
 ];
 
-const fn metric_table(id: TableId, name: &'static str, columns: &'static [Column]) -> Table {
+/// `nested_after`: where the upstream DDL declares the `Exemplars` group (the
+/// insert order keeps it last: spooled batches are encoded in that order).
+const fn metric_table(
+    id: TableId,
+    name: &'static str,
+    columns: &'static [Column],
+    nested_after: &'static [(&'static str, &'static str)],
+) -> Table {
     Table {
         id,
         name,
         columns,
         indexes: METRIC_INDEXES,
+        derived_columns: &[],
+        nested_after,
         partition_by: "toDate(TimeUnix)",
+        primary_key: "",
         order_by:
             "(ServiceName, MetricName, toStartOfHour(TimeUnix), cityHash64(Attributes), TimeUnix)",
         ttl_from: "TimeUnix",
         engine: Engine::MergeTree,
+        // A series (same service, metric and attributes) stays on one shard, so
+        // per-series functions (rate, deltas) need no cross-shard merge.
+        shard_by: "cityHash64(ServiceName, MetricName, Attributes)",
     }
 }
 
-pub const GAUGE: Table = metric_table(TableId::Gauge, "otel_metrics_gauge", GaugeRow::COLUMNS);
-pub const SUM: Table = metric_table(TableId::Sum, "otel_metrics_sum", SumRow::COLUMNS);
+pub const GAUGE: Table = metric_table(
+    TableId::Gauge,
+    "otel_metrics_gauge",
+    GaugeRow::COLUMNS,
+    &[("Exemplars", "Flags")],
+);
+pub const SUM: Table = metric_table(
+    TableId::Sum,
+    "otel_metrics_sum",
+    SumRow::COLUMNS,
+    &[("Exemplars", "Flags")],
+);
 pub const HISTOGRAM: Table = metric_table(
     TableId::Histogram,
     "otel_metrics_histogram",
     HistogramRow::COLUMNS,
+    &[("Exemplars", "ExplicitBounds")],
 );
 pub const EXPONENTIAL_HISTOGRAM: Table = metric_table(
     TableId::ExponentialHistogram,
     "otel_metrics_exponential_histogram",
     ExponentialHistogramRow::COLUMNS,
+    &[("Exemplars", "NegativeBucketCounts")],
 );
 pub const SUMMARY: Table = metric_table(
     TableId::Summary,
     "otel_metrics_summary",
     SummaryRow::COLUMNS,
+    &[],
 );
 
 #[cfg(test)]

@@ -75,7 +75,18 @@ async fn ready(State(h): State<Health>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("degraded: {why}; {spooled} bytes wait in the spool\n"),
         ),
-        (SchemaState::Ready, None) => (StatusCode::OK, "ready\n".to_string()),
+        (SchemaState::Ready, None) => (StatusCode::OK, format!("ready\n{}", extras_note(&h))),
+    }
+}
+
+/// Our rollups and views a database made by the upstream exporter lacks: writing
+/// goes on, the dashboards reading them stay empty until they exist.
+fn extras_note(h: &Health) -> String {
+    let absent = h.gate.absent_extras();
+    if absent.is_empty() {
+        String::new()
+    } else {
+        format!("absent (create_schema is off): {}\n", absent.join("; "))
     }
 }
 

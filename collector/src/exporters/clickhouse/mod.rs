@@ -17,6 +17,7 @@ pub use retry::Backoff;
 pub use schema_gate::{SchemaGate, SchemaState};
 
 use crate::batching::{Batch, BatchSink};
+use crate::schema::cast::TableCast;
 use crate::schema::{quote_ident, SchemaOptions, Table};
 use crate::spool::Spool;
 use crate::telemetry::Metrics;
@@ -56,6 +57,8 @@ pub struct ClickHouseExporter {
     spool: Arc<Spool>,
     health: InsertHealth,
     metrics: Arc<Metrics>,
+    /// `distributed_foreground_insert` on a cluster (see `schema::insert_settings`).
+    insert_settings: &'static [(&'static str, &'static str)],
 }
 
 /// Whether the latest INSERT failed, and why: readiness reports it as degraded.
@@ -101,6 +104,7 @@ impl ClickHouseExporter {
             spool,
             health: InsertHealth::default(),
             metrics,
+            insert_settings: crate::schema::insert_settings(&schema_options(config, 0)),
         }
     }
 
@@ -170,6 +174,12 @@ impl ClickHouseExporter {
         data: Bytes,
         token: &str,
     ) -> clickhouse::error::Result<()> {
+        // A table made by an older upstream exporter (DateTime64(9) where we write
+        // DateTime): the rows are re-encoded to its column types.
+        let data = match self.gate.cast_for(table.id) {
+            Some(cast) => recast(table, &cast, &data)?,
+            None => data,
+        };
         let sql = format!(
             "INSERT INTO {}.{} ({}) FORMAT RowBinary",
             quote_ident(&self.database),
@@ -185,6 +195,9 @@ impl ClickHouseExporter {
             .with_setting("insert_deduplicate", "1")
             .with_setting("insert_deduplication_token", token)
             .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+        for (key, value) in self.insert_settings {
+            insert = insert.with_setting(*key, *value);
+        }
         if self.async_insert {
             insert = insert
                 .with_setting("async_insert", "1")
@@ -199,6 +212,17 @@ impl ClickHouseExporter {
         }
         insert.end().await
     }
+}
+
+/// Our LZ4 blocks → rows in the server's column types → LZ4 blocks again.
+fn recast(table: &Table, cast: &TableCast, data: &[u8]) -> clickhouse::error::Result<Bytes> {
+    let raw = crate::part::decompress(data).map_err(clickhouse::error::Error::Custom)?;
+    let rows = cast.apply(&raw).map_err(|e| {
+        clickhouse::error::Error::Custom(format!("re-encoding for {}: {e}", table.name))
+    })?;
+    Ok(Bytes::from(
+        crate::part::TablePart::compress(table.id, 0, &rows).data,
+    ))
 }
 
 impl BatchSink for ClickHouseExporter {

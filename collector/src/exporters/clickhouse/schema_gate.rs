@@ -3,12 +3,14 @@
 //! A failed or mismatching probe never degrades into writing fewer columns: the
 //! collector stays unready, says exactly what is wrong, and tries again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::schema::{create_statements, probe, SchemaOptions};
+use crate::schema::cast::TableCast;
+use crate::schema::{create_statements, probe_report, SchemaOptions, TableId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaState {
@@ -20,6 +22,14 @@ pub enum SchemaState {
 pub struct SchemaGate {
     state: watch::Sender<SchemaState>,
     recheck: Arc<Notify>,
+    /// What the last good probe found besides "ready".
+    found: Arc<RwLock<Found>>,
+}
+
+#[derive(Default)]
+struct Found {
+    casts: HashMap<TableId, Arc<TableCast>>,
+    absent_extras: Vec<String>,
 }
 
 impl SchemaGate {
@@ -27,7 +37,23 @@ impl SchemaGate {
         SchemaGate {
             state: watch::Sender::new(SchemaState::Pending("schema not checked yet".into())),
             recheck: Arc::new(Notify::new()),
+            found: Arc::default(),
         }
+    }
+
+    /// How rows of `table` must be re-encoded for the server's column types
+    /// (tables made by an older upstream exporter), if at all.
+    pub fn cast_for(&self, table: TableId) -> Option<Arc<TableCast>> {
+        self.found.read().ok()?.casts.get(&table).cloned()
+    }
+
+    /// Our rollups and views the database lacks (created when `create_schema` is
+    /// on; with it off, reported here and in the log, never blocking).
+    pub fn absent_extras(&self) -> Vec<String> {
+        self.found
+            .read()
+            .map(|f| f.absent_extras.clone())
+            .unwrap_or_default()
     }
 
     pub fn state(&self) -> SchemaState {
@@ -53,7 +79,18 @@ impl SchemaGate {
         let mut delay = Duration::from_millis(200);
         loop {
             match check(&client, &opts, create).await {
-                Ok(()) => {
+                Ok(found) => {
+                    if !found.absent_extras.is_empty()
+                        && found.absent_extras != self.absent_extras()
+                    {
+                        tracing::warn!(
+                            absent = %found.absent_extras.join("; "),
+                            "ClickHouse schema: writing, but our extras are absent (create them, or turn create_schema on)"
+                        );
+                    }
+                    if let Ok(mut f) = self.found.write() {
+                        *f = found;
+                    }
                     if self.state() != SchemaState::Ready {
                         tracing::info!(database = %opts.database, "ClickHouse schema ready");
                     }
@@ -85,7 +122,7 @@ async fn check(
     client: &clickhouse::Client,
     opts: &SchemaOptions,
     create: bool,
-) -> Result<(), String> {
+) -> Result<Found, String> {
     if create {
         for sql in create_statements(opts) {
             client
@@ -95,13 +132,21 @@ async fn check(
                 .map_err(|e| format!("creating the schema failed: {e}"))?;
         }
     }
-    let problems = probe(client, &opts.database)
+    let report = probe_report(client, &opts.database)
         .await
         .map_err(|e| format!("schema probe failed: {e}"))?;
-    if problems.is_empty() {
-        Ok(())
+    if report.problems.is_empty() {
+        Ok(Found {
+            casts: report
+                .casts
+                .into_iter()
+                .map(|(t, c)| (t, Arc::new(c)))
+                .collect(),
+            absent_extras: report.absent_extras.iter().map(|p| p.to_string()).collect(),
+        })
     } else {
-        Err(problems
+        Err(report
+            .problems
             .iter()
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
