@@ -1041,6 +1041,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", required=True, help="chdb database path (created if missing)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--config-file", default=None,
+                        help="a ClickHouse server config (remote_servers, macros, ...) for the engine")
     parser.add_argument("--log-requests", action="store_true", help="log every request to stderr")
     parser.add_argument("--exit-on-stdin-close", action="store_true",
                         help="stop when stdin reaches EOF (the parent died or closed the pipe)")
@@ -1048,7 +1050,11 @@ def main(argv=None):
     LOG_REQUESTS = args.log_requests
 
     os.makedirs(args.data_dir, exist_ok=True)
-    engine = Engine(os.path.abspath(args.data_dir))
+    path = os.path.abspath(args.data_dir)
+    if args.config_file:
+        # chdb takes server options as parameters of its connection string.
+        path += "?config-file=" + os.path.abspath(args.config_file)
+    engine = Engine(path)
     server = Server((args.host, args.port), engine)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -26,6 +26,9 @@ pub struct EmbeddedConfig {
     pub python: String,
     /// Port of the HTTP front (0: any free port).
     pub port: u16,
+    /// A ClickHouse server config for the engine (e.g. a `remote_servers` cluster
+    /// for tests of the cluster layout); none by default.
+    pub config_file: Option<String>,
 }
 
 impl Default for EmbeddedConfig {
@@ -35,6 +38,7 @@ impl Default for EmbeddedConfig {
             data_dir: ".local/clickhouse-data".into(),
             python: "python3".into(),
             port: 0,
+            config_file: None,
         }
     }
 }
@@ -85,6 +89,12 @@ impl EmbeddedClickHouse {
             .arg(&script)
             .args(["--data-dir", &config.data_dir, "--host", "127.0.0.1"])
             .args(["--port", &config.port.to_string()])
+            .args(
+                config
+                    .config_file
+                    .iter()
+                    .flat_map(|f| ["--config-file", f.as_str()]),
+            )
             // The front exits when this pipe closes: it cannot outlive us, even
             // after a SIGKILL.
             .arg("--exit-on-stdin-close")
