@@ -14,7 +14,8 @@ pub struct ClickHouseConfig {
     pub create_schema: bool,
     /// Drop rows older than this many days (0: keep).
     pub ttl_days: u32,
-    /// Cluster name for `ON CLUSTER` and Replicated engines (empty: single server).
+    /// The `remote_servers` cluster: `<table>_local` Replicated tables `ON CLUSTER` under
+    /// `Distributed` tables with the usual names (empty: single server).
     pub cluster: String,
     /// INSERTs in flight at once, over all tables.
     pub insert_concurrency: usize,
