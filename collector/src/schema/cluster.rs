@@ -100,6 +100,16 @@ mod tests {
     }
 
     #[test]
+    fn every_written_table_has_a_deterministic_shard_key() {
+        for t in crate::schema::ALL_TABLES {
+            assert!(!t.shard_by.is_empty(), "{}", t.name);
+            assert!(!t.shard_by.contains("rand"), "{}: {}", t.name, t.shard_by);
+        }
+        assert_eq!(TRACES.shard_by, "cityHash64(TraceId)");
+        assert_eq!(crate::schema::TRACE_ID_TS.shard_by, TRACES.shard_by);
+    }
+
+    #[test]
     fn every_table_and_rollup_gets_a_local_and_a_distributed_table() {
         let sql = create_statements(&opts());
         for t in crate::schema::ALL_TABLES {
