@@ -52,15 +52,12 @@ async fn export<S: Signal>(
         Ok(r) => r,
         Err(Refusal::Body(why)) => {
             ingest.body_stopped::<S>(&why);
-            let timed_out = matches!(why, BodyError::TimedOut(_));
             let mut response = refuse(why.into(), encoding);
-            if timed_out {
-                // The rest of the body may still be on its way: this connection
-                // cannot carry another request, and a slow client is let go.
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
+            // The rest of the body may still be on its way: this connection cannot
+            // carry another request, and a slow client is let go.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
         Err(Refusal::Other(e)) => return refuse(ingest.refused::<S>(e), encoding),
