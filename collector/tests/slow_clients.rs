@@ -293,10 +293,16 @@ async fn slow_clients_are_cut_off_memory_stays_bounded_and_good_clients_are_serv
     );
     assert!(answers.len() >= 10, "{answers:?}");
     assert!(
-        answers.iter().all(|(s, t)| *s == 200 && *t < Duration::from_secs(2)),
+        answers
+            .iter()
+            .all(|(s, t)| *s == 200 && *t < Duration::from_secs(2)),
         "the well-behaved client was not served: {answers:?}"
     );
-    assert!(phase1_peak < RSS_BOUND, "peak RSS {} MiB", phase1_peak >> 20);
+    assert!(
+        phase1_peak < RSS_BOUND,
+        "peak RSS {} MiB",
+        phase1_peak >> 20
+    );
     let served = answers.len();
 
     // Phase 2: 64 clients push 2 MiB each at once (twice the budget in all) and
@@ -364,14 +370,21 @@ async fn slow_clients_are_cut_off_memory_stays_bounded_and_good_clients_are_serv
         phase2_peak >> 20,
         now >> 20
     );
-    assert!(over_budget > 0 && timed_out > 0, "{over_budget} {timed_out}");
+    assert!(
+        over_budget > 0 && timed_out > 0,
+        "{over_budget} {timed_out}"
+    );
     assert!(
         answers
             .iter()
             .all(|(s, t)| (*s == 200 || *s == 429) && *t < Duration::from_secs(3)),
         "{answers:?}"
     );
-    assert!(phase2_peak < RSS_BOUND, "peak RSS {} MiB", phase2_peak >> 20);
+    assert!(
+        phase2_peak < RSS_BOUND,
+        "peak RSS {} MiB",
+        phase2_peak >> 20
+    );
     assert!(peak <= phase2_peak);
 
     // Every accepted request is stored.

@@ -305,9 +305,14 @@ mod tests {
         let charge = Charge::new(budget.clone());
         let body = GuardedBody::new(chunks(&[50, 200]), charge.clone(), Duration::from_secs(5));
         let e = body.collect().await.unwrap_err();
-        assert!(matches!(e, BodyError::OverBudget { budget: 1000, .. }), "{e}");
+        assert!(
+            matches!(e, BodyError::OverBudget { budget: 1000, .. }),
+            "{e}"
+        );
         assert_eq!(charge.stopped(), Some(e.clone()));
-        assert!(e.to_string().contains("receivers.max_inflight_request_bytes"));
+        assert!(e
+            .to_string()
+            .contains("receivers.max_inflight_request_bytes"));
         let refusal = IngestError::from(e);
         assert_eq!(refusal.http_status(), 429);
         assert_eq!(refusal.grpc_code(), tonic::Code::ResourceExhausted);
@@ -337,7 +342,8 @@ mod tests {
     async fn a_body_that_does_not_finish_in_time_is_cut() {
         let budget = Arc::new(RequestBudget::new(1000, Duration::from_millis(10)));
         let charge = Charge::new(budget.clone());
-        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let (mut tx, rx) =
+            futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         tx.try_send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .unwrap();
         let body = GuardedBody::new(StreamBody::new(rx), charge.clone(), Duration::from_secs(3));

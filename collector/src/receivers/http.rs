@@ -112,7 +112,9 @@ async fn read<S: Signal>(
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 too_large("request body", max).into()
             }
-            Err(e) => IngestError::Malformed(format!("could not read the request body: {e}")).into(),
+            Err(e) => {
+                IngestError::Malformed(format!("could not read the request body: {e}")).into()
+            }
         })?
         .to_bytes();
     let content_encoding = headers

@@ -125,7 +125,13 @@ impl LimitedListener {
             match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     let _ = stream.set_nodelay(true);
-                    return (Slotted { io: stream, _slot: slot }, peer);
+                    return (
+                        Slotted {
+                            io: stream,
+                            _slot: slot,
+                        },
+                        peer,
+                    );
                 }
                 Err(_) => {
                     self.metrics.connection_refused(self.name);

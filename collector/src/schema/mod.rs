@@ -7,12 +7,16 @@
 //! each rollup column with the expression that fills it.
 
 mod ddl;
+mod dedup_probe;
 mod probe;
 pub mod rowbinary;
 mod tables;
 mod views;
 
 pub use ddl::{create_statements, rollup_ttl_days, SchemaOptions};
+pub use dedup_probe::{
+    deduplicated_tables, needed_window, probe_dedup_windows, DedupWindowProblem,
+};
 pub use probe::{probe, SchemaProblem};
 pub use tables::*;
 pub use views::*;
