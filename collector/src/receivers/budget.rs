@@ -94,6 +94,9 @@ struct ChargeState {
     paid: Option<OwnedSemaphorePermit>,
     /// Why the body reader gave up, for the receiver that counts refusals.
     stopped: Option<BodyError>,
+    /// Time spent waiting for room so far: the budget's `wait` bounds the sum over
+    /// the whole request, not each wait.
+    waited: Duration,
 }
 
 impl Charge {
@@ -160,12 +163,16 @@ impl Charge {
         if bytes == 0 || self.try_pay(bytes)? {
             return Ok(());
         }
-        if bytes > self.budget.total {
-            // Could never fit: waiting would only delay the same answer.
+        let left = self.budget.wait.saturating_sub(self.lock().waited);
+        if bytes > self.budget.total || left.is_zero() {
+            // Could never fit, or waited enough: waiting would only delay the answer.
             return Err(self.over_budget());
         }
+        let started = tokio::time::Instant::now();
         let acquire = self.budget.permits.clone().acquire_many_owned(bytes as u32);
-        match tokio::time::timeout(self.budget.wait, acquire).await {
+        let acquired = tokio::time::timeout(left, acquire).await;
+        self.lock().waited += started.elapsed();
+        match acquired {
             Ok(Ok(p)) => {
                 self.add(p);
                 Ok(())
@@ -351,6 +358,27 @@ mod tests {
         assert_eq!(e, BodyError::TimedOut(Duration::from_secs(3)));
         assert_eq!(IngestError::from(e).http_status(), 408);
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_bounded_over_the_whole_request() {
+        let budget = Arc::new(RequestBudget::new(100, Duration::from_secs(1)));
+        let holder = Charge::new(budget.clone());
+        holder.pay(90).await.unwrap();
+        let charge = Charge::new(budget.clone());
+        // Room comes free after 0.6 s of waiting, used by this request...
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            drop(holder);
+        });
+        charge.pay(50).await.unwrap();
+        release.await.unwrap();
+        let other = Charge::new(budget.clone());
+        other.pay(50).await.unwrap();
+        // ...so the next wait has only 0.4 s left, not a fresh second.
+        let started = tokio::time::Instant::now();
+        assert!(charge.pay(10).await.is_err());
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
     }
 
     #[tokio::test]

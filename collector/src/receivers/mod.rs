@@ -68,7 +68,7 @@ pub struct ReceiversConfig {
     /// arrive, plus what gzip inflates them to, until the answer is ready. Must be
     /// at least twice `max_request_bytes` (a largest gzipped request). 0: no limit.
     pub max_inflight_request_bytes: usize,
-    /// How long a request waits for room in that budget before it is refused
+    /// How long a request waits for room in that budget, in all, before it is refused
     /// (429 / RESOURCE_EXHAUSTED with a retry delay).
     pub inflight_wait_ms: u64,
     /// OTLP/HTTP: time to send the request line and headers (and for a keep-alive
