@@ -247,6 +247,7 @@ async fn slow_clients_are_cut_off_memory_stays_bounded_and_good_clients_are_serv
         )));
     }
     let mut peak = 0;
+    let (mut slow_closed, mut header_closed) = (Vec::new(), Vec::new());
     for (i, s) in slow.into_iter().enumerate() {
         let ended = s.await.unwrap();
         assert!(
@@ -265,6 +266,7 @@ async fn slow_clients_are_cut_off_memory_stays_bounded_and_good_clients_are_serv
             "slow client {i} closed after {:?}",
             ended.after
         );
+        slow_closed.push(ended.after);
         peak = peak.max(rss(&process).0);
     }
     for (i, s) in silent.into_iter().enumerate() {
@@ -279,13 +281,21 @@ async fn slow_clients_are_cut_off_memory_stays_bounded_and_good_clients_are_serv
             "header client {i} closed after {:?}",
             ended.after
         );
+        header_closed.push(ended.after);
     }
     stop_tx.send(true).unwrap();
     let answers = good.await.unwrap();
     let (phase1_peak, now) = rss(&process);
+    let span = |v: &[Duration]| {
+        let min = v.iter().min().copied().unwrap_or_default();
+        let max = v.iter().max().copied().unwrap_or_default();
+        format!("{:.1}–{:.1} s", min.as_secs_f64(), max.as_secs_f64())
+    };
     println!(
-        "phase 1 (64 trickling 15 MB bodies, 16 slow headers): {} good answers, slowest {:?}; \
-         peak RSS {} MiB, RSS now {} MiB",
+        "phase 1 (64 trickling 15 MB bodies, 16 slow headers): bodies closed after {}, \
+         headers after {}; {} good answers, slowest {:?}; peak RSS {} MiB, RSS now {} MiB",
+        span(&slow_closed),
+        span(&header_closed),
         answers.len(),
         answers.iter().map(|a| a.1).max().unwrap_or_default(),
         phase1_peak >> 20,

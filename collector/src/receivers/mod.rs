@@ -102,7 +102,7 @@ impl Default for ReceiversConfig {
             tls_key_file: String::new(),
             max_inflight_request_bytes: 128 << 20,
             inflight_wait_ms: 1000,
-            header_timeout_ms: 10_000,
+            header_timeout_ms: 30_000,
             request_body_timeout_ms: 30_000,
             max_connections: 1024,
             max_concurrent_streams: 100,
