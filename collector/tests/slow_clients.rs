@@ -417,3 +417,136 @@ async fn slow_clients_are_cut_off_memory_stays_bounded_and_good_clients_are_serv
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Over gRPC: the server announces the stream limit, a message announced as 15 MB
+/// and trickled is answered DEADLINE_EXCEEDED at the body timeout, and a message
+/// the budget cannot hold is answered RESOURCE_EXHAUSTED after the bounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_are_capped_trickled_messages_cut_and_the_budget_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = unique_database("slow_grpc");
+    let sets = [
+        ("clickhouse.url", clickhouse_url()),
+        ("clickhouse.database", database),
+        ("spool.dir", dir.path().join("spool").display().to_string()),
+        (
+            "receivers.request_body_timeout_ms",
+            BODY_TIMEOUT.as_millis().to_string(),
+        ),
+        ("receivers.max_request_bytes", (4 << 20).to_string()),
+        (
+            "receivers.max_inflight_request_bytes",
+            (8 << 20).to_string(),
+        ),
+        (
+            "receivers.inflight_wait_ms",
+            INFLIGHT_WAIT.as_millis().to_string(),
+        ),
+        ("receivers.max_concurrent_streams", "7".to_string()),
+    ];
+    let process = tokio::task::block_in_place(|| {
+        CollectorProcess::spawn(env!("CARGO_BIN_EXE_collector"), &sets, &[])
+    });
+    let tcp = TcpStream::connect(("127.0.0.1", process.grpc_port))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    assert_eq!(client.current_max_send_streams(), 7);
+
+    let export = || {
+        http::Request::post(format!(
+            "http://127.0.0.1:{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            process.grpc_port
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+    };
+    // (grpc-status, grpc-message, when) of one call whose message is announced as
+    // `announced` bytes, of which `sent` are sent at once and then nothing.
+    async fn call(
+        client: &mut h2::client::SendRequest<bytes::Bytes>,
+        request: http::Request<()>,
+        announced: u32,
+        sent: usize,
+    ) -> (String, String, Duration, h2::SendStream<bytes::Bytes>) {
+        let started = Instant::now();
+        let (response, mut stream) = client.send_request(request, false).unwrap();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&announced.to_be_bytes());
+        frame.extend(std::iter::repeat_n(0u8, sent));
+        stream.reserve_capacity(frame.len());
+        stream.send_data(frame.into(), false).unwrap();
+        let response = response.await.unwrap();
+        let mut headers = response.headers().clone();
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let _ = chunk;
+        }
+        if let Ok(Some(trailers)) = body.trailers().await {
+            headers.extend(trailers);
+        }
+        let get = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        (
+            get("grpc-status"),
+            get("grpc-message"),
+            started.elapsed(),
+            stream,
+        )
+    }
+
+    // Announced 3 MiB, 1 KiB sent, then silence: cut at the body timeout.
+    let (status, message, after, _open) = call(&mut client, export(), 3 << 20, 1024).await;
+    assert_eq!(status, "4", "{message}"); // DEADLINE_EXCEEDED
+    assert!(
+        message.contains("receivers.request_body_timeout_ms"),
+        "{message}"
+    );
+    assert!(
+        after >= BODY_TIMEOUT && after < BODY_TIMEOUT + Duration::from_secs(5),
+        "{after:?}"
+    );
+
+    // Two calls push 3.9 MiB each and stall (the 4 MiB stream window lets them):
+    // together they hold 7.8 of the 8 MiB budget, so a third is refused once its
+    // wait is over, well before the body timeout.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let request = export();
+        let (response, mut stream) = client.send_request(request, false).unwrap();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        frame.extend(std::iter::repeat_n(0u8, (39 << 20) / 10));
+        stream.reserve_capacity(frame.len());
+        stream.send_data(frame.into(), false).unwrap();
+        held.push((response, stream));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let (status, message, after, _open) = call(&mut client, export(), 1 << 20, 1 << 20).await;
+        if status == "8" {
+            break (message, after);
+        }
+        // The stallers' bytes may not all be in yet: try again until they are.
+        assert!(
+            Instant::now() < deadline,
+            "never refused: {status} {message}"
+        );
+    };
+    assert!(
+        refused.0.contains("receivers.max_inflight_request_bytes"),
+        "{}",
+        refused.0
+    );
+    assert!(refused.1 < BODY_TIMEOUT, "{:?}", refused.1);
+    drop(held);
+}
