@@ -16,9 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures::FutureExt;
 use http_body::{Body, Frame, SizeHint};
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use super::IngestError;
@@ -143,18 +144,27 @@ impl Charge {
         })
     }
 
-    /// Pays for `bytes` more without waiting; false when the budget has no room.
+    /// Pays for `bytes` more without waiting; false when the budget has no room or
+    /// others are already waiting for it (first come, first served: a stream of
+    /// small frames must not starve a request that waits).
     fn try_pay(&self, bytes: usize) -> Result<bool, BodyError> {
         let Ok(n) = u32::try_from(bytes) else {
             return Err(self.over_budget());
         };
-        match self.budget.permits.clone().try_acquire_many_owned(n) {
-            Ok(p) => {
+        // Polled once, an acquire takes its place in the queue; dropped, it leaves.
+        match self
+            .budget
+            .permits
+            .clone()
+            .acquire_many_owned(n)
+            .now_or_never()
+        {
+            Some(Ok(p)) => {
                 self.add(p);
                 Ok(true)
             }
-            Err(TryAcquireError::NoPermits) => Ok(false),
-            Err(TryAcquireError::Closed) => Err(self.over_budget()),
+            None => Ok(false),
+            Some(Err(_)) => Err(self.over_budget()),
         }
     }
 
@@ -379,6 +389,29 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(charge.pay(10).await.is_err());
         assert_eq!(started.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_is_not_overtaken() {
+        let budget = Arc::new(RequestBudget::new(100, Duration::from_secs(10)));
+        let holder = Charge::new(budget.clone());
+        holder.pay(60).await.unwrap();
+        let big = Charge::new(budget.clone());
+        let waiting = tokio::spawn({
+            let big = big.clone();
+            async move { big.pay(50).await }
+        });
+        while budget.permits.available_permits() == 40 && !waiting.is_finished() {
+            tokio::task::yield_now().await;
+            // Room for a small one, but the big one came first.
+            if !Charge::new(budget.clone()).try_pay(10).unwrap() {
+                break;
+            }
+        }
+        assert!(!Charge::new(budget.clone()).try_pay(10).unwrap());
+        drop(holder);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(budget.in_flight(), 50);
     }
 
     #[tokio::test]
