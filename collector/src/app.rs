@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::batching;
@@ -14,12 +14,13 @@ use crate::embedded::EmbeddedClickHouse;
 use crate::exporters::clickhouse::{self as ch, ClickHouseExporter, SchemaGate, SchemaState};
 use crate::pipeline::Pipeline;
 use crate::receivers::{self, Receivers};
-use crate::schema::ALL_TABLES;
+use crate::schema::{self, DedupWindowProblem, ALL_TABLES};
 use crate::spool::Spool;
 use crate::telemetry::{admin_router, run_self_export, Health, Metrics, SpoolAge};
 use crate::ui;
 
-/// How many recent INSERT blocks each table remembers to drop repeats.
+/// How many recent INSERT blocks each table remembers to drop repeats, at least
+/// (more when the spool can hold more batches: see [`schema::needed_window`]).
 const DEDUP_WINDOW: u32 = 1000;
 
 /// A running collector.
@@ -40,6 +41,7 @@ pub struct Collector {
     exporter: Arc<ClickHouseExporter>,
     spool: Arc<Spool>,
     embedded: Option<EmbeddedClickHouse>,
+    dedup_report: watch::Receiver<Option<Vec<DedupWindowProblem>>>,
 }
 
 impl Collector {
@@ -68,11 +70,25 @@ impl Collector {
 
         let stop_background = CancellationToken::new();
         let gate = SchemaGate::new();
+        let needed_window =
+            schema::needed_window(config.spool.max_disk_bytes, config.batching.max_bytes);
+        let dedup_window = u32::try_from(needed_window)
+            .unwrap_or(u32::MAX)
+            .max(DEDUP_WINDOW);
         let schema_task = gate.clone().run(
             client.clone(),
-            ch::schema_options(&config.clickhouse, DEDUP_WINDOW),
+            ch::schema_options(&config.clickhouse, dedup_window),
             config.clickhouse.create_schema,
         );
+        let (dedup_report_tx, dedup_report) = watch::channel(None);
+        tokio::spawn(report_dedup_windows(
+            gate.clone(),
+            client.clone(),
+            config.clickhouse.database.clone(),
+            needed_window,
+            dedup_report_tx,
+            stop_background.clone(),
+        ));
         let stop = stop_background.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -187,6 +203,7 @@ impl Collector {
             exporter,
             spool,
             embedded,
+            dedup_report,
         })
     }
 
@@ -204,6 +221,13 @@ impl Collector {
 
     pub fn spool(&self) -> &Spool {
         &self.spool
+    }
+
+    /// The tables whose deduplication window is missing or too small, once the
+    /// check that runs after the schema is ready has answered (`None` until then,
+    /// or when it could not run).
+    pub fn dedup_window_report(&self) -> Option<Vec<DedupWindowProblem>> {
+        self.dedup_report.borrow().clone()
     }
 
     /// Stops accepting and writes what is queued to ClickHouse within `deadline`;
@@ -237,5 +261,41 @@ impl Collector {
         if let Some(e) = self.embedded {
             e.stop().await;
         }
+    }
+}
+
+/// Once the schema is ready, checks every table's deduplication window against the
+/// spool's backlog and says which are missing or too small (tables made elsewhere or
+/// before may lack it). A report, not a refusal: the rows still flow.
+async fn report_dedup_windows(
+    gate: SchemaGate,
+    client: clickhouse::Client,
+    database: String,
+    needed: u64,
+    report: watch::Sender<Option<Vec<DedupWindowProblem>>>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = gate.ready() => {}
+        _ = stop.cancelled() => return,
+    }
+    match schema::probe_dedup_windows(&client, &database, needed).await {
+        Ok(problems) if problems.is_empty() => {
+            tracing::info!(%database, needed, "every table's deduplication window covers the spool's backlog");
+            report.send_replace(Some(problems));
+        }
+        Ok(problems) => {
+            for p in &problems {
+                tracing::warn!(
+                    table = %p.table,
+                    setting = p.setting,
+                    window = p.window,
+                    needed = p.needed,
+                    "{p}"
+                );
+            }
+            report.send_replace(Some(problems));
+        }
+        Err(e) => tracing::warn!(error = %e, "could not check the tables' deduplication windows"),
     }
 }

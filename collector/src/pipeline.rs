@@ -44,6 +44,10 @@ impl Pipeline {
         &self.metrics
     }
 
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Refuses at once while the spool is full, before a request costs any mapping.
     pub fn has_room<S: Signal>(&self, items: u64) -> Result<(), IngestError> {
         let (used, budget) = (self.spool.used_bytes(), self.spool.budget_bytes());

@@ -24,6 +24,9 @@ pub enum IngestError {
     /// Not ready to take data (shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// The client did not send its request in time.
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 impl IngestError {
@@ -36,6 +39,7 @@ impl IngestError {
             IngestError::Overloaded { .. } => S::TOO_MANY_REQUESTS,
             IngestError::Unavailable(_) => S::SERVICE_UNAVAILABLE,
             IngestError::Unauthenticated(_) => S::UNAUTHORIZED,
+            IngestError::TimedOut(_) => S::REQUEST_TIMEOUT,
         }
     }
 
@@ -49,6 +53,7 @@ impl IngestError {
             }
             IngestError::Unavailable(_) => tonic::Code::Unavailable,
             IngestError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            IngestError::TimedOut(_) => tonic::Code::DeadlineExceeded,
         }
     }
 

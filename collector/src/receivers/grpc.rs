@@ -15,11 +15,13 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::HeaderValue;
+use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 
+use super::budget::{BodyError, Charge};
 use super::ingest::{Caller, Ingest};
 use super::status::retry_info_details;
 use super::{Encoding, IngestError};
@@ -108,16 +110,31 @@ impl<S: Signal> NamedService for ExportService<S> {
     const NAME: &'static str = S::GRPC_SERVICE;
 }
 
-struct Export<S>(Arc<Ingest>, Caller, PhantomData<fn() -> S>);
+struct Export<S> {
+    ingest: Arc<Ingest>,
+    caller: Caller,
+    /// What the request's bytes paid; the inflated message is paid for too.
+    charge: Charge,
+    compressed: bool,
+    _signal: PhantomData<fn() -> S>,
+}
 
 impl<S: Signal> UnaryService<Bytes> for Export<S> {
     type Response = S::Response;
     type Future = BoxFuture<Result<tonic::Response<S::Response>, Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let (ingest, caller) = (self.0.clone(), self.1);
+        let (ingest, caller, charge) = (self.ingest.clone(), self.caller, self.charge.clone());
+        let compressed = self.compressed;
         Box::pin(async move {
-            let request = S::decode(request.into_inner(), Encoding::Protobuf)
+            let message = request.into_inner();
+            if compressed {
+                // A refusal here is counted with the body's, from the charge.
+                if let Err(why) = charge.pay(message.len()).await {
+                    return Err(to_status(&why.into()));
+                }
+            }
+            let request = S::decode(message, Encoding::Protobuf)
                 .map_err(|e| to_status(&ingest.refused::<S>(e)))?;
             ingest
                 .accept::<S>(caller, request)
@@ -156,8 +173,28 @@ where
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(this.ingest.max_request_bytes);
-            let export = Export::<S>(this.ingest.clone(), caller, PhantomData);
+            let compressed = req
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|v| v.as_bytes() != b"identity");
+            // The message's bytes pay from the shared budget as they arrive and must
+            // all be there before the body timeout; a stop is answered with the
+            // refusal's own status (tonic keeps a `Status` a body fails with).
+            let (parts, body) = req.into_parts();
+            let (body, charge) = this.ingest.guard(body);
+            let body = body.map_err(|why: BodyError| to_status(&why.into()));
+            let req = http::Request::from_parts(parts, body);
+            let export = Export::<S> {
+                ingest: this.ingest.clone(),
+                caller,
+                charge: charge.clone(),
+                compressed,
+                _signal: PhantomData,
+            };
             let mut response = grpc.unary(export, req).await;
+            if let Some(why) = charge.stopped() {
+                this.ingest.body_stopped::<S>(&why);
+            }
             count_framing_refusals::<S>(this.ingest.pipeline(), &mut response);
             Ok(response)
         })

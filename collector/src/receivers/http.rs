@@ -10,6 +10,7 @@ use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use super::budget::{BodyError, Charge, GuardedBody};
 use super::decode::{decompress, encode, too_large, Encoding};
 use super::ingest::Ingest;
 use super::status::error_body;
@@ -46,10 +47,23 @@ async fn export<S: Signal>(
         Ok(e) => e,
         Err(e) => return refuse(ingest.refused::<S>(e), Encoding::Json),
     };
-    let request = match read::<S>(&ingest, &headers, body, encoding).await {
+    let (body, charge) = ingest.guard(body);
+    let request = match read::<S>(&ingest, &headers, body, &charge, encoding).await {
         Ok(r) => r,
-        Err(e) => return refuse(ingest.refused::<S>(e), encoding),
+        Err(Refusal::Body(why)) => {
+            ingest.body_stopped::<S>(&why);
+            let mut response = refuse(why.into(), encoding);
+            // The rest of the body may still be on its way: this connection cannot
+            // carry another request, and a slow client is let go.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Err(Refusal::Other(e)) => return refuse(ingest.refused::<S>(e), encoding),
     };
+    // The request's bytes stay paid for until it is answered.
+    let _charge = charge;
     match ingest.accept::<S>(caller, request).await {
         Ok(response) => (
             StatusCode::OK,
@@ -61,37 +75,57 @@ async fn export<S: Signal>(
     }
 }
 
-/// The body, within the size limits, decompressed and decoded.
+enum Refusal {
+    /// Stopped by the budget or the deadline; counted by [`Ingest::body_stopped`].
+    Body(BodyError),
+    Other(IngestError),
+}
+
+impl From<IngestError> for Refusal {
+    fn from(e: IngestError) -> Self {
+        Refusal::Other(e)
+    }
+}
+
+/// The body, within the size limits, decompressed and decoded. What gzip inflates
+/// the body to is paid for too.
 async fn read<S: Signal>(
     ingest: &Ingest,
     headers: &HeaderMap,
-    body: Body,
+    body: GuardedBody<Body>,
+    charge: &Charge,
     encoding: Encoding,
-) -> Result<S::Request, IngestError> {
+) -> Result<S::Request, Refusal> {
     let max = ingest.max_request_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large("request body", max));
+        return Err(too_large("request body", max).into());
     }
     let raw = Limited::new(body, max)
         .collect()
         .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large("request body", max)
-            } else {
-                IngestError::Malformed(format!("could not read the request body: {e}"))
+        .map_err(|e| match e.downcast::<BodyError>() {
+            Ok(stopped) => Refusal::Body(*stopped),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                too_large("request body", max).into()
+            }
+            Err(e) => {
+                IngestError::Malformed(format!("could not read the request body: {e}")).into()
             }
         })?
         .to_bytes();
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
+    let compressed = raw.len();
     let body = decompress(raw, content_encoding, max)?;
-    S::decode(body, encoding)
+    if body.len() != compressed {
+        charge.pay(body.len()).await.map_err(Refusal::Body)?;
+    }
+    Ok(S::decode(body, encoding)?)
 }
 
 /// Renders a refusal; counting it is the job of whoever made it.

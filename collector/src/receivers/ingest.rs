@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 
 use super::auth::{Auth, TokenId};
+use super::budget::{BodyError, Charge, GuardedBody, RequestBudget};
 use super::limits::Limits;
 use super::rate_limit::RateLimiter;
 use super::IngestError;
@@ -25,6 +26,8 @@ pub struct Ingest {
     rate: Option<RateLimiter>,
     limits: Limits,
     pub max_request_bytes: usize,
+    budget: Arc<RequestBudget>,
+    body_timeout: Duration,
 }
 
 impl Ingest {
@@ -34,6 +37,8 @@ impl Ingest {
         rate: Option<RateLimiter>,
         limits: Limits,
         max_request_bytes: usize,
+        budget: Arc<RequestBudget>,
+        body_timeout: Duration,
     ) -> Ingest {
         Ingest {
             pipeline,
@@ -41,6 +46,31 @@ impl Ingest {
             rate,
             limits,
             max_request_bytes,
+            budget,
+            body_timeout,
+        }
+    }
+
+    /// `body` paying for its bytes from the shared budget as they arrive, and cut
+    /// at the body timeout; the charge is what the request holds until answered.
+    pub fn guard<B>(&self, body: B) -> (GuardedBody<B>, Charge) {
+        let charge = Charge::new(self.budget.clone());
+        (
+            GuardedBody::new(body, charge.clone(), self.body_timeout),
+            charge,
+        )
+    }
+
+    /// Counts a body that stopped at the budget or the deadline.
+    pub fn body_stopped<S: Signal>(&self, why: &BodyError) {
+        let metrics = self.pipeline.metrics();
+        match why {
+            BodyError::OverBudget { .. } => {
+                metrics.over_budget(S::NAME);
+                metrics.request(S::NAME, Outcome::Overloaded, 0, 0, 0);
+            }
+            BodyError::TimedOut(_) => metrics.body_timeout(S::NAME),
+            BodyError::Read(_) => metrics.request(S::NAME, Outcome::Malformed, 0, 0, 0),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Receivers: OTLP over gRPC and HTTP, into the [`Pipeline`](crate::pipeline::Pipeline).
 
 pub(crate) mod auth;
+mod budget;
 mod decode;
 mod error;
 mod grpc;
@@ -8,11 +9,13 @@ mod http;
 mod ingest;
 pub mod limits;
 mod rate_limit;
+mod serve;
 mod status;
 mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -25,9 +28,11 @@ pub use error::IngestError;
 use crate::mapping::{Logs, Mapped, Metrics, Signal, Traces};
 use crate::pipeline::Pipeline;
 use auth::Auth;
+use budget::RequestBudget;
 use ingest::Ingest;
 use limits::Limits;
 use rate_limit::RateLimiter;
+use serve::{serve_http, HttpServerLimits, LimitedListener};
 use tls::TlsFiles;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,6 +64,25 @@ pub struct ReceiversConfig {
     /// PEM certificate chain and private key; both set: TLS on both receivers.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// Request bytes held at once by both receivers together: bodies as they
+    /// arrive, plus what gzip inflates them to, until the answer is ready. Must be
+    /// at least twice `max_request_bytes` (a largest gzipped request). 0: no limit.
+    pub max_inflight_request_bytes: usize,
+    /// How long a request waits for room in that budget, in all, before it is refused
+    /// (429 / RESOURCE_EXHAUSTED with a retry delay).
+    pub inflight_wait_ms: u64,
+    /// OTLP/HTTP: time to send the request line and headers (and for a keep-alive
+    /// connection, to start its next request) before the connection is closed.
+    pub header_timeout_ms: u64,
+    /// Time to send a whole request body, from its headers on (both receivers);
+    /// past it the request is refused with 408 / DEADLINE_EXCEEDED, and an HTTP/1
+    /// connection is closed.
+    pub request_body_timeout_ms: u64,
+    /// Open connections per listener (gRPC and HTTP each); a connection past it
+    /// is closed as soon as it is accepted. 0: no limit.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (requests) per connection, on both listeners.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ReceiversConfig {
@@ -76,7 +100,48 @@ impl Default for ReceiversConfig {
             auth_tokens_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            max_inflight_request_bytes: 128 << 20,
+            inflight_wait_ms: 1000,
+            header_timeout_ms: 30_000,
+            request_body_timeout_ms: 30_000,
+            max_connections: 1024,
+            max_concurrent_streams: 100,
         }
+    }
+}
+
+impl ReceiversConfig {
+    /// Settings that cannot work together, found before anything listens.
+    pub fn check(&self) -> Result<(), String> {
+        let budget = self.max_inflight_request_bytes;
+        if budget != 0 && budget < self.max_request_bytes.saturating_mul(2) {
+            return Err(format!(
+                "receivers.max_inflight_request_bytes ({budget}) must be 0 or at least twice \
+                 receivers.max_request_bytes ({}): a largest gzipped request holds its body \
+                 and what it inflates to",
+                self.max_request_bytes
+            ));
+        }
+        for (key, ms) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("request_body_timeout_ms", self.request_body_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("receivers.{key} must be more than 0"));
+            }
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("receivers.max_concurrent_streams must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    fn budget(&self) -> RequestBudget {
+        let total = match self.max_inflight_request_bytes {
+            0 => usize::MAX,
+            n => n,
+        };
+        RequestBudget::new(total, Duration::from_millis(self.inflight_wait_ms))
     }
 }
 
@@ -95,6 +160,8 @@ impl Receivers {
         shutdown: CancellationToken,
     ) -> std::io::Result<Receivers> {
         tls::install_crypto_provider();
+        config.check().map_err(std::io::Error::other)?;
+        let metrics = pipeline.metrics_arc();
         let ingest = Arc::new(ingest(config, pipeline)?);
         let tls = TlsFiles::load(&config.tls_cert_file, &config.tls_key_file)
             .map_err(std::io::Error::other)?;
@@ -102,6 +169,8 @@ impl Receivers {
         let http = bind(&config.http_addr).await?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
+        let grpc = LimitedListener::new(grpc, config.max_connections, "grpc", metrics.clone());
+        let http = LimitedListener::new(http, config.max_connections, "http", metrics);
 
         // Everything that can fail is done before the first server task starts.
         let http_acceptor = tls
@@ -109,11 +178,17 @@ impl Receivers {
             .map(TlsFiles::http_acceptor)
             .transpose()
             .map_err(std::io::Error::other)?;
+        let header_timeout = Duration::from_millis(config.header_timeout_ms);
         // OTLP requests are hundreds of KiB: with HTTP/2's default 64 KiB windows each
         // one waits for window updates, round trips that cap a client's throughput.
+        // The windows also bound what a connection can push before its bytes are
+        // read (and paid for in the request budget).
         let mut builder = tonic::transport::Server::builder()
             .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20));
+            .initial_connection_window_size(Some(16 << 20))
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(header_timeout));
         if let Some(files) = &tls {
             builder = builder
                 .tls_config(files.grpc_config())
@@ -125,9 +200,8 @@ impl Receivers {
             .add_service(grpc::ExportService::<Metrics>::new(ingest.clone()));
         let stop = shutdown.clone();
         let grpc_task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
             if let Err(e) = grpc_server
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .serve_with_incoming_shutdown(grpc.into_stream(), stop.cancelled_owned())
                 .await
             {
                 tracing::error!(error = %e, "gRPC receiver stopped");
@@ -135,25 +209,15 @@ impl Receivers {
         });
 
         let app = http::router(ingest);
+        let limits = HttpServerLimits {
+            header_timeout,
+            max_concurrent_streams: config.max_concurrent_streams,
+        };
         let http_task = match http_acceptor {
-            None => tokio::spawn(async move {
-                let served = axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "HTTP receiver stopped");
-                }
-            }),
+            None => tokio::spawn(serve_http(http, app, limits, shutdown)),
             Some(acceptor) => {
                 let listener = tls::TlsListener::new(http, acceptor, shutdown.clone())?;
-                tokio::spawn(async move {
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown.cancelled_owned())
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "HTTP receiver stopped");
-                    }
-                })
+                tokio::spawn(serve_http(listener, app, limits, shutdown))
             }
         };
         tracing::info!(
@@ -198,6 +262,8 @@ fn ingest(config: &ReceiversConfig, pipeline: Arc<Pipeline>) -> std::io::Result<
         rate,
         Limits::from_config(config),
         config.max_request_bytes,
+        Arc::new(config.budget()),
+        Duration::from_millis(config.request_body_timeout_ms),
     ))
 }
 

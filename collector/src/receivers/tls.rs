@@ -11,11 +11,13 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use super::serve::{LimitedListener, Slotted};
 
 /// A client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,15 +120,18 @@ impl TlsFiles {
     }
 }
 
-/// TLS connections for `axum::serve`; handshakes run concurrently.
+type Conn = TlsStream<Slotted<TcpStream>>;
+
+/// TLS connections for the HTTP server; handshakes run concurrently. A connection
+/// holds its listener slot from the TCP accept on, handshake included.
 pub struct TlsListener {
     local_addr: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Conn, SocketAddr)>,
 }
 
 impl TlsListener {
     pub fn new(
-        tcp: TcpListener,
+        tcp: LimitedListener,
         acceptor: TlsAcceptor,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
@@ -136,15 +141,7 @@ impl TlsListener {
             loop {
                 let (stream, peer) = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, as axum does.
-                            tracing::warn!(error = %e, "accepting a TLS connection failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                    accepted = tcp.next() => accepted,
                 };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
@@ -164,7 +161,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Conn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

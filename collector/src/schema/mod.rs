@@ -9,6 +9,7 @@
 pub mod cast;
 mod cluster;
 mod ddl;
+mod dedup_probe;
 mod probe;
 pub mod rowbinary;
 mod tables;
@@ -16,6 +17,9 @@ mod views;
 
 pub use cluster::insert_settings;
 pub use ddl::{create_statements, rollup_statements, rollup_ttl_days, SchemaOptions, LOCAL_SUFFIX};
+pub use dedup_probe::{
+    deduplicated_tables, needed_window, probe_dedup_windows, DedupWindowProblem,
+};
 pub use probe::{compatible, probe, probe_report, ProbeReport, SchemaProblem};
 pub use tables::*;
 pub use views::*;

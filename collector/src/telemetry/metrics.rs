@@ -98,7 +98,14 @@ struct LimitCounters {
     values_too_deep: AtomicU64,
     unauthenticated: AtomicU64,
     rate_limited: AtomicU64,
+    /// Refused because the budget of request bytes in flight stayed spent.
+    over_budget: AtomicU64,
+    /// Bodies not received within the body timeout.
+    body_timeouts: AtomicU64,
 }
+
+/// The listeners whose refused connections are counted.
+pub const LISTENERS: [&str; 2] = ["grpc", "http"];
 
 struct TableCounters {
     exported_rows: AtomicU64,
@@ -111,6 +118,8 @@ struct TableCounters {
 pub struct Metrics {
     signals: [SignalCounters; 3],
     limits: [LimitCounters; 3],
+    /// Per listener: connections closed at once for being over the limit.
+    connections_refused: [AtomicU64; 2],
     tables: Vec<TableCounters>,
 }
 
@@ -119,6 +128,7 @@ impl Default for Metrics {
         Metrics {
             signals: Default::default(),
             limits: Default::default(),
+            connections_refused: Default::default(),
             tables: ALL_TABLES
                 .iter()
                 .map(|_| TableCounters {
@@ -177,6 +187,26 @@ impl Metrics {
         self.limits[signal_index(signal)]
             .rate_limited
             .fetch_add(1, Relaxed);
+    }
+
+    /// A request refused because no budget for its bytes came free in time.
+    pub fn over_budget(&self, signal: &str) {
+        self.limits[signal_index(signal)]
+            .over_budget
+            .fetch_add(1, Relaxed);
+    }
+
+    /// A request whose body did not arrive within the body timeout.
+    pub fn body_timeout(&self, signal: &str) {
+        self.limits[signal_index(signal)]
+            .body_timeouts
+            .fetch_add(1, Relaxed);
+    }
+
+    /// A connection closed at once because `listener` held its limit.
+    pub fn connection_refused(&self, listener: &str) {
+        let i = LISTENERS.iter().position(|l| *l == listener).unwrap_or(0);
+        self.connections_refused[i].fetch_add(1, Relaxed);
     }
 
     pub fn exported(&self, table: &Table, rows: u64, took: Duration) {
@@ -242,6 +272,8 @@ impl Metrics {
             ("collector_values_too_deep_total", 2),
             ("collector_unauthenticated_requests_total", 3),
             ("collector_rate_limited_requests_total", 4),
+            ("collector_request_budget_refused_total", 5),
+            ("collector_request_body_timeouts_total", 6),
         ] {
             let _ = writeln!(out, "# TYPE {metric} counter");
             for (sig, l) in SIGNALS.iter().zip(&self.limits) {
@@ -251,9 +283,19 @@ impl Metrics {
                     &l.values_too_deep,
                     &l.unauthenticated,
                     &l.rate_limited,
+                    &l.over_budget,
+                    &l.body_timeouts,
                 ][pick];
                 let _ = writeln!(out, "{metric}{{signal=\"{sig}\"}} {}", c.load(Relaxed));
             }
+        }
+        out.push_str("# TYPE collector_connections_refused_total counter\n");
+        for (listener, c) in LISTENERS.iter().zip(&self.connections_refused) {
+            let _ = writeln!(
+                out,
+                "collector_connections_refused_total{{listener=\"{listener}\"}} {}",
+                c.load(Relaxed)
+            );
         }
         for (metric, pick) in [
             ("collector_exported_rows_total", 0),
@@ -321,7 +363,14 @@ mod tests {
         m.limited("traces", 99_744, 2, 1);
         m.unauthenticated("logs");
         m.rate_limited("metrics");
+        m.over_budget("logs");
+        m.body_timeout("traces");
+        m.connection_refused("grpc");
         let text = m.render();
+        assert!(text.contains("collector_request_budget_refused_total{signal=\"logs\"} 1"));
+        assert!(text.contains("collector_request_body_timeouts_total{signal=\"traces\"} 1"));
+        assert!(text.contains("collector_connections_refused_total{listener=\"grpc\"} 1"));
+        assert!(text.contains("collector_connections_refused_total{listener=\"http\"} 0"));
         assert!(text.contains("collector_attributes_dropped_total{signal=\"traces\"} 99744"));
         assert!(text.contains("collector_values_truncated_total{signal=\"traces\"} 2"));
         assert!(text.contains("collector_values_too_deep_total{signal=\"traces\"} 1"));
