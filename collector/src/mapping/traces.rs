@@ -25,6 +25,7 @@ use super::attributes::value_to_string;
 use super::ids::{nanos, optional_span_id, valid_span_id, valid_trace_id};
 use super::wire::{Fields, WireError};
 use super::{Mapped, Output, Signal};
+use super::time_window::{Bounds, Verdict};
 use crate::receivers::limits::{Limits, Pass, Report};
 use crate::receivers::{Encoding, IngestError};
 use crate::schema::rowbinary::{write_str, write_varint, RowBinary};
@@ -72,7 +73,8 @@ impl Signal for Traces {
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: (mapped.rejected > 0).then(|| ExportTracePartialSuccess {
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty())
+                .then(|| ExportTracePartialSuccess {
                 rejected_spans: mapped.rejected as i64,
                 error_message: mapped.error_message.clone(),
             }),
@@ -161,6 +163,8 @@ struct LinkFields<'a> {
 type Attrs<'a> = Vec<(&'a str, Attr<'a>)>;
 
 struct Mapper<'l, 'a> {
+    /// The accepted times for this request.
+    window: Bounds,
     pass: Pass<'l>,
     out: Output,
     /// The list being read: the resource's, the scope's, or the span's own.
@@ -179,6 +183,7 @@ struct Mapper<'l, 'a> {
 impl<'l, 'a> Mapper<'l, 'a> {
     fn new(limits: &'l Limits) -> Self {
         Mapper {
+            window: limits.timestamps.bounds_now(),
             pass: Pass::new(limits),
             out: Output::new(),
             attrs: Vec::new(),
@@ -349,6 +354,22 @@ impl<'l, 'a> Mapper<'l, 'a> {
         if let Err(why) = check_ids(&s, &self.links) {
             self.out.reject(|| why);
             return Ok(());
+        }
+        match self.window.check(s.start) {
+            Verdict::Inside => {}
+            Verdict::Outside { clamped: None } => {
+                let why = self.window.reason("span start_time_unix_nano", s.start);
+                self.out.reject(|| why);
+                return Ok(());
+            }
+            Verdict::Outside {
+                clamped: Some(start),
+            } => {
+                // The span keeps its duration.
+                s.end = start.saturating_add(s.end.saturating_sub(s.start));
+                s.start = start;
+                self.out.clamped.0 += 1;
+            }
         }
         self.write_row(&s, scope_name, scope_version);
         Ok(())
@@ -831,6 +852,7 @@ mod tests {
             max_attributes_per_item: 0,
             max_attribute_value_bytes: 0,
             max_attribute_depth: 0,
+            timestamps: crate::mapping::TimestampWindow::OFF,
             ..Default::default()
         })
     }
@@ -980,6 +1002,7 @@ mod tests {
                 max_attributes: attrs,
                 max_value_bytes: bytes,
                 max_depth: depth,
+                timestamps: crate::mapping::TimestampWindow::OFF,
             };
             same(&rich(), &limits);
         }

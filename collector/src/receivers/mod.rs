@@ -59,6 +59,8 @@ pub struct ReceiversConfig {
     /// PEM certificate chain and private key; both set: TLS on both receivers.
     pub tls_cert_file: String,
     pub tls_key_file: String,
+    /// The window of item times accepted around now (see `mapping::time_window`).
+    pub timestamps: crate::mapping::TimestampWindow,
 }
 
 impl Default for ReceiversConfig {
@@ -76,6 +78,7 @@ impl Default for ReceiversConfig {
             auth_tokens_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            timestamps: Default::default(),
         }
     }
 }
