@@ -990,7 +990,50 @@ mod tests {
         same(&ExportTraceServiceRequest::default(), &no_limits());
         same(
             &crate::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
-            &Limits::from_config(&Default::default()),
+            &Limits {
+                timestamps: crate::mapping::TimestampWindow::OFF,
+                ..Limits::from_config(&Default::default())
+            },
+        );
+    }
+
+    #[test]
+    fn spans_outside_the_time_window_are_rejected_or_clamped_with_a_note() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mut request = crate::synthetic::traces_request(0, 0, 3, now);
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        // 60 days old and a day ahead, against the default 30 days / 1 hour.
+        spans[1].start_time_unix_nano = now - 60 * 86_400_000_000_000;
+        spans[1].end_time_unix_nano = spans[1].start_time_unix_nano + 5;
+        spans[2].start_time_unix_nano = now + 86_400_000_000_000;
+        spans[2].end_time_unix_nano = spans[2].start_time_unix_nano + 5;
+        let body = || Bytes::from(request.encode_to_vec());
+        let mut limits = Limits::from_config(&Default::default());
+        let decoded = Traces::decode(body(), Encoding::Protobuf).unwrap();
+        let (mapped, _) = Traces::map(decoded, &limits).unwrap();
+        assert_eq!((mapped.accepted, mapped.rejected), (1, 2));
+        let response = Traces::response(&mapped);
+        let partial = response.partial_success.unwrap();
+        assert_eq!(partial.rejected_spans, 2);
+        assert!(
+            partial.error_message.contains("outside the accepted window"),
+            "{}",
+            partial.error_message
+        );
+
+        limits.timestamps.action = crate::mapping::OutOfWindow::Clamp;
+        let decoded = Traces::decode(body(), Encoding::Protobuf).unwrap();
+        let (mapped, _) = Traces::map(decoded, &limits).unwrap();
+        assert_eq!((mapped.accepted, mapped.rejected), (3, 0));
+        let partial = Traces::response(&mapped).partial_success.unwrap();
+        assert_eq!(partial.rejected_spans, 0);
+        assert!(
+            partial.error_message.starts_with("2 spans had times outside the accepted window"),
+            "{}",
+            partial.error_message
         );
     }
 
