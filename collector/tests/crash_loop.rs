@@ -374,13 +374,18 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
     );
     assert_eq!(kills.len(), OUTAGE_KILLS);
     assert!(
-        kills.iter().all(|(_, spooled)| spooled.is_some_and(|b| b > 0)),
+        kills
+            .iter()
+            .all(|(_, spooled)| spooled.is_some_and(|b| b > 0)),
         "every kill during the outage found rows spooled: {kills:?}"
     );
     assert!(
         flush_kill.1 > stored_after_first_kill.unwrap_or(0) && flush_kill.2 > 0,
         "the last kill came mid-flush: {flush_kill:?}"
     );
-    assert!(acked > kills.last().unwrap().0, "load went on after the kills");
+    assert!(
+        acked > kills.last().unwrap().0,
+        "load went on after the kills"
+    );
     process.terminate();
 }

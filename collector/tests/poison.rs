@@ -133,7 +133,9 @@ async fn poison_batches_go_to_the_dead_letter_store_and_the_rest_flows() {
         .await
         .unwrap();
 
-    let mut traces = TraceServiceClient::connect(c.grpc_endpoint()).await.unwrap();
+    let mut traces = TraceServiceClient::connect(c.grpc_endpoint())
+        .await
+        .unwrap();
     let mut sends = Vec::new();
     for client in 0..GOOD_REQUESTS {
         sends.push(traces_of("orders", client, GOOD_SPANS));

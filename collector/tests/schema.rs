@@ -118,7 +118,10 @@ async fn wrong_schema_blocks_writes_until_fixed() {
     assert_eq!(c.admin_get("/health/live").await.0, 200);
     let (status, body) = c.admin_get("/health/ready").await;
     assert_eq!(status, 200, "accepting while the schema is wrong: {body}");
-    assert!(body.contains("table otel_logs lacks columns EventName"), "{body}");
+    assert!(
+        body.contains("table otel_logs lacks columns EventName"),
+        "{body}"
+    );
 
     let (status, _, _) = post(
         &c.http_endpoint(),

@@ -38,10 +38,11 @@ impl Signal for Logs {
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportLogsServiceResponse {
-            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty())
-                .then(|| ExportLogsPartialSuccess {
-                rejected_log_records: mapped.rejected as i64,
-                error_message: mapped.error_message.clone(),
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty()).then(|| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records: mapped.rejected as i64,
+                    error_message: mapped.error_message.clone(),
+                }
             }),
         }
     }

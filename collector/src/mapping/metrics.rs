@@ -41,10 +41,11 @@ impl Signal for Metrics {
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportMetricsServiceResponse {
-            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty())
-                .then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: mapped.rejected as i64,
-                error_message: mapped.error_message.clone(),
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty()).then(|| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points: mapped.rejected as i64,
+                    error_message: mapped.error_message.clone(),
+                }
             }),
         }
     }

@@ -51,7 +51,9 @@ impl Default for TimestampWindow {
 pub enum Verdict {
     Inside,
     /// Rejected, or clamped to this time.
-    Outside { clamped: Option<u64> },
+    Outside {
+        clamped: Option<u64>,
+    },
 }
 
 /// The window as bounds for one request (read the clock once).

@@ -23,9 +23,9 @@ use prost::Message;
 
 use super::attributes::value_to_string;
 use super::ids::{nanos, optional_span_id, valid_span_id, valid_trace_id};
+use super::time_window::{Bounds, Verdict};
 use super::wire::{Fields, WireError};
 use super::{Mapped, Output, Signal};
-use super::time_window::{Bounds, Verdict};
 use crate::receivers::limits::{Limits, Pass, Report};
 use crate::receivers::{Encoding, IngestError};
 use crate::schema::rowbinary::{write_str, write_varint, RowBinary};
@@ -73,10 +73,11 @@ impl Signal for Traces {
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty())
-                .then(|| ExportTracePartialSuccess {
-                rejected_spans: mapped.rejected as i64,
-                error_message: mapped.error_message.clone(),
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty()).then(|| {
+                ExportTracePartialSuccess {
+                    rejected_spans: mapped.rejected as i64,
+                    error_message: mapped.error_message.clone(),
+                }
             }),
         }
     }
@@ -1019,7 +1020,9 @@ mod tests {
         let partial = response.partial_success.unwrap();
         assert_eq!(partial.rejected_spans, 2);
         assert!(
-            partial.error_message.contains("outside the accepted window"),
+            partial
+                .error_message
+                .contains("outside the accepted window"),
             "{}",
             partial.error_message
         );
@@ -1031,7 +1034,9 @@ mod tests {
         let partial = Traces::response(&mapped).partial_success.unwrap();
         assert_eq!(partial.rejected_spans, 0);
         assert!(
-            partial.error_message.starts_with("2 spans had times outside the accepted window"),
+            partial
+                .error_message
+                .starts_with("2 spans had times outside the accepted window"),
             "{}",
             partial.error_message
         );

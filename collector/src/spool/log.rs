@@ -239,7 +239,10 @@ impl Log {
     /// `min_bytes`, and deletes what that frees: after a backlog drained, the
     /// segment it ended in would otherwise keep its bytes until it filled up.
     pub fn roll_if_dead(&mut self, min_bytes: u64) -> std::io::Result<()> {
-        let dead = self.segments.get(&self.current).is_some_and(|s| s.live == 0);
+        let dead = self
+            .segments
+            .get(&self.current)
+            .is_some_and(|s| s.live == 0);
         if !dead || self.current_len == 0 || self.current_len < min_bytes {
             return Ok(());
         }

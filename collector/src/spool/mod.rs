@@ -817,7 +817,11 @@ mod tests {
         let on_disk: u64 = log::segment_ids(dir.path())
             .unwrap()
             .iter()
-            .map(|id| std::fs::metadata(log::segment_path(dir.path(), *id)).unwrap().len())
+            .map(|id| {
+                std::fs::metadata(log::segment_path(dir.path(), *id))
+                    .unwrap()
+                    .len()
+            })
             .sum();
         assert!(on_disk > 3000);
         assert_eq!(spool.disk_bytes(), on_disk, "every segment byte counts");

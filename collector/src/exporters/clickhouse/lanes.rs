@@ -54,10 +54,7 @@ impl LaneReport {
             self.table, self.in_flight
         );
         if self.dead_letters > 0 {
-            line.push_str(&format!(
-                "; {} batches dead-lettered",
-                self.dead_letters
-            ));
+            line.push_str(&format!("; {} batches dead-lettered", self.dead_letters));
         }
         line
     }
@@ -166,12 +163,20 @@ mod tests {
         traces.failed(&mut b, "second".into());
         traces.failed(&mut a, "third".into());
         let report = lanes.report();
-        assert_eq!(report[TableId::Traces as usize].failing.as_ref().unwrap().0, 2);
+        assert_eq!(
+            report[TableId::Traces as usize].failing.as_ref().unwrap().0,
+            2
+        );
         assert!(report[TableId::Logs as usize].failing.is_none());
         drop(a);
-        assert!(lanes.failing().unwrap().contains("(1 batches retrying): third"));
+        assert!(lanes
+            .failing()
+            .unwrap()
+            .contains("(1 batches retrying): third"));
         drop(b);
         assert!(lanes.failing().is_none());
-        assert!(lanes.report()[0].describe().starts_with("lane otel_traces: exporting"));
+        assert!(lanes.report()[0]
+            .describe()
+            .starts_with("lane otel_traces: exporting"));
     }
 }

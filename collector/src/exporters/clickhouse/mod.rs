@@ -155,7 +155,9 @@ impl ClickHouseExporter {
             };
             let bytes = data.slice(first.start..last.end);
             let rows: u64 = parts.iter().map(|p| u64::from(p.rows)).sum();
-            let Err(gave_up) = self.insert_until_done(table, bytes.clone(), rows, &token).await
+            let Err(gave_up) = self
+                .insert_until_done(table, bytes.clone(), rows, &token)
+                .await
             else {
                 return;
             };
@@ -167,7 +169,8 @@ impl ClickHouseExporter {
                 self.deliver_parts(table, &parts[mid..], data, format!("{token}.1"))
                     .await;
             } else {
-                self.dead_letter(table, &token, rows, &bytes, &gave_up).await;
+                self.dead_letter(table, &token, rows, &bytes, &gave_up)
+                    .await;
             }
         })
     }
@@ -197,7 +200,10 @@ impl ClickHouseExporter {
                 }
                 Err(e) => e,
             };
-            lane.failed(&mut failing, format!("INSERT into {} failing: {e}", table.name));
+            lane.failed(
+                &mut failing,
+                format!("INSERT into {} failing: {e}", table.name),
+            );
             match classify(&e) {
                 Failure::BadData => {
                     return Err(GaveUp {

@@ -107,7 +107,8 @@ mod tests {
         );
         assert_eq!(classify(&bad), Failure::BadData);
         let partitions = clickhouse::error::Error::BadResponse(
-            "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100)".into(),
+            "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100)"
+                .into(),
         );
         assert_eq!(classify(&partitions), Failure::BadData);
         // Ambiguous: a transfer cut short ends the same way. Retried, never dropped.
