@@ -15,8 +15,9 @@ How requests map onto chdb:
   param_*) are settings, applied with SET on a pooled connection that is then
   discarded, so unknown ones fail with Code 115 and nothing leaks.
 - `INSERT ... FORMAT X` in the `query` parameter streams the body (chunked,
-  Content-Encoding, `decompress=1` native LZ4 blocks) into chdb's streaming
-  inserter piece by piece.
+  Content-Encoding, `decompress=1` native LZ4 blocks) piece by piece into a
+  temporary file, then runs `INSERT ... FROM INFILE` (chdb's streaming
+  inserter answers success for rows the engine refused).
 - SELECTs in formats that concatenate stream block by block (repeated
   per-block headers stripped); everything else is buffered. A failure after
   the 200 was sent is reported with ClickHouse's X-ClickHouse-Exception-Tag
