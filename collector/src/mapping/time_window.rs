@@ -273,4 +273,73 @@ mod tests {
         .bounds(now);
         assert_eq!(open.check(1), Verdict::Inside);
     }
+
+    #[test]
+    fn logs_and_metrics_outside_the_window_are_dropped_and_counted() {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            metric::Data, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+        };
+        let now = 1_000_000 * NANOS;
+        let b = TimestampWindow {
+            max_past_secs: 10,
+            max_future_secs: 10,
+            action: OutOfWindow::Reject,
+        }
+        .bounds(now);
+        let record = |t: u64, observed: u64| LogRecord {
+            time_unix_nano: t,
+            observed_time_unix_nano: observed,
+            ..Default::default()
+        };
+        let mut logs = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![record(now, 0), record(0, now - 60 * NANOS), record(1, now)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let out = logs(&mut logs, &b);
+        assert_eq!(out.rejected, 2);
+        assert_eq!(logs.resource_logs[0].scope_logs[0].log_records.len(), 1);
+        let mut mapped = super::super::Mapped::default();
+        out.fold_into(&mut mapped, "log records");
+        assert_eq!(mapped.rejected, 2);
+        assert!(mapped.error_message.starts_with("2 log records rejected; first: log record time_unix_nano"));
+
+        let point = |t: u64| NumberDataPoint {
+            time_unix_nano: t,
+            ..Default::default()
+        };
+        let mut request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![point(now), point(now + 7_200 * NANOS)],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let clamp = TimestampWindow {
+            action: OutOfWindow::Clamp,
+            ..TimestampWindow::default()
+        }
+        .bounds(now);
+        let out = metrics(&mut request, &clamp);
+        assert_eq!((out.rejected, out.clamped), (0, 1));
+        let Some(Data::Gauge(g)) = &request.resource_metrics[0].scope_metrics[0].metrics[0].data
+        else {
+            unreachable!()
+        };
+        assert_eq!(g.data_points[1].time_unix_nano, now + 3_600 * NANOS);
+    }
 }
