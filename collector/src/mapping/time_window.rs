@@ -294,7 +294,7 @@ mod tests {
             observed_time_unix_nano: observed,
             ..Default::default()
         };
-        let mut logs = ExportLogsServiceRequest {
+        let mut request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 scope_logs: vec![ScopeLogs {
                     log_records: vec![record(now, 0), record(0, now - 60 * NANOS), record(1, now)],
@@ -303,13 +303,15 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let out = logs(&mut logs, &b);
+        let out = logs(&mut request, &b);
         assert_eq!(out.rejected, 2);
-        assert_eq!(logs.resource_logs[0].scope_logs[0].log_records.len(), 1);
+        assert_eq!(request.resource_logs[0].scope_logs[0].log_records.len(), 1);
         let mut mapped = super::super::Mapped::default();
         out.fold_into(&mut mapped, "log records");
         assert_eq!(mapped.rejected, 2);
-        assert!(mapped.error_message.starts_with("2 log records rejected; first: log record time_unix_nano"));
+        assert!(mapped
+            .error_message
+            .starts_with("2 log records rejected; first: log record time_unix_nano"));
 
         let point = |t: u64| NumberDataPoint {
             time_unix_nano: t,
