@@ -25,7 +25,11 @@ fn request() -> ExportTraceServiceRequest {
 fn ingest(c: &mut Criterion) {
     let body = request().encode_to_vec();
     let json = serde_json::to_vec(&request()).expect("serialisable");
-    let config = ReceiversConfig::default();
+    // The fixture's spans date from 2023: no time window.
+    let config = ReceiversConfig {
+        timestamps: collector::mapping::TimestampWindow::OFF,
+        ..ReceiversConfig::default()
+    };
     let mut g = c.benchmark_group("traces");
     g.throughput(Throughput::Elements(u64::from(SPANS)));
     g.bench_function("protobuf decode + map + compress", |b| {

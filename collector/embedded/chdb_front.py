@@ -15,8 +15,9 @@ How requests map onto chdb:
   param_*) are settings, applied with SET on a pooled connection that is then
   discarded, so unknown ones fail with Code 115 and nothing leaks.
 - `INSERT ... FORMAT X` in the `query` parameter streams the body (chunked,
-  Content-Encoding, `decompress=1` native LZ4 blocks) into chdb's streaming
-  inserter piece by piece.
+  Content-Encoding, `decompress=1` native LZ4 blocks) piece by piece into a
+  temporary file, then runs `INSERT ... FROM INFILE` (chdb's streaming
+  inserter answers success for rows the engine refused).
 - SELECTs in formats that concatenate stream block by block (repeated
   per-block headers stripped); everything else is buffered. A failure after
   the 200 was sent is reported with ClickHouse's X-ClickHouse-Exception-Tag
@@ -37,6 +38,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -813,25 +815,23 @@ class Execution:
         self.handler._reply(b"", "text/plain; charset=UTF-8", self._common_headers(summary))
 
     def _stream_insert(self, pooled, prefix, fmt):
-        # chdb's streaming inserter parses pieces as they arrive (any split
-        # point is fine), so the body never has to sit in memory or on disk.
-        try:
-            inserter = pooled.conn.send_insert(prefix, fmt)
-        except Exception as exc:
-            raise engine_error(exc) from exc
-        try:
+        # The body is spilled to a file and inserted with FROM INFILE: chdb's
+        # streaming inserter (send_insert) reports rows it never wrote when the
+        # engine refuses them (a violated constraint, more than 100 partitions in
+        # one block) — the client would take a refused INSERT for a stored one.
+        # The body still never sits in memory whole.
+        with tempfile.NamedTemporaryFile(prefix="chdb-front-insert-", suffix=".bin") as spill:
             for piece in self.body.pieces():
-                inserter.append(piece)
-        except ClickHouseError:
-            inserter.cancel()
-            raise
-        except Exception as exc:
-            inserter.cancel()
-            raise engine_error(exc) from exc
-        try:
-            return inserter.finish()
-        except Exception as exc:
-            raise engine_error(exc) from exc
+                spill.write(piece)
+            spill.flush()
+            path = spill.name.replace("\\", "\\\\").replace("'", "\\'")
+            try:
+                result = pooled.conn.query(f"{prefix} FROM INFILE '{path}' FORMAT {fmt}")
+            except Exception as exc:
+                raise engine_error(exc) from exc
+        return InsertDone(rows_written=result.rows_written(),
+                          bytes_written=result.bytes_written(),
+                          elapsed=result.elapsed())
 
     # -- everything else
 
@@ -948,6 +948,15 @@ class Execution:
         if summary:
             headers.append(("X-ClickHouse-Summary", summary))
         return headers
+
+
+class InsertDone:
+    """What an INSERT wrote, as the summary header reports it."""
+
+    def __init__(self, rows_written, bytes_written, elapsed):
+        self.rows_written = rows_written
+        self.bytes_written = bytes_written
+        self.elapsed = elapsed
 
 
 def summary_header(elapsed=0.0, **counts):

@@ -390,6 +390,21 @@ class FrontTest(unittest.TestCase):
                                     body=b"1\n")
         self.assertClickHouseError(result, 60, 404)
 
+    def test_rows_the_engine_refuses_are_an_error_not_a_silent_success(self):
+        # chdb's streaming inserter answered these with success and wrote nothing.
+        table = self.table("CREATE TABLE {table} (s String, d Date, "
+                           "CONSTRAINT no_p CHECK s != 'p') "
+                           "ENGINE = MergeTree PARTITION BY d ORDER BY s")
+        result = self.front.request(params={"query": f"INSERT INTO {table} FORMAT TSV"},
+                                    body=b"ok\t2026-01-01\np\t2026-01-01\n")
+        self.assertClickHouseError(result, 469)
+        days = b"".join(b"x\t%d-%02d-%02d\n" % (2026, 1 + i // 28, 1 + i % 28)
+                        for i in range(101))
+        result = self.front.request(params={"query": f"INSERT INTO {table} FORMAT TSV"},
+                                    body=days)
+        self.assertClickHouseError(result, 252)
+        self.assertEqual(self.front.query(f"SELECT count() FROM {table}"), b"0\n")
+
     # -- settings
 
     def test_unknown_setting_is_code_115(self):

@@ -103,6 +103,7 @@ impl Collector {
             &config.clickhouse,
             gate.clone(),
             spool.clone(),
+            std::path::Path::new(&config.spool.dir),
             metrics.clone(),
         ));
         let stop_batchers = CancellationToken::new();
@@ -149,7 +150,7 @@ impl Collector {
         let admin_addr = admin.local_addr()?;
         let health = Health {
             gate: gate.clone(),
-            inserts: exporter.health(),
+            inserts: exporter.lanes(),
             spool: spool.clone(),
             metrics: metrics.clone(),
             spool_age: Arc::new(SpoolAge::new(std::time::Instant::now())),

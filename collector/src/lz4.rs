@@ -212,7 +212,11 @@ mod tests {
             "traces",
             &body,
             crate::receivers::Encoding::Protobuf,
-            &Default::default(),
+            &crate::receivers::ReceiversConfig {
+                // The fixture's spans date from 2023.
+                timestamps: crate::mapping::TimestampWindow::OFF,
+                ..Default::default()
+            },
         )
         .unwrap();
         let rows = crate::part::decompress(&mapped.parts[0].data).unwrap();

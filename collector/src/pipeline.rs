@@ -50,10 +50,10 @@ impl Pipeline {
 
     /// Refuses at once while the spool is full, before a request costs any mapping.
     pub fn has_room<S: Signal>(&self, items: u64) -> Result<(), IngestError> {
-        let (used, budget) = (self.spool.used_bytes(), self.spool.budget_bytes());
-        if used < budget {
+        if self.spool.has_room() {
             return Ok(());
         }
+        let (used, budget) = (self.spool.disk_bytes(), self.spool.budget_bytes());
         let (outcome, err) = refusal(SpoolError::Full { used, budget });
         self.metrics.request(S::NAME, outcome, items, 0, 0);
         Err(err)

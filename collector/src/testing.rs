@@ -94,6 +94,8 @@ pub fn test_config(database: &str) -> Config {
         .display()
         .to_string();
     config.batching.max_delay_ms = 100;
+    // Fixtures carry fixed times (2023): no lower bound on item times.
+    config.receivers.timestamps.max_past_secs = 0;
     // Tests count rows in the metric tables; the collector's own would join them.
     config.telemetry.export_interval_ms = 0;
     config
@@ -248,10 +250,30 @@ pub struct CollectorProcess {
 
 impl CollectorProcess {
     /// Runs `binary` (the test's `env!("CARGO_BIN_EXE_collector")`) with loopback
-    /// ports, `--set` overrides and extra arguments, and waits until it is ready.
+    /// ports, `--set` overrides and extra arguments, and waits until it exports
+    /// (`/health/exporting`: the schema is ready).
     /// Without a `spool.dir` in `sets`, each process gets a fresh one of its own
     /// (two processes cannot share a spool).
     pub fn spawn(binary: &str, sets: &[(&str, String)], extra_args: &[&str]) -> CollectorProcess {
+        let p = Self::launch(binary, sets, extra_args);
+        p.wait_for("/health/exporting", Duration::from_secs(60));
+        p
+    }
+
+    /// Like [`CollectorProcess::spawn`], but waits only until it accepts
+    /// (`/health/ready`), which it does while ClickHouse is away.
+    pub fn spawn_accepting(
+        binary: &str,
+        sets: &[(&str, String)],
+        extra_args: &[&str],
+    ) -> CollectorProcess {
+        let p = Self::launch(binary, sets, extra_args);
+        p.wait_for("/health/ready", Duration::from_secs(60));
+        p
+    }
+
+    /// Starts the process and returns at once (it may still be starting up).
+    pub fn launch(binary: &str, sets: &[(&str, String)], extra_args: &[&str]) -> CollectorProcess {
         let (grpc_port, http_port, admin_port) = (free_port(), free_port(), free_port());
         let spool = std::env::temp_dir().join(format!(
             "collector-process-spool-{}-{grpc_port}",
@@ -264,23 +286,24 @@ impl CollectorProcess {
             // Processes run side by side: none may take the UI's default port.
             .args(["--ui-addr", "127.0.0.1:0"])
             .args(["--set", &format!("spool.dir={}", spool.display())])
+            // Fixtures carry fixed times (2023): no lower bound on item times.
+            .args(["--set", "receivers.timestamps.max_past_secs=0"])
             .env("RUST_LOG", "warn");
         for (k, v) in sets {
             cmd.args(["--set", &format!("{k}={v}")]);
         }
         cmd.args(extra_args);
         let child = cmd.spawn().expect("collector binary starts");
-        let p = CollectorProcess {
+        CollectorProcess {
             child,
             grpc_port,
             http_port,
             admin_port,
-        };
-        p.wait_ready(Duration::from_secs(60));
-        p
+        }
     }
 
-    fn wait_ready(&self, timeout: Duration) {
+    /// Waits until `path` on the admin endpoint answers 200.
+    pub fn wait_for(&self, path: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.admin_port));
         loop {
@@ -288,7 +311,7 @@ impl CollectorProcess {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
             {
                 use std::io::{Read, Write};
-                let _ = s.write_all(b"GET /health/ready HTTP/1.0\r\n\r\n");
+                let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
                 let mut resp = String::new();
                 let _ = s.read_to_string(&mut resp);
                 if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") {
@@ -297,7 +320,7 @@ impl CollectorProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "collector process not ready within {timeout:?}"
+                "collector process: {path} not 200 within {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -127,6 +127,7 @@ async fn sigkill_under_load_with_retrying_clients_stores_every_span_once() {
             .await
             .unwrap_or(0);
         let killed_at = acked_spans.load(SeqCst);
+        assert!(killed_at >= kill_at, "{killed_at} < {kill_at}");
         process.kill();
         println!("SIGKILL at {killed_at} acknowledged spans");
         process = tokio::task::spawn_blocking({
@@ -214,6 +215,13 @@ async fn sigkill_under_load_with_retrying_clients_stores_every_span_once() {
     assert!(
         recognised <= ledger.broken_attempts,
         "more duplicates ({recognised}) than attempts whose answer was lost"
+    );
+    // Each broken request was retried until acknowledged: the retry path ran.
+    assert!(
+        !ledger.retried.is_empty() && ledger.retried.len() as u64 <= ledger.broken_attempts,
+        "{} requests acknowledged on a retry, {} broken attempts",
+        ledger.retried.len(),
+        ledger.broken_attempts
     );
     process.terminate();
 }

@@ -95,9 +95,19 @@ async fn clickhouse_outage_loses_nothing_and_refuses_quickly() {
     clickhouse.take().unwrap().stop().await;
     let outage_started = Instant::now();
     tokio::time::sleep(OUTAGE / 3).await;
-    let (status, body) = c.admin_get("/health/ready").await;
+    // Not exporting; ready (accepting) only while the spool has room.
+    let (status, body) = c.admin_get("/health/exporting").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("degraded"), "{body}");
+    assert!(
+        body.contains("degraded") && body.contains("lane otel_traces: failing"),
+        "{body}"
+    );
+    let (status, body) = c.admin_get("/health/ready").await;
+    assert_eq!(
+        status == 200,
+        body.starts_with("ready: accepting"),
+        "{body}"
+    );
     tokio::time::sleep(OUTAGE.saturating_sub(outage_started.elapsed())).await;
     let acked_during = counts.acked_requests.load(SeqCst) - before;
     let refused_during = counts.refused.load(SeqCst);

@@ -71,9 +71,10 @@ async fn ddl_round_trips_through_the_engine() {
     );
 }
 
-/// A table with a missing and a mistyped column keeps the collector unready, with
-/// the exact problem in `/health/ready`; data sent meanwhile is kept and written
-/// once the table is fixed.
+/// A table with a missing and a mistyped column keeps the collector from
+/// exporting, with the exact problem in `/health/exporting` (and `/health/ready`,
+/// which stays 200: it accepts); data sent meanwhile is kept and written once the
+/// table is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_schema_blocks_writes_until_fixed() {
     let database = unique_database("wrong_schema");
@@ -104,7 +105,7 @@ async fn wrong_schema_blocks_writes_until_fixed() {
     assert!(!c.wait_ready(Duration::from_secs(2)).await);
     // Until its first probe finishes, readiness says the schema is not checked yet.
     let (status, body) = eventually(Duration::from_secs(30), || async {
-        let (status, body) = c.admin_get("/health/ready").await;
+        let (status, body) = c.admin_get("/health/exporting").await;
         (!body.contains("not checked yet")).then_some((status, body))
     })
     .await
@@ -115,6 +116,12 @@ async fn wrong_schema_blocks_writes_until_fixed() {
         "{body}"
     );
     assert_eq!(c.admin_get("/health/live").await.0, 200);
+    let (status, body) = c.admin_get("/health/ready").await;
+    assert_eq!(status, 200, "accepting while the schema is wrong: {body}");
+    assert!(
+        body.contains("table otel_logs lacks columns EventName"),
+        "{body}"
+    );
 
     let (status, _, _) = post(
         &c.http_endpoint(),
@@ -164,7 +171,7 @@ async fn unreachable_clickhouse_is_reported_not_ready() {
     drop(free);
     let c = TestCollector::launch(config).await;
     assert!(!c.wait_ready(Duration::from_secs(1)).await);
-    let (status, body) = c.admin_get("/health/ready").await;
+    let (status, body) = c.admin_get("/health/exporting").await;
     assert_eq!(status, 503);
     assert!(body.contains("creating the schema failed"), "{body}");
     c.collector.shutdown(Duration::from_millis(100)).await;

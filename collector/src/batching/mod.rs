@@ -54,7 +54,18 @@ pub struct Batch {
     pub table: TableId,
     pub rows: u64,
     pub data: Vec<u8>,
+    /// Where each part's bytes are in `data`, in order: the exporter splits a batch
+    /// ClickHouse refuses at these bounds (each part is whole LZ4 blocks of whole rows).
+    pub parts: Vec<PartSpan>,
     pub record: BatchRecord,
+}
+
+/// One part's bytes in a batch's `data` and its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSpan {
+    pub start: usize,
+    pub end: usize,
+    pub rows: u32,
 }
 
 /// Where finished batches go. `send` may wait: that is the back-pressure from
@@ -70,6 +81,7 @@ struct Open {
     raw_bytes: usize,
     seqs: Vec<u64>,
     data: Vec<u8>,
+    parts: Vec<PartSpan>,
     _permits: Vec<OwnedSemaphorePermit>,
 }
 
@@ -80,6 +92,7 @@ impl Open {
             raw_bytes: 0,
             seqs: Vec::new(),
             data: Vec::new(),
+            parts: Vec::new(),
             _permits: Vec::new(),
         }
     }
@@ -89,11 +102,17 @@ impl Open {
             Some(d) => d,
             None => spool.read(q.part.seq)?,
         };
+        let start = self.data.len();
         if self.data.is_empty() {
             self.data = bytes;
         } else {
             self.data.extend_from_slice(&bytes);
         }
+        self.parts.push(PartSpan {
+            start,
+            end: self.data.len(),
+            rows: q.part.rows,
+        });
         self.rows += u64::from(q.part.rows);
         self.raw_bytes += q.part.raw_len as usize;
         self.seqs.push(q.part.seq);
@@ -143,6 +162,7 @@ pub async fn run<K: BatchSink>(
             table,
             rows: open.rows,
             data: open.data,
+            parts: open.parts,
             record,
         })
         .await;
@@ -172,6 +192,7 @@ pub async fn replay<K: BatchSink>(
             table: record.table,
             rows: open.rows,
             data: open.data,
+            parts: open.parts,
             record,
         })
         .await;

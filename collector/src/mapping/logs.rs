@@ -29,15 +29,20 @@ impl Signal for Logs {
         request.items()
     }
 
-    fn map(request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError> {
-        Ok(limit_then_map(request, limits, rows))
+    fn map(mut request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError> {
+        let outside = super::time_window::logs(&mut request, &limits.timestamps.bounds_now());
+        let (mut mapped, report) = limit_then_map(request, limits, rows);
+        outside.fold_into(&mut mapped, Self::ITEMS);
+        Ok((mapped, report))
     }
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportLogsServiceResponse {
-            partial_success: (mapped.rejected > 0).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: mapped.rejected as i64,
-                error_message: mapped.error_message.clone(),
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty()).then(|| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records: mapped.rejected as i64,
+                    error_message: mapped.error_message.clone(),
+                }
             }),
         }
     }

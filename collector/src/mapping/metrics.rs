@@ -32,15 +32,20 @@ impl Signal for Metrics {
         request.items()
     }
 
-    fn map(request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError> {
-        Ok(limit_then_map(request, limits, rows))
+    fn map(mut request: Self::Request, limits: &Limits) -> Result<(Mapped, Report), IngestError> {
+        let outside = super::time_window::metrics(&mut request, &limits.timestamps.bounds_now());
+        let (mut mapped, report) = limit_then_map(request, limits, rows);
+        outside.fold_into(&mut mapped, Self::ITEMS);
+        Ok((mapped, report))
     }
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportMetricsServiceResponse {
-            partial_success: (mapped.rejected > 0).then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: mapped.rejected as i64,
-                error_message: mapped.error_message.clone(),
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty()).then(|| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points: mapped.rejected as i64,
+                    error_message: mapped.error_message.clone(),
+                }
             }),
         }
     }

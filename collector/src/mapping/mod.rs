@@ -9,11 +9,13 @@ mod attributes;
 mod ids;
 mod logs;
 mod metrics;
+pub mod time_window;
 mod traces;
 pub mod wire;
 
 pub use logs::Logs;
 pub use metrics::Metrics;
+pub use time_window::{OutOfWindow, TimestampWindow};
 pub use traces::{Traces, TracesRequest};
 
 use bytes::Bytes;
@@ -80,7 +82,8 @@ pub struct Mapped {
     pub parts: Vec<TablePart>,
     pub accepted: u64,
     pub rejected: u64,
-    /// Why the first rejected item was rejected (and how many were).
+    /// Why the first rejected item was rejected (and how many were), and notes
+    /// such as items whose times were clamped; sent as `partial_success`.
     pub error_message: String,
 }
 
@@ -90,6 +93,8 @@ struct Output {
     accepted: u64,
     rejected: u64,
     first_error: Option<String>,
+    /// Items whose times were moved into the accepted window.
+    clamped: time_window::Clamped,
 }
 
 impl Output {
@@ -99,6 +104,7 @@ impl Output {
             accepted: 0,
             rejected: 0,
             first_error: None,
+            clamped: time_window::Clamped::default(),
         }
     }
 
@@ -129,10 +135,13 @@ impl Output {
             .filter(|((rows, _), _)| *rows > 0)
             .map(|((rows, data), t)| TablePart::compress(t.id, rows, &data))
             .collect();
-        let error_message = match self.first_error {
+        let mut error_message = match self.first_error {
             Some(e) => format!("{} {items} rejected; first: {e}", self.rejected),
             None => String::new(),
         };
+        if let Some(note) = self.clamped.note(items) {
+            with_note(&mut error_message, &note);
+        }
         Mapped {
             parts,
             accepted: self.accepted,

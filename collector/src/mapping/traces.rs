@@ -23,6 +23,7 @@ use prost::Message;
 
 use super::attributes::value_to_string;
 use super::ids::{nanos, optional_span_id, valid_span_id, valid_trace_id};
+use super::time_window::{Bounds, Verdict};
 use super::wire::{Fields, WireError};
 use super::{Mapped, Output, Signal};
 use crate::receivers::limits::{Limits, Pass, Report};
@@ -72,9 +73,11 @@ impl Signal for Traces {
 
     fn response(mapped: &Mapped) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: (mapped.rejected > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: mapped.rejected as i64,
-                error_message: mapped.error_message.clone(),
+            partial_success: (mapped.rejected > 0 || !mapped.error_message.is_empty()).then(|| {
+                ExportTracePartialSuccess {
+                    rejected_spans: mapped.rejected as i64,
+                    error_message: mapped.error_message.clone(),
+                }
             }),
         }
     }
@@ -161,6 +164,8 @@ struct LinkFields<'a> {
 type Attrs<'a> = Vec<(&'a str, Attr<'a>)>;
 
 struct Mapper<'l, 'a> {
+    /// The accepted times for this request.
+    window: Bounds,
     pass: Pass<'l>,
     out: Output,
     /// The list being read: the resource's, the scope's, or the span's own.
@@ -179,6 +184,7 @@ struct Mapper<'l, 'a> {
 impl<'l, 'a> Mapper<'l, 'a> {
     fn new(limits: &'l Limits) -> Self {
         Mapper {
+            window: limits.timestamps.bounds_now(),
             pass: Pass::new(limits),
             out: Output::new(),
             attrs: Vec::new(),
@@ -349,6 +355,22 @@ impl<'l, 'a> Mapper<'l, 'a> {
         if let Err(why) = check_ids(&s, &self.links) {
             self.out.reject(|| why);
             return Ok(());
+        }
+        match self.window.check(s.start) {
+            Verdict::Inside => {}
+            Verdict::Outside { clamped: None } => {
+                let why = self.window.reason("span start_time_unix_nano", s.start);
+                self.out.reject(|| why);
+                return Ok(());
+            }
+            Verdict::Outside {
+                clamped: Some(start),
+            } => {
+                // The span keeps its duration.
+                s.end = start.saturating_add(s.end.saturating_sub(s.start));
+                s.start = start;
+                self.out.clamped.0 += 1;
+            }
         }
         self.write_row(&s, scope_name, scope_version);
         Ok(())
@@ -831,6 +853,7 @@ mod tests {
             max_attributes_per_item: 0,
             max_attribute_value_bytes: 0,
             max_attribute_depth: 0,
+            timestamps: crate::mapping::TimestampWindow::OFF,
             ..Default::default()
         })
     }
@@ -968,7 +991,54 @@ mod tests {
         same(&ExportTraceServiceRequest::default(), &no_limits());
         same(
             &crate::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
-            &Limits::from_config(&Default::default()),
+            &Limits {
+                timestamps: crate::mapping::TimestampWindow::OFF,
+                ..Limits::from_config(&Default::default())
+            },
+        );
+    }
+
+    #[test]
+    fn spans_outside_the_time_window_are_rejected_or_clamped_with_a_note() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mut request = crate::synthetic::traces_request(0, 0, 3, now);
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        // 60 days old and a day ahead, against the default 30 days / 1 hour.
+        spans[1].start_time_unix_nano = now - 60 * 86_400_000_000_000;
+        spans[1].end_time_unix_nano = spans[1].start_time_unix_nano + 5;
+        spans[2].start_time_unix_nano = now + 86_400_000_000_000;
+        spans[2].end_time_unix_nano = spans[2].start_time_unix_nano + 5;
+        let body = || Bytes::from(request.encode_to_vec());
+        let mut limits = Limits::from_config(&Default::default());
+        let decoded = Traces::decode(body(), Encoding::Protobuf).unwrap();
+        let (mapped, _) = Traces::map(decoded, &limits).unwrap();
+        assert_eq!((mapped.accepted, mapped.rejected), (1, 2));
+        let response = Traces::response(&mapped);
+        let partial = response.partial_success.unwrap();
+        assert_eq!(partial.rejected_spans, 2);
+        assert!(
+            partial
+                .error_message
+                .contains("outside the accepted window"),
+            "{}",
+            partial.error_message
+        );
+
+        limits.timestamps.action = crate::mapping::OutOfWindow::Clamp;
+        let decoded = Traces::decode(body(), Encoding::Protobuf).unwrap();
+        let (mapped, _) = Traces::map(decoded, &limits).unwrap();
+        assert_eq!((mapped.accepted, mapped.rejected), (3, 0));
+        let partial = Traces::response(&mapped).partial_success.unwrap();
+        assert_eq!(partial.rejected_spans, 0);
+        assert!(
+            partial
+                .error_message
+                .starts_with("2 spans had times outside the accepted window"),
+            "{}",
+            partial.error_message
         );
     }
 
@@ -980,6 +1050,7 @@ mod tests {
                 max_attributes: attrs,
                 max_value_bytes: bytes,
                 max_depth: depth,
+                timestamps: crate::mapping::TimestampWindow::OFF,
             };
             same(&rich(), &limits);
         }

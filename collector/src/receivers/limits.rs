@@ -25,6 +25,8 @@ pub struct Limits {
     /// Levels of values: a scalar attribute is at depth 1, what a kvlist or array at
     /// depth d holds is at d + 1. A kvlist or array at `max_depth` is replaced.
     pub max_depth: usize,
+    /// Applied while mapping, where the items' times are read.
+    pub timestamps: crate::mapping::TimestampWindow,
 }
 
 impl Limits {
@@ -40,6 +42,7 @@ impl Limits {
             max_attributes: or_max(c.max_attributes_per_item),
             max_value_bytes: or_max(c.max_attribute_value_bytes),
             max_depth: or_max(c.max_attribute_depth),
+            timestamps: c.timestamps,
         }
     }
 }
@@ -357,6 +360,7 @@ mod tests {
         max_attributes: 3,
         max_value_bytes: 5,
         max_depth: 3,
+        timestamps: crate::mapping::TimestampWindow::OFF,
     };
 
     fn kv(key: &str, value: Value) -> KeyValue {

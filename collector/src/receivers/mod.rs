@@ -83,6 +83,8 @@ pub struct ReceiversConfig {
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams (requests) per connection, on both listeners.
     pub max_concurrent_streams: u32,
+    /// The window of item times accepted around now (see `mapping::time_window`).
+    pub timestamps: crate::mapping::TimestampWindow,
 }
 
 impl Default for ReceiversConfig {
@@ -106,6 +108,7 @@ impl Default for ReceiversConfig {
             request_body_timeout_ms: 30_000,
             max_connections: 1024,
             max_concurrent_streams: 100,
+            timestamps: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::dedup::{unix_secs, Recent};
@@ -38,6 +39,8 @@ struct Segment {
     file: Arc<File>,
     /// Parts and batch records in it not yet confirmed.
     live: u64,
+    /// Its size on disk.
+    bytes: u64,
 }
 
 pub struct Log {
@@ -54,6 +57,12 @@ pub struct Log {
     pub recent: Recent,
     /// A failed write could not be cut back: the next record starts a new segment.
     broken: bool,
+    /// The segments' bytes on disk, what the spool's budget counts: a segment
+    /// pinned by one old batch counts whole.
+    pub disk_bytes: Arc<AtomicU64>,
+    /// A current segment this large with nothing live in it is closed early, so
+    /// that it can be deleted and the disk budget gets its bytes back.
+    pub roll_dead_at: u64,
     #[cfg(test)]
     pub faults: Arc<Faults>,
 }
@@ -118,13 +127,17 @@ impl Log {
         recent: Recent,
     ) -> std::io::Result<Log> {
         let mut segments = BTreeMap::new();
+        let mut disk = 0;
         for id in existing {
             let file = File::open(segment_path(dir, id))?;
+            let bytes = file.metadata()?.len();
+            disk += bytes;
             segments.insert(
                 id,
                 Segment {
                     file: Arc::new(file),
                     live: 0,
+                    bytes,
                 },
             );
         }
@@ -149,6 +162,8 @@ impl Log {
             batches,
             recent,
             broken: false,
+            disk_bytes: Arc::new(AtomicU64::new(disk)),
+            roll_dead_at: segment_bytes,
             #[cfg(test)]
             faults: Arc::default(),
         };
@@ -170,6 +185,7 @@ impl Log {
             Segment {
                 file: Arc::new(file),
                 live: 0,
+                bytes: 0,
             },
         );
         self.current = id;
@@ -212,7 +228,29 @@ impl Log {
             return Err(e);
         }
         self.current_len += total as u64;
+        if let Some(s) = self.segments.get_mut(&self.current) {
+            s.bytes += total as u64;
+        }
+        self.disk_bytes.fetch_add(total as u64, Ordering::Relaxed);
         Ok(start)
+    }
+
+    /// Closes the current segment if nothing in it is live and it holds at least
+    /// `min_bytes`, and deletes what that frees: after a backlog drained, the
+    /// segment it ended in would otherwise keep its bytes until it filled up.
+    pub fn roll_if_dead(&mut self, min_bytes: u64) -> std::io::Result<()> {
+        let dead = self
+            .segments
+            .get(&self.current)
+            .is_some_and(|s| s.live == 0);
+        if !dead || self.current_len == 0 || self.current_len < min_bytes {
+            return Ok(());
+        }
+        // Closed segments are fsynced (recovery must frame them); its confirms
+        // would only spare a restart re-sending batches ClickHouse drops as repeats.
+        self.current_file().sync_data()?;
+        self.create(self.current + 1)?;
+        self.delete_dead()
     }
 
     fn write_all(&self, file: &File, slices: &[IoSlice<'_>], total: usize) -> std::io::Result<()> {
@@ -287,7 +325,8 @@ impl Log {
                 s.live = s.live.saturating_sub(1);
             }
         }
-        self.delete_dead()
+        self.delete_dead()?;
+        self.roll_if_dead(self.roll_dead_at)
     }
 
     fn delete_dead(&mut self) -> std::io::Result<()> {
@@ -303,7 +342,9 @@ impl Log {
         // Their fingerprints must outlive them for the deduplication window.
         self.recent.save_through(last, unix_secs())?;
         for id in dead {
-            self.segments.remove(&id);
+            if let Some(s) = self.segments.remove(&id) {
+                self.disk_bytes.fetch_sub(s.bytes, Ordering::Relaxed);
+            }
             std::fs::remove_file(segment_path(&self.dir, id))?;
         }
         Ok(())

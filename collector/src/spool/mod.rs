@@ -63,7 +63,8 @@ pub struct SpoolConfig {
     pub sync: SyncMode,
     /// Group-commit window: how long an append may wait for the shared fsync.
     pub flush_interval_ms: u64,
-    /// Rows (stored, compressed bytes) the spool may hold; past it, requests are
+    /// Bytes the spool's segment files may take on disk (records whole, and a
+    /// segment kept for one old batch counts whole); past it, requests are
     /// refused with 429 / RESOURCE_EXHAUSTED until ClickHouse catches up.
     pub max_disk_bytes: u64,
     /// Size at which a segment file is closed and the next one started; a segment
@@ -142,8 +143,13 @@ pub struct Spool {
     epoch: u64,
     next_seq: AtomicU64,
     next_batch: AtomicU64,
+    /// Row bytes not yet in ClickHouse.
     used_bytes: AtomicU64,
+    /// The segment files' bytes, what `budget` limits (see [`Log::disk_bytes`]).
+    disk_bytes: Arc<AtomicU64>,
     budget: u64,
+    /// `*.quarantine` files in the directory at start (see [`quarantine`]).
+    quarantined: (u64, u64),
     sync: SyncMode,
     commit: Arc<GroupCommit>,
     /// Whether requests are fingerprinted (`dedup_window_secs` > 0).
@@ -176,7 +182,7 @@ impl Spool {
             std::mem::take(&mut found.remembered),
             dedup::unix_secs(),
         )?;
-        let log = Log::open(
+        let mut log = Log::open(
             &dir,
             config.segment_bytes.max(1),
             found_segments(&dir)?,
@@ -184,6 +190,14 @@ impl Spool {
             batch_segments,
             recent,
         )?;
+        // Past a quarter of the budget, an emptied segment is closed early so its
+        // bytes come back (a small budget with large segments would stay full).
+        log.roll_dead_at = log.roll_dead_at.min(config.max_disk_bytes / 4).max(1);
+        let disk_bytes = log.disk_bytes.clone();
+        let quarantined = quarantine_files(&dir)?;
+        if quarantined.0 > 0 {
+            tracing::warn!(dir = %dir.display(), files = quarantined.0, bytes = quarantined.1, "the spool directory holds quarantined records (see *.quarantine): look at them, then remove them");
+        }
         let log = Arc::new(Mutex::new(log));
         let flushed = log.clone();
         let interval = match config.sync {
@@ -212,7 +226,9 @@ impl Spool {
             // key confirms and tokens use, unique.
             next_batch: AtomicU64::new(found.max_batch + 1),
             used_bytes: AtomicU64::new(used),
+            disk_bytes,
             budget: config.max_disk_bytes,
+            quarantined,
             sync: config.sync,
             commit,
             dedup: config.dedup_window_secs > 0,
@@ -227,6 +243,21 @@ impl Spool {
 
     pub fn budget_bytes(&self) -> u64 {
         self.budget
+    }
+
+    /// The segment files' bytes on disk, what the budget limits.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request may be appended: the segments are below the budget.
+    pub fn has_room(&self) -> bool {
+        self.disk_bytes() < self.budget
+    }
+
+    /// Quarantine files (count, bytes) found in the directory at start.
+    pub fn quarantined(&self) -> (u64, u64) {
+        self.quarantined
     }
 
     /// The sequence number the next appended part gets; every part below it was
@@ -305,25 +336,25 @@ impl Spool {
         remembered: Option<Remembered>,
         bytes: u64,
     ) -> Result<u64, SpoolError> {
-        let used = self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if used + bytes > self.budget && bytes > 0 {
-            self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(SpoolError::Full {
-                used,
-                budget: self.budget,
-            });
-        }
-        let first = self
-            .next_seq
-            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let first = self.next_seq.load(Ordering::Relaxed);
         let head = record::parts_head(first, remembered, parts);
-        let start = match log.append(&record::parts_slices(&head, parts)) {
-            Ok(start) => start,
-            Err(e) => {
-                self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                return Err(e.into());
+        let record_len = head.len() as u64 + bytes;
+        if self.disk_bytes() + record_len > self.budget && bytes > 0 {
+            // An emptied current segment may be all that is in the way.
+            log.roll_if_dead(0)?;
+            let disk = self.disk_bytes();
+            if disk + record_len > self.budget {
+                return Err(SpoolError::Full {
+                    used: disk,
+                    budget: self.budget,
+                });
             }
-        };
+        }
+        // Under the log lock: nobody else takes sequence numbers meanwhile.
+        self.next_seq
+            .store(first + parts.len() as u64, Ordering::Relaxed);
+        let start = log.append(&record::parts_slices(&head, parts))?;
+        self.used_bytes.fetch_add(bytes, Ordering::Relaxed);
         let segment = log.current_segment();
         let mut offset = start + head.len() as u64;
         for (i, p) in parts.iter().enumerate() {
@@ -467,6 +498,19 @@ fn instance(dir: &Path) -> Result<u64, SpoolError> {
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(id)
+}
+
+/// (count, bytes) of the `*.quarantine` files in `dir`.
+fn quarantine_files(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let mut found = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.path().extension() == Some("quarantine".as_ref()) {
+            found.0 += 1;
+            found.1 += entry.metadata()?.len();
+        }
+    }
+    Ok(found)
 }
 
 fn found_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
@@ -704,27 +748,84 @@ mod tests {
     #[tokio::test]
     async fn refuses_past_the_disk_budget() {
         let dir = tempfile::tempdir().unwrap();
+        // Learn one record's size on disk.
+        let record = {
+            let probe = tempfile::tempdir().unwrap();
+            let (spool, _) = Spool::open(&config(probe.path())).unwrap();
+            spool.append(vec![part(TableId::Logs, 3, 1)]).await.unwrap();
+            spool.disk_bytes()
+        };
+        assert!(record > 9, "the budget counts records whole: {record}");
         let (spool, _) = Spool::open(&SpoolConfig {
-            max_disk_bytes: 10,
+            max_disk_bytes: record + 5,
             ..config(dir.path())
         })
         .unwrap();
-        spool.append(vec![part(TableId::Logs, 3, 1)]).await.unwrap();
+        let first = spool
+            .append(vec![part(TableId::Logs, 3, 1)])
+            .await
+            .unwrap()
+            .stored();
         let e = spool
             .append(vec![part(TableId::Logs, 1, 1)])
             .await
             .unwrap_err();
         assert!(
-            matches!(
-                e,
-                SpoolError::Full {
-                    used: 9,
-                    budget: 10
-                }
-            ),
+            matches!(e, SpoolError::Full { used, budget } if used == record && budget == record + 5),
             "{e}"
         );
         assert_eq!(spool.used_bytes(), 9);
+        // Delivered: the emptied segment is closed and deleted, the room is back.
+        let batch = spool
+            .record_batch(TableId::Logs, vec![first[0].seq])
+            .await
+            .unwrap();
+        spool.confirm(&batch, 9).unwrap();
+        assert_eq!(spool.disk_bytes(), 0);
+        spool.append(vec![part(TableId::Logs, 1, 1)]).await.unwrap();
+    }
+
+    /// The budget counts segments on disk: a segment kept for one old batch
+    /// counts whole, even when its other rows were delivered.
+    #[tokio::test]
+    async fn a_segment_pinned_by_an_old_batch_counts_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&SpoolConfig {
+            segment_bytes: 1 << 20,
+            ..config(dir.path())
+        })
+        .unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            let p = spool
+                .append(vec![part(TableId::Logs, 100, i)])
+                .await
+                .unwrap()
+                .stored();
+            seqs.push(p[0].seq);
+        }
+        let old = spool
+            .record_batch(TableId::Logs, seqs[..1].to_vec())
+            .await
+            .unwrap();
+        let rest = spool
+            .record_batch(TableId::Logs, seqs[1..].to_vec())
+            .await
+            .unwrap();
+        spool.confirm(&rest, 2700).unwrap();
+        assert_eq!(spool.used_bytes(), 300, "one part's rows are live");
+        let on_disk: u64 = log::segment_ids(dir.path())
+            .unwrap()
+            .iter()
+            .map(|id| {
+                std::fs::metadata(log::segment_path(dir.path(), *id))
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert!(on_disk > 3000);
+        assert_eq!(spool.disk_bytes(), on_disk, "every segment byte counts");
+        spool.confirm(&old, 300).unwrap();
     }
 
     #[tokio::test]

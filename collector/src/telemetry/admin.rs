@@ -1,4 +1,4 @@
-//! `/health/live`, `/health/ready` and `/metrics`.
+//! `/health/live`, `/health/ready` (accepting), `/health/exporting` and `/metrics`.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -12,13 +12,14 @@ use axum::Router;
 
 use super::spool_age::SpoolAge;
 use super::Metrics;
-use crate::exporters::clickhouse::{InsertHealth, SchemaGate, SchemaState};
+use crate::exporters::clickhouse::{Lanes, SchemaGate, SchemaState};
 use crate::spool::Spool;
 
 #[derive(Clone)]
 pub struct Health {
     pub gate: SchemaGate,
-    pub inserts: InsertHealth,
+    /// Each table's export lane.
+    pub inserts: Lanes,
     pub spool: Arc<Spool>,
     pub metrics: Arc<Metrics>,
     pub spool_age: Arc<SpoolAge>,
@@ -48,6 +49,15 @@ pub fn exposition(h: &Health) -> String {
             h.spool.budget_bytes() as f64,
         ),
         ("collector_spool_oldest_age_seconds", h.spool_age_seconds()),
+        ("collector_spool_disk_bytes", h.spool.disk_bytes() as f64),
+        (
+            "collector_spool_quarantined_files",
+            h.spool.quarantined().0 as f64,
+        ),
+        (
+            "collector_spool_quarantined_bytes",
+            h.spool.quarantined().1 as f64,
+        ),
     ] {
         let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
     }
@@ -58,25 +68,64 @@ pub fn router(health: Health) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
+        .route("/health/exporting", get(exporting))
         .route("/metrics", get(metrics))
         .with_state(health)
 }
 
-/// 503 while the schema is not right, or while INSERTs fail (degraded: data waits in
-/// the spool), so load balancers prefer another collector.
+/// Ready means accepting: 200 while the spool has room, whether or not ClickHouse
+/// takes the rows now — a load balancer keeps sending to a collector spooling
+/// through an outage, and moves on once it refuses (503, as its clients get 429).
+/// The body describes the spool and each table's lane either way.
 async fn ready(State(h): State<Health>) -> impl IntoResponse {
+    let (disk, budget) = (h.spool.disk_bytes(), h.spool.budget_bytes());
+    let (status, head) = if h.spool.has_room() {
+        (
+            StatusCode::OK,
+            format!("ready: accepting; the spool holds {disk} of {budget} bytes on disk\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the spool is full ({disk} of {budget} bytes on disk); requests are refused until ClickHouse catches up\n"),
+        )
+    };
+    (status, head + &describe_export(&h).1)
+}
+
+/// 200 while rows flow to ClickHouse: the schema is right and no lane's INSERTs
+/// are failing; else 503 saying why (data meanwhile waits in the spool).
+async fn exporting(State(h): State<Health>) -> impl IntoResponse {
+    let (ok, body) = describe_export(&h);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+/// Whether everything exports, and a line for the schema and each lane.
+fn describe_export(h: &Health) -> (bool, String) {
     let spooled = h.spool.used_bytes();
-    match (h.gate.state(), h.inserts.failing()) {
-        (SchemaState::Pending(why), _) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
-        (SchemaState::Ready, Some(why)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("degraded: {why}; {spooled} bytes wait in the spool\n"),
-        ),
-        (SchemaState::Ready, None) => (StatusCode::OK, format!("ready\n{}", extras_note(&h))),
+    let lanes = h.inserts.report();
+    let mut ok = lanes.iter().all(|l| l.failing.is_none());
+    let mut out = match h.gate.state() {
+        SchemaState::Pending(why) => {
+            ok = false;
+            format!("exporting: no, the schema is not ready: {why}; {spooled} bytes wait in the spool\n")
+        }
+        SchemaState::Ready if ok => "exporting: yes\n".to_string(),
+        SchemaState::Ready => {
+            format!("exporting: degraded; {spooled} bytes wait in the spool\n")
+        }
+    };
+    for lane in lanes {
+        out.push_str(&lane.describe());
+        out.push('\n');
     }
+    out.push_str(&extras_note(h));
+    (ok, out)
 }
 
 /// Our rollups and views a database made by the upstream exporter lacks: writing

@@ -109,7 +109,9 @@ pub const LISTENERS: [&str; 2] = ["grpc", "http"];
 
 struct TableCounters {
     exported_rows: AtomicU64,
+    /// Rows given up on (ClickHouse will not take them): in the dead-letter store.
     failed_rows: AtomicU64,
+    dead_letter_batches: AtomicU64,
     retries: AtomicU64,
     batch_rows: Histogram,
     insert_seconds: Histogram,
@@ -134,6 +136,7 @@ impl Default for Metrics {
                 .map(|_| TableCounters {
                     exported_rows: AtomicU64::new(0),
                     failed_rows: AtomicU64::new(0),
+                    dead_letter_batches: AtomicU64::new(0),
                     retries: AtomicU64::new(0),
                     batch_rows: Histogram::new(ROW_BOUNDS),
                     insert_seconds: Histogram::new(SECONDS_BOUNDS),
@@ -216,10 +219,11 @@ impl Metrics {
         t.insert_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn failed(&self, table: &Table, rows: u64) {
-        self.tables[table.id as usize]
-            .failed_rows
-            .fetch_add(rows, Relaxed);
+    /// Rows ClickHouse will not take, written to the dead-letter store as one letter.
+    pub fn dead_lettered(&self, table: &Table, rows: u64) {
+        let t = &self.tables[table.id as usize];
+        t.failed_rows.fetch_add(rows, Relaxed);
+        t.dead_letter_batches.fetch_add(1, Relaxed);
     }
 
     pub fn retried(&self, table: &Table) {
@@ -301,10 +305,17 @@ impl Metrics {
             ("collector_exported_rows_total", 0),
             ("collector_failed_rows_total", 1),
             ("collector_insert_retries_total", 2),
+            ("collector_dead_letter_rows_total", 1),
+            ("collector_dead_letter_batches_total", 3),
         ] {
             let _ = writeln!(out, "# TYPE {metric} counter");
             for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
-                let c = [&t.exported_rows, &t.failed_rows, &t.retries][pick];
+                let c = [
+                    &t.exported_rows,
+                    &t.failed_rows,
+                    &t.retries,
+                    &t.dead_letter_batches,
+                ][pick];
                 let _ = writeln!(
                     out,
                     "{metric}{{table=\"{}\"}} {}",
@@ -344,7 +355,11 @@ mod tests {
         m.request("logs", Outcome::Partial, 5, 4, 1);
         m.request("traces", Outcome::Duplicate, 0, 0, 0);
         m.exported(&TRACES, 250, Duration::from_millis(20));
+        m.dead_lettered(&TRACES, 7);
         let text = m.render();
+        assert!(text.contains("collector_dead_letter_rows_total{table=\"otel_traces\"} 7"));
+        assert!(text.contains("collector_dead_letter_batches_total{table=\"otel_traces\"} 1"));
+        assert!(text.contains("collector_failed_rows_total{table=\"otel_traces\"} 7"));
         assert!(text.contains("collector_requests_total{signal=\"logs\",outcome=\"partial\"} 1"));
         assert!(text.contains("collector_items_rejected_total{signal=\"logs\"} 1"));
         assert!(

@@ -17,7 +17,8 @@ pub struct ClickHouseConfig {
     /// The `remote_servers` cluster: `<table>_local` Replicated tables `ON CLUSTER` under
     /// `Distributed` tables with the usual names (empty: single server).
     pub cluster: String,
-    /// INSERTs in flight at once, over all tables.
+    /// INSERTs in flight at once per table: each table is its own lane, so a table
+    /// whose INSERTs keep failing never holds another's.
     pub insert_concurrency: usize,
     /// Let ClickHouse buffer small inserts server-side (`async_insert=1`).
     pub async_insert: bool,
@@ -25,6 +26,13 @@ pub struct ClickHouseConfig {
     pub retry_max_ms: u64,
     /// Timeout of one INSERT or query.
     pub timeout_secs: u64,
+    /// A batch ClickHouse keeps refusing with an error (not an outage: those are
+    /// waited out) is split to isolate the refused rows, which go to the
+    /// dead-letter store, once it was refused at least this many times…
+    pub dead_letter_after_attempts: u32,
+    /// …over at least this many seconds. Rows ClickHouse rejects as invalid go
+    /// there at once.
+    pub dead_letter_after_secs: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -43,6 +51,8 @@ impl Default for ClickHouseConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             timeout_secs: 60,
+            dead_letter_after_attempts: 20,
+            dead_letter_after_secs: 600,
         }
     }
 }
