@@ -166,4 +166,3 @@ impl Agent {
         self.shared.red.record(method, route, status, elapsed);
     }
 }
-

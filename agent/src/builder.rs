@@ -11,9 +11,9 @@ use thiserror::Error;
 
 use crate::agent::{Agent, GLOBAL};
 use crate::config::{Compression, Config, ConfigError, Protocol, Signal};
+use crate::core::intern::Interner;
 use crate::core::log_event::LogEvent;
 use crate::core::queue::Queue;
-use crate::core::intern::Interner;
 use crate::core::{ExportCounts, Shared, NAME_CACHE_CAPACITY};
 use crate::export::error::StartError;
 use crate::export::{self, Exporter, LogWriter};

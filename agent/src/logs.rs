@@ -129,3 +129,60 @@ impl Visit for Capture {
     }
 }
 
+#[cfg(all(test, feature = "test-support"))]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
+
+    use crate::{AgentBuilder, Config, InMemoryExporter};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_and_records_follow_their_own_filters() {
+        let exported = InMemoryExporter::new();
+        let lines = Lines::default();
+        let guard = AgentBuilder::from_config(Config::default())
+            .endpoint("http://127.0.0.1:9")
+            .exporter(exported.clone())
+            .log_writer(lines.clone())
+            .start()
+            .expect("agent starts");
+        let agent = guard.agent().clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(agent.json_log_layer().with_filter(LevelFilter::DEBUG))
+            .with(agent.otlp_log_layer().with_filter(LevelFilter::WARN));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("only a line");
+            tracing::warn!("a line and a record");
+        });
+        guard.shutdown().expect("flushed");
+        let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+        assert!(text.contains("only a line"), "{text}");
+        assert!(text.contains("a line and a record"), "{text}");
+        let bodies: Vec<String> = exported
+            .log_records()
+            .iter()
+            .filter_map(|r| r.body.as_ref().and_then(|b| b.value.as_ref()))
+            .map(|v| format!("{v:?}"))
+            .collect();
+        assert_eq!(bodies.len(), 1, "{bodies:?}");
+        assert!(bodies[0].contains("a line and a record"), "{bodies:?}");
+    }
+}

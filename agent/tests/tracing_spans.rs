@@ -11,10 +11,10 @@ mod common;
 
 use std::time::Duration;
 
+use agent::InMemoryExporter;
 use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
-use agent::InMemoryExporter;
 use tower_http::trace::TraceLayer;
 use tracing::{info, info_span, instrument, trace_span, Instrument};
 

@@ -18,8 +18,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::agent::Agent;
 use super::InitError;
+use crate::agent::Agent;
 use crate::config::Config;
 
 fn env_filter(directives: &str) -> Result<EnvFilter, InitError> {
@@ -126,5 +126,26 @@ impl Filters {
                 .try_init(),
         };
         installed.map_err(|e| InitError::SubscriberInstalled(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_directives_use_targets_and_span_directives_keep_env_filter() {
+        assert!(matches!(
+            Directives::parse("info,h2=off,shop::cart=debug"),
+            Ok(Directives::Static(_))
+        ));
+        assert!(matches!(
+            Directives::parse("info,shop[checkout]=debug"),
+            Ok(Directives::Dynamic(_))
+        ));
+        assert!(matches!(
+            Directives::parse("info=="),
+            Err(InitError::LogFilter { .. })
+        ));
     }
 }

@@ -9,14 +9,19 @@ use super::transport::{ExportError, Payload, Transport};
 use super::{send_bounded, Stop};
 use crate::core::Shared;
 
-pub(crate) type ExportFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ExportError>> + Send + 'a>>;
+pub(crate) type ExportFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), ExportError>> + Send + 'a>>;
 
 /// Delivers one batch of one signal. `Ok` means the batch is accepted; an
 /// error counts the batch as failed. Implementations own their retries and
 /// must give up once `stop` carries a passed deadline.
 pub(crate) trait Exporter: Send + Sync {
-    fn export<'a>(&'a self, shared: &'a Shared, payload: Payload, stop: &'a Stop)
-        -> ExportFuture<'a>;
+    fn export<'a>(
+        &'a self,
+        shared: &'a Shared,
+        payload: Payload,
+        stop: &'a Stop,
+    ) -> ExportFuture<'a>;
 }
 
 impl Exporter for Transport {

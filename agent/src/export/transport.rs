@@ -18,9 +18,9 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
+use super::error::StartError;
 use super::retry::{self, Retry};
 use super::tls::TlsMaterial;
-use super::error::StartError;
 use crate::config::{Compression, Config, Protocol, Signal};
 
 #[derive(Debug, Error)]

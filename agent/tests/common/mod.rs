@@ -164,8 +164,8 @@ fn any_value_text(v: &opentelemetry_proto::tonic::common::v1::AnyValue) -> Strin
 /// `otel_traces`), so assertions read the same with or without a collector.
 #[cfg(feature = "test-support")]
 pub fn memory_spans(exporter: &agent::InMemoryExporter, trace_id: &str) -> Vec<SpanRow> {
-    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
     exporter
         .trace_requests()
         .iter()
