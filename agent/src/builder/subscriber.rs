@@ -29,10 +29,11 @@ fn env_filter(directives: &str) -> Result<EnvFilter, InitError> {
     })
 }
 
-/// One set of directives, parsed.
+/// One set of directives, parsed (boxed: the filters are large and only
+/// moved once, into the subscriber).
 pub(crate) enum Directives {
-    Static(Targets),
-    Dynamic(EnvFilter),
+    Static(Box<Targets>),
+    Dynamic(Box<EnvFilter>),
 }
 
 impl Directives {
@@ -44,8 +45,8 @@ impl Directives {
                 .chars()
                 .any(|c| c.is_whitespace() || matches!(c, '[' | ']' | '{' | '}' | '"'));
         match directives.parse::<Targets>() {
-            Ok(targets) if plain => Ok(Directives::Static(targets)),
-            _ => Ok(Directives::Dynamic(env)),
+            Ok(targets) if plain => Ok(Directives::Static(Box::new(targets))),
+            _ => Ok(Directives::Dynamic(Box::new(env))),
         }
     }
 
@@ -54,8 +55,8 @@ impl Directives {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         match self {
-            Directives::Static(t) => Box::new(t),
-            Directives::Dynamic(e) => Box::new(e),
+            Directives::Static(t) => t,
+            Directives::Dynamic(e) => e,
         }
     }
 
@@ -64,8 +65,8 @@ impl Directives {
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         match self {
-            Directives::Static(t) => Box::new(t),
-            Directives::Dynamic(e) => Box::new(e),
+            Directives::Static(t) => t,
+            Directives::Dynamic(e) => e,
         }
     }
 }
