@@ -145,6 +145,12 @@ pub struct Config {
     /// `EnvFilter` directives choosing the `tracing` spans that become OTLP
     /// spans (`AGENT_SPAN_FILTER`); `None` uses [`Config::log_filter`].
     pub span_filter: Option<String>,
+    /// Directives for the JSON lines (`AGENT_JSON_LOG_FILTER`); `None` uses
+    /// [`Config::log_filter`].
+    pub json_log_filter: Option<String>,
+    /// Directives for the OTLP log records (`AGENT_OTLP_LOG_FILTER`); `None`
+    /// uses [`Config::log_filter`].
+    pub otlp_log_filter: Option<String>,
     /// `tracing` events inside a span also become events of that span
     /// (`AGENT_SPAN_EVENTS=true`).
     pub span_events: bool,
@@ -176,6 +182,8 @@ impl Default for Config {
             disabled: false,
             log_filter: "info".into(),
             span_filter: None,
+            json_log_filter: None,
+            otlp_log_filter: None,
             span_events: false,
             json_logs: true,
             span_export_interval: Duration::from_millis(5000),
@@ -269,6 +277,8 @@ impl Config {
             config.log_filter = filter;
         }
         config.span_filter = get("AGENT_SPAN_FILTER");
+        config.json_log_filter = get("AGENT_JSON_LOG_FILTER");
+        config.otlp_log_filter = get("AGENT_OTLP_LOG_FILTER");
         if let Some(v) = get("AGENT_SPAN_EVENTS") {
             config.span_events = parse_bool(&v).ok_or_else(|| {
                 invalid("AGENT_SPAN_EVENTS", format!("{v:?} is not true or false"))
@@ -308,6 +318,16 @@ impl Config {
     /// The directives for `tracing` spans: their own, else the logs'.
     pub fn span_filter(&self) -> &str {
         self.span_filter.as_deref().unwrap_or(&self.log_filter)
+    }
+
+    /// The directives for the JSON lines: their own, else the logs'.
+    pub fn json_log_filter(&self) -> &str {
+        self.json_log_filter.as_deref().unwrap_or(&self.log_filter)
+    }
+
+    /// The directives for the OTLP log records: their own, else the logs'.
+    pub fn otlp_log_filter(&self) -> &str {
+        self.otlp_log_filter.as_deref().unwrap_or(&self.log_filter)
     }
 
     pub fn export(&self, signal: Signal) -> &ExportConfig {
@@ -594,7 +614,22 @@ mod tests {
         assert_eq!(config.log_filter, "debug");
         // Spans follow the logs' directives unless given their own.
         assert_eq!(config.span_filter(), "debug");
+        assert_eq!(config.json_log_filter(), "debug");
+        assert_eq!(config.otlp_log_filter(), "debug");
         assert!(!config.span_events);
+    }
+
+    #[test]
+    fn json_lines_and_records_can_have_their_own_filters() {
+        let config = from(&[
+            ("RUST_LOG", "info"),
+            ("AGENT_JSON_LOG_FILTER", "debug"),
+            ("AGENT_OTLP_LOG_FILTER", "warn"),
+        ])
+        .expect("valid");
+        assert_eq!(config.json_log_filter(), "debug");
+        assert_eq!(config.otlp_log_filter(), "warn");
+        assert_eq!(config.span_filter(), "info");
     }
 
     #[test]

@@ -1,85 +1,46 @@
-//! `tracing` events as JSON lines on stdout and as OTLP log records.
+//! `tracing` events as JSON lines on stdout and as OTLP log records: two
+//! layers, each behind its own filter ([`JsonLogLayer`], [`OtlpLogLayer`]),
+//! and [`LogLayer`], both in one, which captures an event once when the two
+//! filters are the same (what [`crate::init`] installs then).
 //!
 //! On the calling thread an event is only captured (fields copied, trace ids read
 //! from the current context) and queued. The agent's thread writes the JSON lines
 //! in batches and exports the records, so neither formatting nor the write
 //! syscall lands on the request path.
 
-use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::Layer;
 
-use crate::agent::Shared;
-use crate::context::{current_span_context, SpanContext};
-use crate::span::unix_nanos;
+use crate::clock::unix_nanos;
+use crate::context::current_span_context;
+use crate::core::log_event::{is_transport_target, on_agent_thread, FieldValue, LogEvent};
+use crate::core::Shared;
 
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum FieldValue {
-    Str(String),
-    I64(i64),
-    U64(u64),
-    F64(f64),
-    Bool(bool),
-}
-
-#[derive(Debug)]
-pub(crate) struct LogEvent {
-    pub time_unix_nanos: u64,
-    pub level: Level,
-    pub target: &'static str,
-    pub message: String,
-    pub fields: Vec<(&'static str, FieldValue)>,
-    pub span: Option<SpanContext>,
-}
-
-impl LogEvent {
-    /// A line about the agent itself (ignored settings, dropped telemetry).
-    pub(crate) fn agent(level: Level, message: String) -> LogEvent {
-        LogEvent {
-            time_unix_nanos: unix_nanos(SystemTime::now()),
-            level,
-            target: "agent",
-            message,
-            fields: Vec::new(),
-            span: None,
-        }
+/// Copies an event's fields and the current trace ids.
+fn capture(event: &Event<'_>, export: bool) -> LogEvent {
+    let meta = event.metadata();
+    let mut visitor = Capture::default();
+    event.record(&mut visitor);
+    LogEvent {
+        time_unix_nanos: unix_nanos(SystemTime::now()),
+        level: *meta.level(),
+        target: meta.target(),
+        message: visitor.message,
+        fields: visitor.fields,
+        span: current_span_context(),
+        export,
     }
 }
 
-thread_local! {
-    /// Set on the agent's own thread: whatever tonic, hyper or h2 log while
-    /// exporting is neither printed nor exported, so export can never feed itself.
-    static AGENT_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-pub(crate) fn mark_agent_thread() {
-    AGENT_THREAD.with(|f| f.set(true));
-}
-
-pub(crate) fn on_agent_thread() -> bool {
-    AGENT_THREAD.with(Cell::get)
-}
-
-/// Crates of the export transport; their events are never exported as records
-/// (from any thread), whatever the filter lets through to stdout.
-const TRANSPORT_TARGETS: [&str; 5] = ["tonic", "h2", "hyper", "hyper_util", "tower"];
-
-pub(crate) fn is_transport_target(target: &str) -> bool {
-    TRANSPORT_TARGETS.iter().any(|t| {
-        target
-            .strip_prefix(t)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-    })
-}
-
-/// The `tracing_subscriber` layer that captures events for the agent. [`crate::init`]
-/// installs it; get one from [`crate::Agent::log_layer`] to compose your own subscriber.
+/// JSON lines and OTLP records from one capture: the layer [`crate::init`]
+/// installs when the JSON and OTLP log filters are the same. Get one from
+/// [`crate::Agent::log_layer`] to compose your own subscriber.
 pub struct LogLayer {
     pub(crate) shared: Arc<Shared>,
 }
@@ -89,17 +50,40 @@ impl<S: Subscriber> Layer<S> for LogLayer {
         if on_agent_thread() {
             return;
         }
-        let meta = event.metadata();
-        let mut visitor = Capture::default();
-        event.record(&mut visitor);
-        self.shared.logs.push(LogEvent {
-            time_unix_nanos: unix_nanos(SystemTime::now()),
-            level: *meta.level(),
-            target: meta.target(),
-            message: visitor.message,
-            fields: visitor.fields,
-            span: current_span_context(),
-        });
+        // The line writer hands it on to the export (transport crates excluded).
+        self.shared.logs.push(capture(event, true));
+    }
+}
+
+/// JSON lines only ([`crate::Agent::json_log_layer`]), behind the JSON log filter.
+pub struct JsonLogLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: Subscriber> Layer<S> for JsonLogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
+        if on_agent_thread() {
+            return;
+        }
+        self.shared.logs.push(capture(event, false));
+    }
+}
+
+/// OTLP log records only ([`crate::Agent::otlp_log_layer`]), behind the OTLP
+/// log filter; the transport crates' events are never records.
+pub struct OtlpLogLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: Subscriber> Layer<S> for OtlpLogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
+        if !self.shared.log_records
+            || on_agent_thread()
+            || is_transport_target(event.metadata().target())
+        {
+            return;
+        }
+        self.shared.log_export.push(capture(event, true));
     }
 }
 
@@ -145,186 +129,60 @@ impl Visit for Capture {
     }
 }
 
-/// OTLP severity numbers for the five `tracing` levels.
-pub(crate) fn severity_number(level: Level) -> i32 {
-    match level {
-        Level::TRACE => 1,
-        Level::DEBUG => 5,
-        Level::INFO => 9,
-        Level::WARN => 13,
-        Level::ERROR => 17,
-    }
-}
-
-/// Appends one JSON object and a newline:
-/// `{"timestamp","level","target","message","fields",("trace_id","span_id"),"service"}`.
-/// Written by hand into one reused buffer: this runs for every event.
-pub(crate) fn write_json_line(out: &mut Vec<u8>, event: &LogEvent, service: &str) {
-    use std::io::Write as _;
-    out.extend_from_slice(b"{\"timestamp\":\"");
-    push_rfc3339(out, event.time_unix_nanos);
-    out.extend_from_slice(b"\",\"level\":\"");
-    out.extend_from_slice(event.level.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"target\":");
-    json_string(out, event.target);
-    out.extend_from_slice(b",\"message\":");
-    json_string(out, &event.message);
-    out.extend_from_slice(b",\"fields\":{");
-    for (i, (name, value)) in event.fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_string(out, name);
-        out.push(b':');
-        // Writing into a Vec cannot fail.
-        let _ = match value {
-            FieldValue::Str(s) => {
-                json_string(out, s);
-                Ok(())
-            }
-            FieldValue::I64(v) => write!(out, "{v}"),
-            FieldValue::U64(v) => write!(out, "{v}"),
-            FieldValue::F64(v) if v.is_finite() => write!(out, "{v}"),
-            FieldValue::F64(v) => write!(out, "\"{v}\""),
-            FieldValue::Bool(v) => write!(out, "{v}"),
-        };
-    }
-    out.push(b'}');
-    if let Some(span) = &event.span {
-        out.extend_from_slice(b",\"trace_id\":\"");
-        push_hex(out, &span.trace_id.0);
-        out.extend_from_slice(b"\",\"span_id\":\"");
-        push_hex(out, &span.span_id.0);
-        out.push(b'"');
-    }
-    out.extend_from_slice(b",\"service\":");
-    json_string(out, service);
-    out.extend_from_slice(b"}\n");
-}
-
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize]);
-        out.push(DIGITS[(b & 0xf) as usize]);
-    }
-}
-
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Most strings need no escaping: copy them straight.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Serialising a &str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
-fn push_digits(out: &mut Vec<u8>, value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut v = value;
-    for d in digits[..width].iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    out.extend_from_slice(&digits[..width]);
-}
-
-/// `2026-12-01T18:04:05.123456789Z`, without a date-time crate.
-fn push_rfc3339(out: &mut Vec<u8>, unix_nanos: u64) {
-    let secs = unix_nanos / 1_000_000_000;
-    let nanos = unix_nanos % 1_000_000_000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    push_digits(out, y.max(0) as u64, 4);
-    out.push(b'-');
-    push_digits(out, u64::from(m), 2);
-    out.push(b'-');
-    push_digits(out, u64::from(d), 2);
-    out.push(b'T');
-    push_digits(out, rem / 3600, 2);
-    out.push(b':');
-    push_digits(out, (rem % 3600) / 60, 2);
-    out.push(b':');
-    push_digits(out, rem % 60, 2);
-    out.push(b'.');
-    push_digits(out, nanos, 9);
-    out.push(b'Z');
-}
-
-#[cfg(test)]
-fn rfc3339(unix_nanos: u64) -> String {
-    let mut out = Vec::new();
-    push_rfc3339(&mut out, unix_nanos);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "test-support"))]
 mod tests {
-    use super::*;
-    use crate::context::{SpanId, TraceId};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
 
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        // 2024-02-29T12:34:56.000000007Z
-        assert_eq!(
-            rfc3339(1_709_210_096_000_000_007),
-            "2024-02-29T12:34:56.000000007Z"
-        );
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
+
+    use crate::{AgentBuilder, Config, InMemoryExporter};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]
-    fn json_line_carries_ids_fields_and_service() {
-        let event = LogEvent {
-            time_unix_nanos: 0,
-            level: Level::WARN,
-            target: "shop::cart",
-            message: "item \"x\" gone".into(),
-            fields: vec![
-                ("count", FieldValue::U64(3)),
-                ("ok", FieldValue::Bool(false)),
-            ],
-            span: Some(SpanContext {
-                trace_id: TraceId([0xab; 16]),
-                span_id: SpanId([0xcd; 8]),
-                flags: 1,
-                remote: false,
-            }),
-        };
-        let mut out = Vec::new();
-        write_json_line(&mut out, &event, "shop");
-        assert_eq!(out.last(), Some(&b'\n'));
-        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
-        assert_eq!(v["level"], "WARN");
-        assert_eq!(v["message"], "item \"x\" gone");
-        assert_eq!(v["fields"]["count"], 3);
-        assert_eq!(v["trace_id"], "ab".repeat(16));
-        assert_eq!(v["span_id"], "cd".repeat(8));
-        assert_eq!(v["service"], "shop");
-    }
-
-    #[test]
-    fn transport_targets_match_whole_crate_names() {
-        assert!(is_transport_target("h2::codec"));
-        assert!(is_transport_target("tonic"));
-        assert!(!is_transport_target("h2o_service"));
-        assert!(!is_transport_target("shop"));
+    fn json_lines_and_records_follow_their_own_filters() {
+        let exported = InMemoryExporter::new();
+        let lines = Lines::default();
+        let guard = AgentBuilder::from_config(Config::default())
+            .endpoint("http://127.0.0.1:9")
+            .exporter(exported.clone())
+            .log_writer(lines.clone())
+            .start()
+            .expect("agent starts");
+        let agent = guard.agent().clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(agent.json_log_layer().with_filter(LevelFilter::DEBUG))
+            .with(agent.otlp_log_layer().with_filter(LevelFilter::WARN));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("only a line");
+            tracing::warn!("a line and a record");
+        });
+        guard.shutdown().expect("flushed");
+        let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+        assert!(text.contains("only a line"), "{text}");
+        assert!(text.contains("a line and a record"), "{text}");
+        let bodies: Vec<String> = exported
+            .log_records()
+            .iter()
+            .filter_map(|r| r.body.as_ref().and_then(|b| b.value.as_ref()))
+            .map(|v| format!("{v:?}"))
+            .collect();
+        assert_eq!(bodies.len(), 1, "{bodies:?}");
+        assert!(bodies[0].contains("a line and a record"), "{bodies:?}");
     }
 }

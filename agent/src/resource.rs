@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use crate::config::Config;
-use crate::span::Value;
+use crate::core::value::Value;
 
 pub const SDK_NAME: &str = "agent";
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -21,9 +21,9 @@ use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::agent::Shared;
 use crate::context::{replace_current, Context};
-use crate::logs::{is_transport_target, on_agent_thread};
+use crate::core::log_event::{is_transport_target, on_agent_thread};
+use crate::core::Shared;
 use crate::span::{Attribute, Span, SpanKind, Status, Str, Value};
 
 /// The `tracing_subscriber` layer turning `tracing` spans into OTLP spans.
@@ -398,7 +398,7 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
-    use crate::span::SpanData;
+    use crate::core::span_data::SpanData;
     use crate::{AgentBuilder, AgentGuard, Config, Sampler};
 
     /// An agent whose spans stay queued for the test to read (no export

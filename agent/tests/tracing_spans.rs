@@ -2,19 +2,23 @@
 //! with the agent's own spans both ways, cross `tokio::spawn` and give their ids
 //! to the log lines inside them. One test per binary: `init` installs the
 //! process-wide subscriber, span layer included.
+//!
+//! The shape of the tree is the point here, not delivery (`export.rs`,
+//! `http.rs` and `spans.rs` prove that against the real collector), so the
+//! agent exports into memory and the test reads the OTLP it would have sent.
 
 mod common;
 
 use std::time::Duration;
 
+use agent::InMemoryExporter;
 use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
-use collector::testing::TestCollector;
 use tower_http::trace::TraceLayer;
 use tracing::{info, info_span, instrument, trace_span, Instrument};
 
-use common::{builder, serve, spans, Captured, SpanRow};
+use common::{builder, memory_spans, serve, Captured, SpanRow};
 
 const TRACE: &str = "5c0ffee0000000000000000000000001";
 const CALLER: &str = "00000000000000c1";
@@ -70,21 +74,18 @@ fn by_name<'a>(rows: &'a [SpanRow], name: &str) -> &'a SpanRow {
         .unwrap_or_else(|| panic!("no span {name:?} among {rows:#?}"))
 }
 
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct LogIds {
-    #[serde(rename = "SpanId")]
-    span_id: String,
-    #[serde(rename = "Body")]
-    body: String,
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instrumented_code_becomes_a_tree_of_spans_under_the_server_span() {
-    let collector = TestCollector::start("agent_tracing_spans").await;
+    let exported = InMemoryExporter::new();
     let lines = Captured::default();
     // tower-http's TraceLayer makes its spans at debug level.
-    let guard = builder("tracing-api", &collector.grpc_endpoint())
-        .log_filter("info,tower_http=debug,collector=warn,clickhouse=warn")
+    let guard = builder("tracing-api", "http://127.0.0.1:9")
+        .exporter(exported.clone())
+        .log_filter("info,tower_http=debug")
         .span_events(true)
         .log_writer(lines.clone())
         .init()
@@ -104,9 +105,11 @@ async fn instrumented_code_becomes_a_tree_of_spans_under_the_server_span() {
         .await
         .expect("request");
     assert_eq!(response.text().await.expect("body"), "order 21: 43");
+    // Shutdown flushes every span and record into the exporter.
     guard.shutdown_async().await.expect("flushed");
 
-    let rows = spans(&collector, &format!("TraceId = '{TRACE}'"), 9).await;
+    let rows = memory_spans(&exported, TRACE);
+    assert!(rows.len() >= 9, "{rows:#?}");
     let server = by_name(&rows, "GET /orders/{id}");
     assert_eq!(server.parent_span_id, CALLER);
     assert_eq!(server.span_kind, "Server");
@@ -161,21 +164,16 @@ async fn instrumented_code_becomes_a_tree_of_spans_under_the_server_span() {
     assert_eq!(line_span("priced synchronously"), price.span_id);
     assert_eq!(line_span("deep inside"), under.span_id);
     // So do the exported records.
-    let filter = format!("TraceId = '{TRACE}'");
-    collector.wait_for_rows("otel_logs", &filter, 4).await;
-    let records = collector
-        .client
-        .query(&format!(
-            "SELECT SpanId, Body FROM otel_logs WHERE {filter}"
-        ))
-        .fetch_all::<LogIds>()
-        .await
-        .expect("fetch logs");
+    let records = exported.log_records();
     let record_span = |body: &str| {
         records
             .iter()
-            .find(|r| r.body == body)
-            .map(|r| r.span_id.clone())
+            .find(|r| {
+                use opentelemetry_proto::tonic::common::v1::any_value::Value;
+                matches!(r.body.as_ref().and_then(|b| b.value.as_ref()),
+                    Some(Value::StringValue(s)) if s == body)
+            })
+            .map(|r| hex(&r.span_id))
     };
     assert_eq!(record_span("order loaded"), Some(load.span_id.clone()));
     assert_eq!(
@@ -183,15 +181,11 @@ async fn instrumented_code_becomes_a_tree_of_spans_under_the_server_span() {
         Some(notify.span_id.clone())
     );
     // Events inside a span also became span events (span_events on).
-    let events: Vec<String> = collector
-        .client
-        .query(&format!(
-            "SELECT Events.Name FROM otel_traces WHERE SpanId = '{}'",
-            load.span_id
-        ))
-        .fetch_one()
-        .await
-        .expect("events");
+    let events: Vec<String> = exported
+        .spans()
+        .iter()
+        .find(|s| hex(&s.span_id) == load.span_id)
+        .map(|s| s.events.iter().map(|e| e.name.clone()).collect())
+        .unwrap_or_default();
     assert_eq!(events, ["order loaded"]);
-    collector.stop().await;
 }

@@ -4,6 +4,11 @@
 //! collector never takes a worker from the service, and shutdown can block on
 //! any thread without deadlocking a current-thread runtime.
 
+pub(crate) mod error;
+mod exporter;
+#[cfg(feature = "test-support")]
+pub(crate) mod in_memory;
+pub(crate) mod json_lines;
 pub(crate) mod otlp;
 pub(crate) mod retry;
 pub(crate) mod tls;
@@ -18,12 +23,18 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::agent::{ExportCounts, InitError, LogWriter, Shared, ShutdownError};
+use crate::clock::unix_nanos;
 use crate::config::{Config, Signal};
-use crate::logs::{self, is_transport_target, write_json_line, LogEvent};
-use crate::span::unix_nanos;
+use crate::core::log_event::{self, is_transport_target, LogEvent};
+use crate::core::{ExportCounts, Shared, ShutdownError};
+use error::StartError;
+pub(crate) use exporter::Exporter;
+use json_lines::write_json_line;
 use retry::Retry;
 use transport::{ExportError, Payload, Transport};
+
+/// Where the JSON lines go; stdout unless a test or the host says otherwise.
+pub type LogWriter = Box<dyn Write + Send>;
 
 /// JSON lines reach stdout at most this long after the event.
 const LINE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -54,19 +65,22 @@ impl Worker {
     }
 }
 
-/// One transport per signal; `None` where `OTEL_<SIGNAL>_EXPORTER=none`.
+/// One exporter per signal; `None` where `OTEL_<SIGNAL>_EXPORTER=none`.
 struct Exporters {
-    traces: Option<Transport>,
-    logs: Option<Transport>,
-    metrics: Option<Transport>,
+    traces: Option<Arc<dyn Exporter>>,
+    logs: Option<Arc<dyn Exporter>>,
+    metrics: Option<Arc<dyn Exporter>>,
 }
 
+/// Starts the agent's thread. `exporter` replaces the OTLP transports for
+/// every signal (the in-memory exporter of tests); `None` exports over OTLP.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     config: &Config,
     writer: Option<LogWriter>,
-) -> Result<Worker, InitError> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), InitError>>();
+    exporter: Option<Arc<dyn Exporter>>,
+) -> Result<Worker, StartError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let (stop_tx, stop_rx) = oneshot::channel::<Instant>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
     let config = config.clone();
@@ -74,28 +88,31 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("agent-export".into())
         .spawn(move || {
-            logs::mark_agent_thread();
+            log_event::mark_agent_thread();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(InitError::Thread(e)));
+                    let _ = ready_tx.send(Err(StartError::Thread(e)));
                     return;
                 }
             };
             runtime.block_on(async move {
                 let exporters = if shared.recording {
                     let transport = |signal| {
-                        config
-                            .export(signal)
-                            .enabled
-                            .then(|| Transport::new(&config, signal))
-                            .transpose()
+                        if !config.export(signal).enabled {
+                            return Ok(None);
+                        }
+                        match &exporter {
+                            Some(exporter) => Ok(Some(exporter.clone())),
+                            None => Transport::new(&config, signal)
+                                .map(|t| Some(Arc::new(t) as Arc<dyn Exporter>)),
+                        }
                     };
                     let built = (|| {
-                        Ok::<_, InitError>(Exporters {
+                        Ok::<_, StartError>(Exporters {
                             traces: transport(Signal::Traces)?,
                             logs: transport(Signal::Logs)?,
                             metrics: transport(Signal::Metrics)?,
@@ -116,7 +133,7 @@ pub(crate) fn spawn(
                 let _ = done_tx.send(complete);
             });
         })?;
-    ready_rx.recv().map_err(|_| InitError::ThreadExited)??;
+    ready_rx.recv().map_err(|_| StartError::ThreadExited)??;
     Ok(Worker {
         stop: stop_tx,
         done: done_rx,
@@ -124,7 +141,7 @@ pub(crate) fn spawn(
     })
 }
 
-type Stop = watch::Receiver<Option<Instant>>;
+pub(crate) type Stop = watch::Receiver<Option<Instant>>;
 
 /// Runs until shutdown; true when every task flushed before the deadline.
 async fn run(
@@ -221,7 +238,7 @@ async fn next_round(
 /// good, or the time is up. Retryable failures wait for the server's hint or a
 /// jittered backoff, within the export timeout and (once shutdown begins) its
 /// deadline; the batch is the only thing held meanwhile.
-async fn send_bounded(
+pub(crate) async fn send_bounded(
     shared: &Shared,
     transport: &Transport,
     payload: Payload,
@@ -322,9 +339,10 @@ async fn write_lines(
             }
         }
         if exporting {
+            // Events of the JSON-only layer stay lines.
             events
                 .drain(..)
-                .filter(|e| !is_transport_target(e.target))
+                .filter(|e| e.export && !is_transport_target(e.target))
                 .for_each(|e| {
                     shared.log_export.push(e);
                 });
@@ -360,7 +378,9 @@ async fn export_spans(
             let n = spans.len().min(max_batch.max(1));
             let request = otlp::traces_request(&resource, spans.drain(..n));
             let n = n as u64;
-            let result = send_bounded(&shared, transport, Payload::Traces(request), &stop).await;
+            let result = transport
+                .export(&shared, Payload::Traces(request), &stop)
+                .await;
             count(&shared.span_counts, n, result);
         }
         if stopping.is_some() {
@@ -395,7 +415,9 @@ async fn export_logs(
             let Some(transport) = &exporters.logs else {
                 return;
             };
-            let result = send_bounded(&shared, transport, Payload::Logs(request), &stop).await;
+            let result = transport
+                .export(&shared, Payload::Logs(request), &stop)
+                .await;
             count(&shared.log_counts, n, result);
         }
         if stopping.is_some() {
@@ -424,7 +446,9 @@ async fn export_metrics(
             started_unix_nanos,
             unix_nanos(SystemTime::now()),
         );
-        let result = send_bounded(&shared, transport, Payload::Metrics(request), &stop).await;
+        let result = transport
+            .export(&shared, Payload::Metrics(request), &stop)
+            .await;
         count(&shared.point_counts, n, result);
         if stopping.is_some() {
             return;

@@ -19,12 +19,13 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 
-use crate::logs::{is_transport_target, severity_number, FieldValue, LogEvent};
+use crate::core::log_event::{is_transport_target, severity_number, FieldValue, LogEvent};
+use crate::core::span_data::{Attributes, SpanData, SpanKind, Status as SpanStatus};
+use crate::core::value::{Array, Value};
 use crate::metrics::{
     InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
     SeriesSnapshot, DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
 };
-use crate::span::{Array, Attributes, SpanData, SpanKind, Status as SpanStatus, Value};
 
 pub const SCOPE_NAME: &str = "agent";
 pub const SCOPE_VERSION: &str = crate::resource::SDK_VERSION;

@@ -18,9 +18,9 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
+use super::error::StartError;
 use super::retry::{self, Retry};
 use super::tls::TlsMaterial;
-use crate::agent::InitError;
 use crate::config::{Compression, Config, Protocol, Signal};
 
 #[derive(Debug, Error)]
@@ -96,10 +96,10 @@ fn grpc_path(signal: Signal) -> PathAndQuery {
 
 impl Transport {
     /// Must run inside a Tokio runtime (the lazy gRPC channel spawns its worker).
-    pub(crate) fn new(config: &Config, signal: Signal) -> Result<Transport, InitError> {
+    pub(crate) fn new(config: &Config, signal: Signal) -> Result<Transport, StartError> {
         let export = config.export(signal);
         let endpoint = config.connect_url(signal);
-        let bad_endpoint = |reason: String| InitError::InvalidEndpoint {
+        let bad_endpoint = |reason: String| StartError::InvalidEndpoint {
             endpoint: endpoint.clone(),
             reason,
         };
@@ -118,7 +118,7 @@ impl Transport {
                 }
                 let mut metadata = MetadataMap::new();
                 for (name, value) in &export.headers {
-                    let invalid = || InitError::InvalidHeader { name: name.clone() };
+                    let invalid = || StartError::InvalidHeader { name: name.clone() };
                     let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
                         .map_err(|_| invalid())?;
                     let value = MetadataValue::try_from(value.as_str()).map_err(|_| invalid())?;
@@ -133,7 +133,7 @@ impl Transport {
             Protocol::HttpProtobuf | Protocol::HttpJson => {
                 let mut headers = http::HeaderMap::new();
                 for (name, value) in &export.headers {
-                    let invalid = || InitError::InvalidHeader { name: name.clone() };
+                    let invalid = || StartError::InvalidHeader { name: name.clone() };
                     headers.insert(
                         http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?,
                         http::HeaderValue::from_str(value).map_err(|_| invalid())?,

@@ -15,9 +15,16 @@ use axum::extract::{ConnectInfo, MatchedPath};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use crate::agent::Agent;
 use crate::context::{replace_current, WithContext};
 use crate::span::{Span, SpanKind, Status, Str};
-use crate::Agent;
+
+impl Agent {
+    /// The tower layer instrumenting an axum router.
+    pub fn http_layer(&self) -> HttpLayer {
+        HttpLayer::new(self.clone())
+    }
+}
 
 #[derive(Clone)]
 pub struct HttpLayer {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::span::unix_nanos;
+use crate::clock::unix_nanos;
 
 /// Set (to `true`) on the one series new attribute sets fold into once an
 /// instrument has reached its cap.

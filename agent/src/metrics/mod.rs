@@ -15,7 +15,7 @@ pub use instruments::{
 pub use red::{SeriesSnapshot, StatusClass, DURATION_BUCKETS_SECONDS, QUANTILES};
 pub use rpc::{RpcSeriesSnapshot, RpcSide};
 
-use crate::agent::AgentStats;
+use crate::stats::AgentStats;
 
 /// Everything the agent measures, at one moment.
 #[derive(Clone, Debug, PartialEq)]

@@ -10,13 +10,18 @@ use super::{
     InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide, SeriesSnapshot,
     DURATION_BUCKETS_SECONDS, QUANTILES,
 };
-use crate::Agent;
 
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What [`route`] renders: the [`crate::Agent`] (the metrics stores know
+/// nothing of the handle holding them).
+pub trait MetricsSource: Clone + Send + Sync + 'static {
+    fn metrics_snapshot(&self) -> MetricsSnapshot;
+}
+
 /// A `GET` route answering with the agent's metrics:
 /// `Router::new().route("/metrics", agent::metrics::prometheus::route(&agent))`.
-pub fn route<S: Clone + Send + Sync + 'static>(agent: &Agent) -> MethodRouter<S> {
+pub fn route<S: Clone + Send + Sync + 'static>(agent: &impl MetricsSource) -> MethodRouter<S> {
     let agent = agent.clone();
     get(move || {
         let agent = agent.clone();

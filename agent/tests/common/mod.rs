@@ -141,3 +141,81 @@ pub async fn spans(collector: &TestCollector, filter: &str, at_least: u64) -> Ve
         .await
         .expect("fetch spans")
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP attribute value as the collector stores it in a string map.
+#[cfg(feature = "test-support")]
+fn any_value_text(v: &opentelemetry_proto::tonic::common::v1::AnyValue) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match &v.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The spans an in-memory exporter received whose trace id is `trace_id`, as
+/// the rows the collector would store (names of kinds and status codes as in
+/// `otel_traces`), so assertions read the same with or without a collector.
+#[cfg(feature = "test-support")]
+pub fn memory_spans(exporter: &agent::InMemoryExporter, trace_id: &str) -> Vec<SpanRow> {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+    exporter
+        .trace_requests()
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|rs| {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(any_value_text)
+                .unwrap_or_default();
+            rs.scope_spans
+                .iter()
+                .flat_map(|s| &s.spans)
+                .map(move |s| (service.clone(), s))
+        })
+        .filter(|(_, s)| hex(&s.trace_id) == trace_id)
+        .map(|(service_name, s)| SpanRow {
+            trace_id: hex(&s.trace_id),
+            span_id: hex(&s.span_id),
+            parent_span_id: hex(&s.parent_span_id),
+            trace_state: s.trace_state.clone(),
+            span_name: s.name.clone(),
+            span_kind: match SpanKind::try_from(s.kind) {
+                Ok(SpanKind::Server) => "Server",
+                Ok(SpanKind::Client) => "Client",
+                Ok(SpanKind::Producer) => "Producer",
+                Ok(SpanKind::Consumer) => "Consumer",
+                Ok(SpanKind::Internal) => "Internal",
+                _ => "Unspecified",
+            }
+            .to_string(),
+            service_name,
+            attributes: s
+                .attributes
+                .iter()
+                .map(|a| {
+                    let value = a.value.as_ref().map(any_value_text).unwrap_or_default();
+                    (a.key.clone(), value)
+                })
+                .collect(),
+            duration: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+            status_code: match s.status.as_ref().map(|st| StatusCode::try_from(st.code)) {
+                Some(Ok(StatusCode::Error)) => "Error",
+                Some(Ok(StatusCode::Ok)) => "Ok",
+                _ => "Unset",
+            }
+            .to_string(),
+        })
+        .collect()
+}

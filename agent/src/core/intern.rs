@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, RwLock};
 
-use crate::span::Str;
+use super::value::Str;
 
 pub(crate) struct Interner {
     strings: RwLock<HashMap<Box<str>, Arc<str>>>,
