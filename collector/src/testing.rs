@@ -252,7 +252,18 @@ impl CollectorProcess {
     /// Without a `spool.dir` in `sets`, each process gets a fresh one of its own
     /// (two processes cannot share a spool).
     pub fn spawn(binary: &str, sets: &[(&str, String)], extra_args: &[&str]) -> CollectorProcess {
-        let (grpc_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+        let ports = (free_port(), free_port(), free_port());
+        CollectorProcess::spawn_on(binary, ports, sets, extra_args)
+    }
+
+    /// [`CollectorProcess::spawn`] on given (gRPC, HTTP, admin) ports: a
+    /// restarted process keeps the address its clients know.
+    pub fn spawn_on(
+        binary: &str,
+        (grpc_port, http_port, admin_port): (u16, u16, u16),
+        sets: &[(&str, String)],
+        extra_args: &[&str],
+    ) -> CollectorProcess {
         let spool = std::env::temp_dir().join(format!(
             "collector-process-spool-{}-{grpc_port}",
             std::process::id()
@@ -313,6 +324,10 @@ impl CollectorProcess {
 
     pub fn admin_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn ports(&self) -> (u16, u16, u16) {
+        (self.grpc_port, self.http_port, self.admin_port)
     }
 
     /// Resident memory of the process now, from /proc.

@@ -4,6 +4,7 @@
 //! collector never takes a worker from the service, and shutdown can block on
 //! any thread without deadlocking a current-thread runtime.
 
+pub(crate) mod endpoints;
 pub(crate) mod otlp;
 pub(crate) mod retry;
 pub(crate) mod tls;
@@ -22,8 +23,9 @@ use crate::agent::{ExportCounts, InitError, LogWriter, Shared, ShutdownError};
 use crate::config::{Config, Signal};
 use crate::logs::{self, is_transport_target, write_json_line, LogEvent};
 use crate::span::unix_nanos;
+use endpoints::{Endpoints, Sent};
 use retry::Retry;
-use transport::{ExportError, Payload, Transport};
+use transport::{ExportError, Payload};
 
 /// JSON lines reach stdout at most this long after the event.
 const LINE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -54,11 +56,11 @@ impl Worker {
     }
 }
 
-/// One transport per signal; `None` where `OTEL_<SIGNAL>_EXPORTER=none`.
+/// One signal's collectors each; `None` where `OTEL_<SIGNAL>_EXPORTER=none`.
 struct Exporters {
-    traces: Option<Transport>,
-    logs: Option<Transport>,
-    metrics: Option<Transport>,
+    traces: Option<Endpoints>,
+    logs: Option<Endpoints>,
+    metrics: Option<Endpoints>,
 }
 
 pub(crate) fn spawn(
@@ -91,7 +93,7 @@ pub(crate) fn spawn(
                         config
                             .export(signal)
                             .enabled
-                            .then(|| Transport::new(&config, signal))
+                            .then(|| Endpoints::new(&config, signal, shared.clone()))
                             .transpose()
                     };
                     let built = (|| {
@@ -223,19 +225,20 @@ async fn next_round(
 /// deadline; the batch is the only thing held meanwhile.
 async fn send_bounded(
     shared: &Shared,
-    transport: &Transport,
+    transport: &Endpoints,
     payload: Payload,
+    items: u64,
     stop: &Stop,
-) -> Result<(), ExportError> {
+) -> Result<Sent, ExportError> {
     let body = transport.encode(payload)?;
     let budget_end = Instant::now() + transport.timeout;
     let mut stop = stop.clone();
     let mut attempt = 0;
     loop {
         let remaining = budget_end.saturating_duration_since(Instant::now());
-        let send = transport.send(body.clone(), remaining);
+        let send = transport.send(body.clone(), remaining, items, stop.clone());
         let error = match cut_at_shutdown(shared, send, &mut stop).await {
-            Ok(()) => return Ok(()),
+            Ok(sent) => return Ok(sent),
             Err(e) => e,
         };
         let Retry::After(hint) = error.retry() else {
@@ -266,11 +269,11 @@ async fn send_bounded(
 }
 
 /// One attempt; once shutdown begins (also mid-flight) it is cut at the deadline.
-async fn cut_at_shutdown(
+async fn cut_at_shutdown<T>(
     shared: &Shared,
-    send: impl std::future::Future<Output = Result<(), ExportError>>,
+    send: impl std::future::Future<Output = Result<T, ExportError>>,
     stop: &mut Stop,
-) -> Result<(), ExportError> {
+) -> Result<T, ExportError> {
     tokio::pin!(send);
     loop {
         let current = *stop.borrow_and_update();
@@ -292,9 +295,11 @@ async fn cut_at_shutdown(
     }
 }
 
-fn count(counter: &ExportCounts, n: u64, result: Result<(), ExportError>) {
+/// A parked batch is counted when it settles (see `endpoints.rs`).
+fn count(counter: &ExportCounts, n: u64, result: Result<Sent, ExportError>) {
     match result {
-        Ok(()) => counter.exported(n),
+        Ok(Sent::Delivered) => counter.exported(n),
+        Ok(Sent::Parked) => {}
         Err(_) => counter.failed(n),
     }
 }
@@ -360,10 +365,11 @@ async fn export_spans(
             let n = spans.len().min(max_batch.max(1));
             let request = otlp::traces_request(&resource, spans.drain(..n));
             let n = n as u64;
-            let result = send_bounded(&shared, transport, Payload::Traces(request), &stop).await;
+            let result = send_bounded(&shared, transport, Payload::Traces(request), n, &stop).await;
             count(&shared.span_counts, n, result);
         }
-        if stopping.is_some() {
+        if let Some(deadline) = stopping {
+            transport.settle_parked(deadline).await;
             return;
         }
     }
@@ -395,10 +401,13 @@ async fn export_logs(
             let Some(transport) = &exporters.logs else {
                 return;
             };
-            let result = send_bounded(&shared, transport, Payload::Logs(request), &stop).await;
+            let result = send_bounded(&shared, transport, Payload::Logs(request), n, &stop).await;
             count(&shared.log_counts, n, result);
         }
-        if stopping.is_some() {
+        if let Some(deadline) = stopping {
+            if let Some(transport) = &exporters.logs {
+                transport.settle_parked(deadline).await;
+            }
             return;
         }
     }
@@ -424,9 +433,10 @@ async fn export_metrics(
             started_unix_nanos,
             unix_nanos(SystemTime::now()),
         );
-        let result = send_bounded(&shared, transport, Payload::Metrics(request), &stop).await;
+        let result = send_bounded(&shared, transport, Payload::Metrics(request), n, &stop).await;
         count(&shared.point_counts, n, result);
-        if stopping.is_some() {
+        if let Some(deadline) = stopping {
+            transport.settle_parked(deadline).await;
             return;
         }
     }
