@@ -27,6 +27,16 @@ const ACCEPTED: &str = "collector_items_accepted_total{signal=\"traces\"}";
 const DUPLICATES: &str = "collector_duplicate_requests_total{signal=\"traces\"}";
 const SERVICE: &str = "scale-out";
 
+/// The collector that was killed, and the counts at that moment.
+#[derive(Clone, Copy)]
+struct Killed {
+    victim: usize,
+    ports: (u16, u16, u16),
+    /// Spans the other collectors had accepted.
+    others_before: u64,
+    exported_at_kill: u64,
+}
+
 /// The agent's JSON lines, kept for the test to read.
 #[derive(Clone, Default)]
 struct Lines(Arc<Mutex<Vec<u8>>>);
@@ -112,7 +122,7 @@ async fn three_collectors_one_killed_every_exported_span_stored_once() {
     };
 
     let mut emitted = 0u64;
-    let mut killed: Option<(usize, (u16, u16, u16), u64, u64)> = None;
+    let mut killed: Option<Killed> = None;
     let mut failover_checked = false;
     let deadline = Instant::now() + Duration::from_secs(240);
     while emitted < TOTAL {
@@ -147,34 +157,42 @@ async fn three_collectors_one_killed_every_exported_span_stored_once() {
                 }
                 let exported = agent.stats().spans.exported;
                 println!("SIGKILL collector {victim} at {exported} exported spans; accepted before: {counts:?}");
-                killed = Some((victim, ports, others, exported));
+                killed = Some(Killed {
+                    victim,
+                    ports,
+                    others_before: others,
+                    exported_at_kill: exported,
+                });
             }
-            Some((victim, ports, others_before, exported_at_kill)) if !failover_checked => {
-                if exported >= exported_at_kill + WHILE_DOWN {
-                    let mut others = 0;
-                    for p in &processes {
-                        others += accepted(p).await;
-                    }
-                    // What the agent exported while it was down went to the others
-                    // (less a batch in flight, or one the victim answered as it died).
-                    assert!(
-                        others - others_before >= WHILE_DOWN - 2 * 512,
-                        "the others took {} spans while collector {victim} was down",
-                        others - others_before
-                    );
-                    println!(
-                        "while down: the other collectors took {} spans",
-                        others - others_before
-                    );
-                    let spool = spools[victim].path().to_path_buf();
-                    let database = database.clone();
-                    let restarted =
-                        tokio::task::spawn_blocking(move || spawn(&database, &spool, Some(ports)))
-                            .await
-                            .unwrap();
-                    processes.insert(victim, restarted);
-                    failover_checked = true;
+            Some(Killed {
+                victim,
+                ports,
+                others_before,
+                exported_at_kill,
+            }) if !failover_checked && exported >= exported_at_kill + WHILE_DOWN => {
+                let mut others = 0;
+                for p in &processes {
+                    others += accepted(p).await;
                 }
+                // What the agent exported while it was down went to the others
+                // (less a batch in flight, or one the victim answered as it died).
+                assert!(
+                    others - others_before >= WHILE_DOWN - 2 * 512,
+                    "the others took {} spans while collector {victim} was down",
+                    others - others_before
+                );
+                println!(
+                    "while down: the other collectors took {} spans",
+                    others - others_before
+                );
+                let spool = spools[victim].path().to_path_buf();
+                let database = database.clone();
+                let restarted =
+                    tokio::task::spawn_blocking(move || spawn(&database, &spool, Some(ports)))
+                        .await
+                        .unwrap();
+                processes.insert(victim, restarted);
+                failover_checked = true;
             }
             _ => {}
         }
