@@ -251,7 +251,7 @@ impl Config {
             *config.export_mut(signal) = export;
             if config.export(signal).protocol.is_http() {
                 let url = config.resolved_endpoint(signal);
-                if !has_scheme(&url) {
+                if !split_endpoints(&url).all(has_scheme) {
                     return Err(invalid(
                         &prefix,
                         format!("{url:?}: OTLP/HTTP needs an http:// or https:// endpoint"),
@@ -349,6 +349,10 @@ impl Config {
     /// The URL one signal is sent to, following the OTLP exporter spec: a
     /// per-signal endpoint as is; a base endpoint as is for gRPC and with
     /// `/v1/<signal>` appended for HTTP.
+    ///
+    /// Several collectors may be given, comma-separated (each resolved alike;
+    /// the result is comma-separated too): batches are balanced over them with
+    /// failover (see the README's "Several collectors").
     pub fn resolved_endpoint(&self, signal: Signal) -> String {
         let export = self.export(signal);
         if let Some(e) = &export.endpoint {
@@ -357,9 +361,10 @@ impl Config {
         match (export.protocol.is_http(), &self.endpoint) {
             (false, Some(base)) => base.clone(),
             (false, None) => "http://localhost:4317".into(),
-            (true, Some(base)) => {
-                format!("{}{}", base.trim_end_matches('/'), signal.http_path())
-            }
+            (true, Some(base)) => split_endpoints(base)
+                .map(|b| format!("{}{}", b.trim_end_matches('/'), signal.http_path()))
+                .collect::<Vec<_>>()
+                .join(","),
             (true, None) => format!("http://localhost:4318{}", signal.http_path()),
         }
     }
@@ -367,16 +372,21 @@ impl Config {
     /// [`Config::resolved_endpoint`] with the scheme a gRPC endpoint without one
     /// gets: `https`, or `http` with `_INSECURE=true` (as the OTLP exporter spec says).
     pub fn connect_url(&self, signal: Signal) -> String {
-        let url = self.resolved_endpoint(signal);
-        if has_scheme(&url) {
-            return url;
-        }
         let scheme = if self.export(signal).tls.insecure {
             "http"
         } else {
             "https"
         };
-        format!("{scheme}://{url}")
+        split_endpoints(&self.resolved_endpoint(signal))
+            .map(|url| {
+                if has_scheme(url) {
+                    url.to_string()
+                } else {
+                    format!("{scheme}://{url}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -453,12 +463,22 @@ fn read_export(
     Ok(export)
 }
 
+use crate::export::endpoints::split as split_endpoints;
+
 fn has_scheme(endpoint: &str) -> bool {
     endpoint.contains("://")
 }
 
+/// One or several (comma-separated) endpoints, each checked.
+fn validate_endpoint(list: &str, var: &str) -> Result<(), ConfigError> {
+    if split_endpoints(list).next().is_none() {
+        return Err(invalid(var, format!("{list:?} names no endpoint")));
+    }
+    split_endpoints(list).try_for_each(|e| validate_one_endpoint(e, var))
+}
+
 /// `http://…`, `https://…`, or `host:port` (gRPC only: TLS unless `_INSECURE`).
-fn validate_endpoint(endpoint: &str, var: &str) -> Result<(), ConfigError> {
+fn validate_one_endpoint(endpoint: &str, var: &str) -> Result<(), ConfigError> {
     let with_scheme = if has_scheme(endpoint) {
         endpoint.to_string()
     } else {
@@ -670,6 +690,33 @@ mod tests {
                 .starts_with("OTEL_EXPORTER_OTLP_LOGS_INSECURE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn several_collectors_are_comma_separated() {
+        let config = from(&[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://c1:4318/, http://c2:4318",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "c1:4317,c2:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.connect_url(Signal::Traces),
+            "http://c1:4318/v1/traces,http://c2:4318/v1/traces"
+        );
+        assert_eq!(
+            config.connect_url(Signal::Metrics),
+            "http://c1:4317,http://c2:4317"
+        );
+        let err = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c1:4317,ftp://c2")]).unwrap_err();
+        assert!(err.to_string().contains("ftp://c2"), "{err}");
+        let err = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " , ")]).unwrap_err();
+        assert!(err.to_string().contains("no endpoint"), "{err}");
     }
 
     #[test]

@@ -260,6 +260,19 @@ impl CollectorProcess {
         p
     }
 
+    /// [`CollectorProcess::spawn`] on given (gRPC, HTTP, admin) ports: a
+    /// restarted process keeps the address its clients know.
+    pub fn spawn_on(
+        binary: &str,
+        ports: (u16, u16, u16),
+        sets: &[(&str, String)],
+        extra_args: &[&str],
+    ) -> CollectorProcess {
+        let p = Self::launch_on(binary, ports, sets, extra_args);
+        p.wait_for("/health/exporting", Duration::from_secs(60));
+        p
+    }
+
     /// Like [`CollectorProcess::spawn`], but waits only until it accepts
     /// (`/health/ready`), which it does while ClickHouse is away.
     pub fn spawn_accepting(
@@ -274,7 +287,17 @@ impl CollectorProcess {
 
     /// Starts the process and returns at once (it may still be starting up).
     pub fn launch(binary: &str, sets: &[(&str, String)], extra_args: &[&str]) -> CollectorProcess {
-        let (grpc_port, http_port, admin_port) = (free_port(), free_port(), free_port());
+        let ports = (free_port(), free_port(), free_port());
+        Self::launch_on(binary, ports, sets, extra_args)
+    }
+
+    /// [`CollectorProcess::launch`] on given (gRPC, HTTP, admin) ports.
+    pub fn launch_on(
+        binary: &str,
+        (grpc_port, http_port, admin_port): (u16, u16, u16),
+        sets: &[(&str, String)],
+        extra_args: &[&str],
+    ) -> CollectorProcess {
         let spool = std::env::temp_dir().join(format!(
             "collector-process-spool-{}-{grpc_port}",
             std::process::id()
@@ -336,6 +359,10 @@ impl CollectorProcess {
 
     pub fn admin_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn ports(&self) -> (u16, u16, u16) {
+        (self.grpc_port, self.http_port, self.admin_port)
     }
 
     /// Resident memory of the process now, from /proc.

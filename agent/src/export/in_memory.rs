@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
+use super::endpoints::Sent;
 use super::exporter::{ExportFuture, Exporter};
 use super::transport::Payload;
 use super::Stop;
@@ -92,13 +93,19 @@ impl InMemoryExporter {
 }
 
 impl Exporter for InMemoryExporter {
-    fn export<'a>(&'a self, _: &'a Shared, payload: Payload, _: &'a Stop) -> ExportFuture<'a> {
+    fn export<'a>(
+        &'a self,
+        _: &'a Shared,
+        payload: Payload,
+        _: u64,
+        _: &'a Stop,
+    ) -> ExportFuture<'a> {
         let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
         match payload {
             Payload::Traces(r) => batches.traces.push(r),
             Payload::Logs(r) => batches.logs.push(r),
             Payload::Metrics(r) => batches.metrics.push(r),
         }
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Ok(Sent::Delivered)))
     }
 }

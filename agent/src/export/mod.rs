@@ -4,6 +4,7 @@
 //! collector never takes a worker from the service, and shutdown can block on
 //! any thread without deadlocking a current-thread runtime.
 
+pub(crate) mod endpoints;
 pub(crate) mod error;
 mod exporter;
 #[cfg(feature = "test-support")]
@@ -27,11 +28,12 @@ use crate::clock::unix_nanos;
 use crate::config::{Config, Signal};
 use crate::core::log_event::{self, is_transport_target, LogEvent};
 use crate::core::{ExportCounts, Shared, ShutdownError};
+use endpoints::{Endpoints, Sent};
 use error::StartError;
 pub(crate) use exporter::Exporter;
 use json_lines::write_json_line;
 use retry::Retry;
-use transport::{ExportError, Payload, Transport};
+use transport::{ExportError, Payload};
 
 /// Where the JSON lines go; stdout unless a test or the host says otherwise.
 pub type LogWriter = Box<dyn Write + Send>;
@@ -107,8 +109,8 @@ pub(crate) fn spawn(
                         }
                         match &exporter {
                             Some(exporter) => Ok(Some(exporter.clone())),
-                            None => Transport::new(&config, signal)
-                                .map(|t| Some(Arc::new(t) as Arc<dyn Exporter>)),
+                            None => Endpoints::new(&config, signal, shared.clone())
+                                .map(|e| Some(Arc::new(e) as Arc<dyn Exporter>)),
                         }
                     };
                     let built = (|| {
@@ -240,19 +242,20 @@ async fn next_round(
 /// deadline; the batch is the only thing held meanwhile.
 pub(crate) async fn send_bounded(
     shared: &Shared,
-    transport: &Transport,
+    transport: &Endpoints,
     payload: Payload,
+    items: u64,
     stop: &Stop,
-) -> Result<(), ExportError> {
+) -> Result<Sent, ExportError> {
     let body = transport.encode(payload)?;
     let budget_end = Instant::now() + transport.timeout;
     let mut stop = stop.clone();
     let mut attempt = 0;
     loop {
         let remaining = budget_end.saturating_duration_since(Instant::now());
-        let send = transport.send(body.clone(), remaining);
+        let send = transport.send(body.clone(), remaining, items, stop.clone());
         let error = match cut_at_shutdown(shared, send, &mut stop).await {
-            Ok(()) => return Ok(()),
+            Ok(sent) => return Ok(sent),
             Err(e) => e,
         };
         let Retry::After(hint) = error.retry() else {
@@ -283,11 +286,11 @@ pub(crate) async fn send_bounded(
 }
 
 /// One attempt; once shutdown begins (also mid-flight) it is cut at the deadline.
-async fn cut_at_shutdown(
+async fn cut_at_shutdown<T>(
     shared: &Shared,
-    send: impl std::future::Future<Output = Result<(), ExportError>>,
+    send: impl std::future::Future<Output = Result<T, ExportError>>,
     stop: &mut Stop,
-) -> Result<(), ExportError> {
+) -> Result<T, ExportError> {
     tokio::pin!(send);
     loop {
         let current = *stop.borrow_and_update();
@@ -309,9 +312,11 @@ async fn cut_at_shutdown(
     }
 }
 
-fn count(counter: &ExportCounts, n: u64, result: Result<(), ExportError>) {
+/// A parked batch is counted when it settles (see `endpoints.rs`).
+fn count(counter: &ExportCounts, n: u64, result: Result<Sent, ExportError>) {
     match result {
-        Ok(()) => counter.exported(n),
+        Ok(Sent::Delivered) => counter.exported(n),
+        Ok(Sent::Parked) => {}
         Err(_) => counter.failed(n),
     }
 }
@@ -379,11 +384,12 @@ async fn export_spans(
             let request = otlp::traces_request(&resource, spans.drain(..n));
             let n = n as u64;
             let result = transport
-                .export(&shared, Payload::Traces(request), &stop)
+                .export(&shared, Payload::Traces(request), n, &stop)
                 .await;
             count(&shared.span_counts, n, result);
         }
-        if stopping.is_some() {
+        if let Some(deadline) = stopping {
+            transport.settle_parked(deadline).await;
             return;
         }
     }
@@ -416,11 +422,14 @@ async fn export_logs(
                 return;
             };
             let result = transport
-                .export(&shared, Payload::Logs(request), &stop)
+                .export(&shared, Payload::Logs(request), n, &stop)
                 .await;
             count(&shared.log_counts, n, result);
         }
-        if stopping.is_some() {
+        if let Some(deadline) = stopping {
+            if let Some(transport) = &exporters.logs {
+                transport.settle_parked(deadline).await;
+            }
             return;
         }
     }
@@ -447,10 +456,11 @@ async fn export_metrics(
             unix_nanos(SystemTime::now()),
         );
         let result = transport
-            .export(&shared, Payload::Metrics(request), &stop)
+            .export(&shared, Payload::Metrics(request), n, &stop)
             .await;
         count(&shared.point_counts, n, result);
-        if stopping.is_some() {
+        if let Some(deadline) = stopping {
+            transport.settle_parked(deadline).await;
             return;
         }
     }

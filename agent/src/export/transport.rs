@@ -82,8 +82,6 @@ enum Kind {
 pub(crate) struct Transport {
     kind: Kind,
     gzip: bool,
-    /// The whole export of one batch, retries included.
-    pub(crate) timeout: Duration,
 }
 
 fn grpc_path(signal: Signal) -> PathAndQuery {
@@ -96,9 +94,13 @@ fn grpc_path(signal: Signal) -> PathAndQuery {
 
 impl Transport {
     /// Must run inside a Tokio runtime (the lazy gRPC channel spawns its worker).
-    pub(crate) fn new(config: &Config, signal: Signal) -> Result<Transport, StartError> {
+    /// `endpoint` is one of [`Config::connect_url`]'s (see `endpoints.rs`).
+    pub(crate) fn new(
+        config: &Config,
+        signal: Signal,
+        endpoint: String,
+    ) -> Result<Transport, StartError> {
         let export = config.export(signal);
-        let endpoint = config.connect_url(signal);
         let bad_endpoint = |reason: String| StartError::InvalidEndpoint {
             endpoint: endpoint.clone(),
             reason,
@@ -154,7 +156,6 @@ impl Transport {
         Ok(Transport {
             kind,
             gzip: export.compression == Compression::Gzip,
-            timeout: export.timeout,
         })
     }
 
