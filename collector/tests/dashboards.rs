@@ -1472,9 +1472,14 @@ async fn dependency_query_time_rollups_vs_raw_spans() {
             .await
             .unwrap();
         for p in &run.panels {
-            let r = p.result.as_ref().unwrap_or_else(|e| panic!("{}: {e}", p.panel));
+            let r = p
+                .result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{}: {e}", p.panel));
             let took = r.server_elapsed.unwrap_or(r.elapsed);
-            let e = best.entry(format!("{} [{}]", p.panel, p.ref_id)).or_insert(took);
+            let e = best
+                .entry(format!("{} [{}]", p.panel, p.ref_id))
+                .or_insert(took);
             *e = (*e).min(took);
         }
         for (panel, raw) in DEPENDENCY_TWINS {

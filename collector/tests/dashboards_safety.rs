@@ -32,7 +32,11 @@ fn every_variable_reference_is_percent_encoded_inside_a_literal() {
         let sqls = d
             .panels
             .iter()
-            .flat_map(|p| p.targets.iter().map(move |t| (p.title.clone(), t.raw_sql.clone())))
+            .flat_map(|p| {
+                p.targets
+                    .iter()
+                    .map(move |t| (p.title.clone(), t.raw_sql.clone()))
+            })
             .chain(d.variables.iter().filter_map(|v| match &v.kind {
                 collector::testing::dashboards::VariableKind::Query(sql) => {
                     Some((format!("variable {}", v.name), sql.clone()))
@@ -102,22 +106,37 @@ async fn hostile_values_stay_text_in_every_panel() {
     let mut checked = 0;
     for d in load_dir(&workspace_dashboards()).unwrap() {
         for (name, multi) in variables_used(&d) {
-            let plain = run_dashboard(&c.client, &d, &RunOptions::new(range).with_variable(&name, &["plain"]))
-                .await
-                .unwrap();
+            let plain = run_dashboard(
+                &c.client,
+                &d,
+                &RunOptions::new(range).with_variable(&name, &["plain"]),
+            )
+            .await
+            .unwrap();
             let mut plain_shapes = Vec::new();
             for q in &plain.panels {
                 plain_shapes.push(normalized(&c.client, &q.sql).await);
             }
             for hostile in HOSTILE {
-                let values: Vec<&str> = if multi { vec![hostile, "plain"] } else { vec![hostile] };
-                let run = run_dashboard(&c.client, &d, &RunOptions::new(range).with_variable(&name, &values))
-                    .await
-                    .unwrap();
+                let values: Vec<&str> = if multi {
+                    vec![hostile, "plain"]
+                } else {
+                    vec![hostile]
+                };
+                let run = run_dashboard(
+                    &c.client,
+                    &d,
+                    &RunOptions::new(range).with_variable(&name, &values),
+                )
+                .await
+                .unwrap();
                 assert_eq!(run.panels.len(), plain.panels.len());
                 for (p, shape) in run.panels.iter().zip(&plain_shapes) {
                     if let Err(e) = &p.result {
-                        panic!("{} / {} with {name} = {hostile:?}: {e}\n  SQL: {}", d.title, p.panel, p.sql);
+                        panic!(
+                            "{} / {} with {name} = {hostile:?}: {e}\n  SQL: {}",
+                            d.title, p.panel, p.sql
+                        );
                     }
                     assert_eq!(
                         &normalized(&c.client, &p.sql).await,
@@ -136,12 +155,22 @@ async fn hostile_values_stay_text_in_every_panel() {
 
     // The literal decodes to exactly the value, single and multi-value.
     for hostile in HOSTILE {
-        let sql = format!("SELECT decodeURLComponent('{}')", percent_encode_strict(hostile));
+        let sql = format!(
+            "SELECT decodeURLComponent('{}')",
+            percent_encode_strict(hostile)
+        );
         let r = run_sql(&c.client, &sql).await.unwrap();
         assert_eq!(r.rows[0][0], serde_json::Value::String(hostile.to_string()));
         let mut vars = BTreeMap::new();
-        vars.insert("v".to_string(), VarValue::Multi(vec![hostile.to_string(), "plain".to_string()]));
-        let ctx = QueryContext { range, interval: Duration::from_secs(60), variables: &vars };
+        vars.insert(
+            "v".to_string(),
+            VarValue::Multi(vec![hostile.to_string(), "plain".to_string()]),
+        );
+        let ctx = QueryContext {
+            range,
+            interval: Duration::from_secs(60),
+            variables: &vars,
+        };
         let sql = interpolate(
             "SELECT groupArray(v) FROM (SELECT arrayJoin(splitByChar(',', replaceRegexpOne(decodeURLComponent('${v:percentencode}'), '^\\\\{(.*)\\\\}$', '\\\\1'))) AS v)",
             &ctx,
@@ -158,10 +187,25 @@ async fn hostile_values_stay_text_in_every_panel() {
     // The format the dashboards used before, `${v:sqlstring}`, lets `\'` out of
     // the literal: the check above would have caught it.
     let mut vars = BTreeMap::new();
-    vars.insert("v".to_string(), VarValue::Single("\\' OR 1=1 --".to_string()));
-    let ctx = QueryContext { range, interval: Duration::from_secs(60), variables: &vars };
-    let broken = interpolate("SELECT count() FROM otel_traces WHERE ServiceName = ${v:sqlstring}", &ctx).unwrap();
+    vars.insert(
+        "v".to_string(),
+        VarValue::Single("\\' OR 1=1 --".to_string()),
+    );
+    let ctx = QueryContext {
+        range,
+        interval: Duration::from_secs(60),
+        variables: &vars,
+    };
+    let broken = interpolate(
+        "SELECT count() FROM otel_traces WHERE ServiceName = ${v:sqlstring}",
+        &ctx,
+    )
+    .unwrap();
     let plain = "SELECT count() FROM otel_traces WHERE ServiceName = 'x'";
-    assert_ne!(normalized(&c.client, &broken).await, normalized(&c.client, plain).await, "{broken}");
+    assert_ne!(
+        normalized(&c.client, &broken).await,
+        normalized(&c.client, plain).await,
+        "{broken}"
+    );
     c.stop().await;
 }

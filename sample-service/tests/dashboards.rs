@@ -13,8 +13,8 @@ use std::time::Duration;
 use collector::schema::DURATION_RELATIVE_ACCURACY;
 use collector::testing::alert_rules::{load_alert_queries, run_alert_query, workspace_alert_rules};
 use collector::testing::dashboards::{
-    interpolate, load_dir, run_dashboard, run_sql, workspace_dashboards, QueryContext,
-    RunOptions, TimeRange,
+    interpolate, load_dir, run_dashboard, run_sql, workspace_dashboards, QueryContext, RunOptions,
+    TimeRange,
 };
 use collector::testing::{test_config, unique_database, TestCollector};
 use common::*;
@@ -171,24 +171,53 @@ async fn every_panel_has_data_after_a_load_run() {
         .iter()
         .map(|r| (text(&r[1]), text(&r[2])))
         .collect();
-    for callee in ["inventory", "recommendations", "shipping", "postgresql", "redis"] {
-        assert!(pairs.contains(&("shop".into(), callee.into())), "{callee}: {pairs:?}");
+    for callee in [
+        "inventory",
+        "recommendations",
+        "shipping",
+        "postgresql",
+        "redis",
+    ] {
+        assert!(
+            pairs.contains(&("shop".into(), callee.into())),
+            "{callee}: {pairs:?}"
+        );
     }
     let nodes = rows("otel-service-map", "Service map", "nodes");
     let node_ids: Vec<String> = nodes.rows.iter().map(|r| text(&r[0])).collect();
-    for node in ["shop", "inventory", "recommendations", "shipping", "postgresql", "redis"] {
+    for node in [
+        "shop",
+        "inventory",
+        "recommendations",
+        "shipping",
+        "postgresql",
+        "redis",
+    ] {
         assert!(node_ids.contains(&node.to_string()), "{node}: {node_ids:?}");
     }
-    let raw = rows("otel-service-map", "Calls between services from parent/child spans", "A");
-    let raw_pairs: Vec<(String, String)> =
-        raw.rows.iter().map(|r| (text(&r[0]), text(&r[1]))).collect();
+    let raw = rows(
+        "otel-service-map",
+        "Calls between services from parent/child spans",
+        "A",
+    );
+    let raw_pairs: Vec<(String, String)> = raw
+        .rows
+        .iter()
+        .map(|r| (text(&r[0]), text(&r[1])))
+        .collect();
     for callee in ["inventory", "recommendations", "shipping"] {
-        assert!(raw_pairs.contains(&("shop".into(), callee.into())), "{callee}: {raw_pairs:?}");
+        assert!(
+            raw_pairs.contains(&("shop".into(), callee.into())),
+            "{callee}: {raw_pairs:?}"
+        );
     }
     // Outbound RED: PostgreSQL and Redis calls with a plausible rate and latency.
     let outbound = rows("otel-service-map", "Outbound RED", "A");
     let col = |r: &collector::testing::dashboards::QueryResult, name: &str| {
-        r.columns.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}"))
+        r.columns
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name}"))
     };
     for system in ["postgresql", "redis"] {
         let found: Vec<&Vec<Value>> = outbound
@@ -241,7 +270,9 @@ async fn every_panel_has_data_after_a_load_run() {
         let sql = interpolate(a["target"]["rawSql"].as_str().unwrap(), &ctx).unwrap();
         let r = run_sql(&collector.client, &sql).await.unwrap();
         assert!(
-            r.rows.iter().any(|row| text(&row[1]) == "shop 2.0.0-dashboards first seen"),
+            r.rows
+                .iter()
+                .any(|row| text(&row[1]) == "shop 2.0.0-dashboards first seen"),
             "{:?}",
             r.rows
         );
@@ -254,14 +285,30 @@ async fn every_panel_has_data_after_a_load_run() {
     for q in &queries {
         let (sql, result) = run_alert_query(&collector.client, q, now_ms).await;
         let r = result.unwrap_or_else(|e| panic!("{}: {e}\n  SQL: {sql}", q.rule_uid));
-        let values: Vec<f64> = r.rows.iter().map(|row| number(row.last().unwrap())).collect();
-        eprintln!("alert {}: {} rows, values {values:?}", q.rule_uid, r.rows.len());
-        assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0), "{}: {values:?}", q.rule_uid);
+        let values: Vec<f64> = r
+            .rows
+            .iter()
+            .map(|row| number(row.last().unwrap()))
+            .collect();
+        eprintln!(
+            "alert {}: {} rows, values {values:?}",
+            q.rule_uid,
+            r.rows.len()
+        );
+        assert!(
+            values.iter().all(|v| v.is_finite() && *v >= 0.0),
+            "{}: {values:?}",
+            q.rule_uid
+        );
         match q.rule_uid.as_str() {
             "otel-error-rate" => assert!(values.iter().all(|v| *v <= 100.0) && !values.is_empty()),
             "otel-service-no-data" => {
                 // The shop just sent spans: silent for less than the threshold.
-                let shop = r.rows.iter().find(|row| text(&row[0]) == "shop").expect("shop");
+                let shop = r
+                    .rows
+                    .iter()
+                    .find(|row| text(&row[0]) == "shop")
+                    .expect("shop");
                 assert!(number(&shop[1]) < q.threshold.unwrap(), "{shop:?}");
             }
             "otel-latency-slo-burn" | "otel-collector-spool-age" => {

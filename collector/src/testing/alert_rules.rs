@@ -60,7 +60,9 @@ pub fn load_alert_queries(dir: &Path) -> Result<Vec<AlertQuery>, DashboardError>
             path: shown.clone(),
             source,
         })?;
-        out.extend(parse_rules(&json).map_err(|e| DashboardError::Invalid(format!("{shown}: {e}")))?);
+        out.extend(
+            parse_rules(&json).map_err(|e| DashboardError::Invalid(format!("{shown}: {e}")))?,
+        );
     }
     Ok(out)
 }
@@ -68,10 +70,15 @@ pub fn load_alert_queries(dir: &Path) -> Result<Vec<AlertQuery>, DashboardError>
 fn parse_rules(json: &Value) -> Result<Vec<AlertQuery>, String> {
     let mut out = Vec::new();
     let groups = json["groups"].as_array().ok_or("no groups")?;
-    for rule in groups.iter().flat_map(|g| g["rules"].as_array().into_iter().flatten()) {
+    for rule in groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+    {
         let uid = rule["uid"].as_str().ok_or("a rule without uid")?;
         let title = rule["title"].as_str().unwrap_or(uid);
-        let data = rule["data"].as_array().ok_or_else(|| format!("{uid}: no data"))?;
+        let data = rule["data"]
+            .as_array()
+            .ok_or_else(|| format!("{uid}: no data"))?;
         let threshold = data
             .iter()
             .filter(|d| d["model"]["type"] == "threshold")
@@ -86,7 +93,9 @@ fn parse_rules(json: &Value) -> Result<Vec<AlertQuery>, String> {
                 rule_title: title.to_string(),
                 ref_id: d["refId"].as_str().unwrap_or("").to_string(),
                 raw_sql: sql.to_string(),
-                from_s: range["from"].as_u64().ok_or_else(|| format!("{uid}: no range"))?,
+                from_s: range["from"]
+                    .as_u64()
+                    .ok_or_else(|| format!("{uid}: no range"))?,
                 to_s: range["to"].as_u64().unwrap_or(0),
                 threshold,
             });

@@ -1064,7 +1064,11 @@ mod tests {
     fn percentencode_is_grafanas_strict_uri_encoding() {
         let vars = ctx_vars();
         assert_eq!(
-            interpolate("${service:percentencode} ${search:percentencode}", &ctx(&vars)).unwrap(),
+            interpolate(
+                "${service:percentencode} ${search:percentencode}",
+                &ctx(&vars)
+            )
+            .unwrap(),
             "%7Bshop%2Co%27brien%7D it%27s"
         );
         // Grafana's own test case (scenes' formatRegistry): `foo()bar BAZ`, `test2`.
@@ -1072,7 +1076,10 @@ mod tests {
             percent_encode_strict("{foo()bar BAZ,test2}"),
             "%7Bfoo%28%29bar%20BAZ%2Ctest2%7D"
         );
-        assert_eq!(percent_encode_strict("a-b_c.d~é\\'"), "a-b_c.d~%C3%A9%5C%27");
+        assert_eq!(
+            percent_encode_strict("a-b_c.d~é\\'"),
+            "a-b_c.d~%C3%A9%5C%27"
+        );
     }
 
     #[test]
