@@ -54,52 +54,50 @@ impl SendTraced for reqwest::RequestBuilder {
     }
 }
 
-fn send(
+async fn send(
     builder: reqwest::RequestBuilder,
     agent: Agent,
     peer_service: Option<&'static str>,
-) -> impl Future<Output = Result<reqwest::Response, reqwest::Error>> + Send {
-    async move {
-        let (client, request) = builder.build_split();
-        let mut request = request?;
-        let method = method_name(request.method());
-        // Client spans are named by method alone: the URL template is unknown.
-        let mut span = agent.start_span(method, SpanKind::Client);
-        if span.is_recording() {
-            let url = request.url();
-            span.set_attribute("http.request.method", method);
-            if let Some(peer) = peer_service {
-                span.set_attribute("peer.service", peer);
-            }
-            if let Some(host) = url.host_str() {
-                span.set_attribute("server.address", host.to_string());
-            }
-            if let Some(port) = url.port_or_known_default() {
-                span.set_attribute("server.port", i64::from(port));
-            }
-            let mut full = url.clone();
-            // Credentials never go into telemetry.
-            let _ = full.set_username("");
-            let _ = full.set_password(None);
-            span.set_attribute("url.full", full.to_string());
+) -> Result<reqwest::Response, reqwest::Error> {
+    let (client, request) = builder.build_split();
+    let mut request = request?;
+    let method = method_name(request.method());
+    // Client spans are named by method alone: the URL template is unknown.
+    let mut span = agent.start_span(method, SpanKind::Client);
+    if span.is_recording() {
+        let url = request.url();
+        span.set_attribute("http.request.method", method);
+        if let Some(peer) = peer_service {
+            span.set_attribute("peer.service", peer);
         }
-        agent.inject(span.context(), request.headers_mut());
-        match client.execute(request).await {
-            Ok(response) => {
-                let code = response.status().as_u16();
-                span.set_attribute("http.response.status_code", i64::from(code));
-                // For a client every 4xx and 5xx is a failed call.
-                if code >= 400 {
-                    span.set_attribute("error.type", code.to_string());
-                    span.set_status(Status::Error("".into()));
-                }
-                Ok(response)
+        if let Some(host) = url.host_str() {
+            span.set_attribute("server.address", host.to_string());
+        }
+        if let Some(port) = url.port_or_known_default() {
+            span.set_attribute("server.port", i64::from(port));
+        }
+        let mut full = url.clone();
+        // Credentials never go into telemetry.
+        let _ = full.set_username("");
+        let _ = full.set_password(None);
+        span.set_attribute("url.full", full.to_string());
+    }
+    agent.inject(span.context(), request.headers_mut());
+    match client.execute(request).await {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            span.set_attribute("http.response.status_code", i64::from(code));
+            // For a client every 4xx and 5xx is a failed call.
+            if code >= 400 {
+                span.set_attribute("error.type", code.to_string());
+                span.set_status(Status::Error("".into()));
             }
-            Err(e) => {
-                span.set_attribute("error.type", error_type(&e));
-                span.set_status(Status::Error(e.to_string().into()));
-                Err(e)
-            }
+            Ok(response)
+        }
+        Err(e) => {
+            span.set_attribute("error.type", error_type(&e));
+            span.set_status(Status::Error(e.to_string().into()));
+            Err(e)
         }
     }
 }
