@@ -2,6 +2,7 @@
 //! collector on free loopback ports, writing into its own database of a real
 //! ClickHouse (`CLICKHOUSE_URL`, or one embedded engine shared by the test process).
 
+pub mod alert_rules;
 pub mod dashboards;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -939,7 +939,7 @@ async fn every_panel_has_data_and_the_rollup_matches_raw_spans() {
     let all = load_dir(&workspace_dashboards()).expect("dashboards load");
     assert_eq!(
         all.len(),
-        5,
+        6,
         "{:?}",
         all.iter().map(|d| &d.title).collect::<Vec<_>>()
     );
@@ -966,7 +966,9 @@ async fn every_panel_has_data_and_the_rollup_matches_raw_spans() {
                 .filter(|p| p.result.as_ref().is_ok_and(|r| !r.rows.is_empty()))
                 .count()
         );
-        problems.extend(run.problems(&[]));
+        // This synthetic feed has no exception events; the sample service's
+        // dashboards test injects one and requires its group.
+        problems.extend(run.problems(&["Exception groups", "Exceptions per minute by type"]));
         runs.insert(d.uid.clone(), run);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -1353,4 +1355,174 @@ async fn bench_overview(
         shown.len(),
         ms(shown.iter().map(|t| best[*t]).sum())
     );
+}
+
+/// Raw-span twins of the service map dashboard's rollup panels: the same answer
+/// computed from `otel_traces` (exact quantiles).
+const DEPENDENCY_TWINS: [(&str, &str); 3] = [
+    (
+        "Calls between services",
+        "SELECT ServiceName AS caller, multiIf(SpanAttributes['peer.service'] != '', SpanAttributes['peer.service'], \
+                SpanAttributes['db.system.name'] != '', SpanAttributes['db.system.name'], \
+                SpanAttributes['messaging.destination.name'] != '', SpanAttributes['messaging.destination.name'], SpanName) AS callee, \
+                count() / 86400 AS calls_per_s, 100 * countIf(StatusCode = 'Error') / count() AS error_pct, \
+                quantilesExact(0.5, 0.95, 0.99)(Duration) AS q \
+         FROM otel_traces WHERE $__timeFilter(Timestamp) AND SpanKind IN ('Client', 'Producer') \
+         GROUP BY caller, callee ORDER BY count() DESC",
+    ),
+    (
+        "Outbound RED",
+        "SELECT ServiceName AS service, SpanAttributes['db.system.name'] AS system, SpanAttributes['server.address'] AS address, \
+                SpanAttributes['db.collection.name'] AS destination, SpanAttributes['db.operation.name'] AS operation, \
+                count() AS calls, 100 * countIf(StatusCode = 'Error') / count() AS error_pct, \
+                quantilesExact(0.5, 0.95, 0.99)(Duration) AS q, max(Duration) AS max_ns \
+         FROM otel_traces WHERE $__timeFilter(Timestamp) AND SpanKind IN ('Client', 'Producer') \
+         GROUP BY service, system, address, destination, operation ORDER BY q[3] DESC LIMIT 200",
+    ),
+    (
+        "Exception groups",
+        "SELECT ServiceName AS service, Events.Attributes[indexOf(Events.Name, 'exception')]['exception.type'] AS type, \
+                replaceRegexpAll(Events.Attributes[indexOf(Events.Name, 'exception')]['exception.message'], '[0-9]+', '<n>') AS message, \
+                count() AS count, min(Timestamp) AS first_seen, max(Timestamp) AS last_seen, any(TraceId) AS trace \
+         FROM otel_traces WHERE $__timeFilter(Timestamp) AND has(Events.Name, 'exception') \
+         GROUP BY service, type, message ORDER BY count DESC LIMIT 200",
+    ),
+];
+
+/// The service map dashboard's rollup panels against their raw-span twins on the
+/// same generated CLIENT spans (databases, caches, downstream services, a share
+/// with an exception event). Same knobs as the overview benchmark:
+/// ```sh
+/// BENCH_SPANS=6000000 BENCH_DAYS=1 cargo test -p collector --test dashboards \
+///     -- --ignored --nocapture dependency_query_time
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: generates millions of spans; run with --ignored --nocapture"]
+async fn dependency_query_time_rollups_vs_raw_spans() {
+    let spans = env_u64("BENCH_SPANS", 3_000_000);
+    let days = env_u64("BENCH_DAYS", 1);
+    let rounds = env_u64("BENCH_ROUNDS", 3);
+    let database = unique_database("bench_dependencies");
+    let root = clickhouse::Client::default().with_url(clickhouse_url());
+    let opts = SchemaOptions {
+        database: database.clone(),
+        ttl_days: 0,
+        cluster: None,
+        dedup_window: 0,
+    };
+    for sql in create_statements(&opts) {
+        root.query(&sql).execute().await.unwrap();
+    }
+    let client = root.clone().with_database(&database);
+    let span_ns = days * 86_400 * 1_000_000_000;
+    let end_ns = now_ns();
+    let start_ns = end_ns - span_ns;
+    let step = span_ns / spans;
+    let insert = format!(
+        "INSERT INTO otel_traces (Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, \
+             ServiceName, ResourceAttributes, ScopeName, SpanAttributes, Duration, StatusCode, \
+             `Events.Timestamp`, `Events.Name`, `Events.Attributes`) \
+         SELECT fromUnixTimestamp64Nano(toInt64({start_ns} + number * {step})) AS ts, \
+                lower(hex(cityHash64(intDiv(number, 4)))), lower(hex(cityHash64(number, 1))), \
+                lower(hex(cityHash64(intDiv(number, 4), 2))), \
+                ['SELECT products', 'UPDATE orders', 'GET', 'EVALSHA gcra', 'GET', 'GET', 'GET'][1 + k], \
+                'Client', ['shop', 'shop', 'shop', 'worker'][1 + cityHash64(number, 3) % 4] AS service, \
+                map('service.name', service), 'agent', \
+                [map('db.system.name', 'postgresql', 'db.operation.name', 'SELECT', 'db.collection.name', 'products', 'server.address', 'postgres'), \
+                 map('db.system.name', 'postgresql', 'db.operation.name', 'UPDATE', 'db.collection.name', 'orders', 'server.address', 'postgres'), \
+                 map('db.system.name', 'redis', 'db.operation.name', 'GET', 'server.address', 'redis'), \
+                 map('db.system.name', 'redis', 'db.operation.name', 'EVALSHA', 'server.address', 'redis'), \
+                 map('peer.service', 'inventory', 'http.request.method', 'GET', 'server.address', 'inventory'), \
+                 map('peer.service', 'shipping', 'http.request.method', 'GET', 'server.address', 'shipping'), \
+                 map('peer.service', 'recommendations', 'http.request.method', 'GET', 'server.address', 'recommendations')][1 + k], \
+                toUInt64(exp(ln(2e6) + 0.8 * randNormal(0, 1))), \
+                if(cityHash64(number, 4) % 200 = 0, 'Error', 'Unset') AS status, \
+                if(status = 'Error', [ts], []), if(status = 'Error', ['exception'], []), \
+                if(status = 'Error', [map('exception.type', ['Timeout', 'ConnectionReset'][1 + number % 2], \
+                   'exception.message', concat('call ', toString(number), ' failed after ', toString(number % 977), ' ms'))], []) \
+         FROM (SELECT number, cityHash64(number, 5) % 7 AS k FROM numbers({spans}))"
+    );
+    let t = Instant::now();
+    client
+        .query(&insert)
+        .with_setting("max_insert_threads", "2")
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("{insert}: {e}"));
+    let loaded = t.elapsed();
+    let mut rollup_rows = Vec::new();
+    for rollup in [
+        "otel_traces_edges_1m",
+        "otel_traces_outbound_1m",
+        "otel_traces_exceptions_1m",
+    ] {
+        let _ = client
+            .query(&format!("OPTIMIZE TABLE {rollup} FINAL"))
+            .execute()
+            .await;
+        let n: u64 = client
+            .query(&format!("SELECT count() FROM {rollup}"))
+            .fetch_one()
+            .await
+            .unwrap();
+        rollup_rows.push(format!("{rollup} {n} rows"));
+    }
+    println!(
+        "{spans} client spans over {days} d loaded in {:.1} s; {}",
+        loaded.as_secs_f64(),
+        rollup_rows.join(", ")
+    );
+    let all = load_dir(&workspace_dashboards()).unwrap();
+    let map = dashboard(&all, "otel-service-map");
+    let range = TimeRange {
+        from_ms: (start_ns / 1_000_000) as i64,
+        to_ms: (end_ns / 1_000_000) as i64 + 1,
+    };
+    let ctx_vars = BTreeMap::new();
+    let ctx = collector::testing::dashboards::QueryContext {
+        range,
+        interval: Duration::from_secs(60),
+        variables: &ctx_vars,
+    };
+    let mut best: BTreeMap<String, Duration> = BTreeMap::new();
+    for _ in 0..rounds {
+        let run = run_dashboard(&client, &map, &RunOptions::new(range))
+            .await
+            .unwrap();
+        for p in &run.panels {
+            let r = p
+                .result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{}: {e}", p.panel));
+            let took = r.server_elapsed.unwrap_or(r.elapsed);
+            let e = best
+                .entry(format!("{} [{}]", p.panel, p.ref_id))
+                .or_insert(took);
+            *e = (*e).min(took);
+        }
+        for (panel, raw) in DEPENDENCY_TWINS {
+            let sql = collector::testing::dashboards::interpolate(raw, &ctx).unwrap();
+            let r = run_sql(&client, &sql).await.unwrap();
+            let took = r.server_elapsed.unwrap_or(r.elapsed);
+            let e = best.entry(format!("{panel} (raw)")).or_insert(took);
+            *e = (*e).min(took);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("\nService map over {days} d, best of {rounds}, ClickHouse-reported time per query:");
+    println!("{:<40} {:>10} {:>12}", "panel", "rollup ms", "raw spans ms");
+    for (panel, _) in DEPENDENCY_TWINS {
+        println!(
+            "{panel:<40} {:>10.1} {:>12.1}",
+            ms(best[&format!("{panel} [A]")]),
+            ms(best[&format!("{panel} (raw)")])
+        );
+    }
+    for (k, v) in &best {
+        println!("  {k}: {:.1} ms", ms(*v));
+    }
+    root.query(&format!("DROP DATABASE `{database}`"))
+        .execute()
+        .await
+        .unwrap();
 }

@@ -214,11 +214,253 @@ pub const TRACES_RED_1H: Rollup = Rollup {
     ttl_factor: 16,
 };
 
+/// `db.system.name`, or the name older semantic conventions used.
+macro_rules! db_system {
+    () => {
+        "if(SpanAttributes['db.system.name'] != '', SpanAttributes['db.system.name'], \
+         SpanAttributes['db.system'])"
+    };
+}
+
+/// `server.address[:server.port]`.
+macro_rules! server_address {
+    () => {
+        "if(SpanAttributes['server.address'] != '', concat(SpanAttributes['server.address'], \
+         if(SpanAttributes['server.port'] != '', concat(':', SpanAttributes['server.port']), '')), '')"
+    };
+}
+
+/// Outbound spans: the calls a service makes (HTTP/RPC clients, databases, caches,
+/// message publishing).
+const OUTBOUND_SPANS: &str = "SpanKind IN ('Client', 'Producer')";
+
+/// Per minute, who calls whom: one row per calling service, callee and minute,
+/// from the caller's CLIENT / PRODUCER spans.
+///
+/// - `Callee` is `peer.service` when the caller names the service it calls, else
+///   the database system (`postgresql`, `redis`), else the queue
+///   (`messaging.destination.name`), else `server.address[:port]`, else the span name.
+/// - `CalleeKind` is `database`, `messaging` or `service` (the node graph's colour).
+/// - `Errors` counts spans whose status is Error.
+///
+/// Parent/child pairs across services (a SERVER span whose parent is another
+/// service's span) need a join of two spans that may arrive in different INSERTs,
+/// which a view cannot do; the service map computes those from raw spans.
+pub const TRACES_EDGES_1M: Rollup = Rollup {
+    name: "otel_traces_edges_1m",
+    view: "otel_traces_edges_1m_mv",
+    source: TRACES.name,
+    filter: OUTBOUND_SPANS,
+    columns: &[
+        dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
+        dimension(
+            "Callee",
+            "LowCardinality(String)",
+            concat!(
+                "multiIf(SpanAttributes['peer.service'] != '', SpanAttributes['peer.service'], ",
+                db_system!(),
+                " != '', ",
+                db_system!(),
+                ", SpanAttributes['messaging.destination.name'] != '', SpanAttributes['messaging.destination.name'], ",
+                server_address!(),
+                " != '', ",
+                server_address!(),
+                ", SpanName)"
+            ),
+        ),
+        dimension(
+            "CalleeKind",
+            "LowCardinality(String)",
+            concat!(
+                "multiIf(SpanAttributes['peer.service'] != '', 'service', ",
+                db_system!(),
+                " != '', 'database', SpanAttributes['messaging.system'] != '' \
+                 OR SpanAttributes['messaging.destination.name'] != '', 'messaging', 'service')"
+            ),
+        ),
+        dimension("Timestamp", "DateTime", "toStartOfMinute(Timestamp)"),
+        aggregate(
+            "Calls",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(count())",
+        ),
+        aggregate(
+            "Errors",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(countIf(StatusCode = 'Error'))",
+        ),
+        aggregate(
+            "DurationSum",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(sum(Duration))",
+        ),
+        aggregate(
+            "DurationQuantiles",
+            "AggregateFunction(quantilesDD(0.01, 0.5, 0.95, 0.99, 0.999), UInt64)",
+            "quantilesDDState(0.01, 0.5, 0.95, 0.99, 0.999)(Duration)",
+        ),
+    ],
+    partition_by: "toDate(Timestamp)",
+    ttl_from: "Timestamp",
+    ttl_factor: 4,
+};
+
+/// Rate, errors and duration of outbound calls per minute, calling service,
+/// system, address, destination and operation: which database, cache, queue or
+/// downstream service is slow or failing, seen from the caller.
+///
+/// - `System`: the database system, else `messaging.system`, else `rpc.system`,
+///   else `http` for HTTP clients, else `other`.
+/// - `Address`: `server.address[:port]`.
+/// - `Destination`: the queue, else the table (`db.collection.name`), else `peer.service`.
+/// - `Operation`: `db.operation.name`, else `messaging.operation.name`, else the span name.
+pub const TRACES_OUTBOUND_1M: Rollup = Rollup {
+    name: "otel_traces_outbound_1m",
+    view: "otel_traces_outbound_1m_mv",
+    source: TRACES.name,
+    filter: OUTBOUND_SPANS,
+    columns: &[
+        dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
+        dimension(
+            "System",
+            "LowCardinality(String)",
+            concat!(
+                "multiIf(",
+                db_system!(),
+                " != '', ",
+                db_system!(),
+                ", SpanAttributes['messaging.system'] != '', SpanAttributes['messaging.system'], \
+                 SpanAttributes['rpc.system'] != '', SpanAttributes['rpc.system'], \
+                 SpanAttributes['http.request.method'] != '', 'http', 'other')"
+            ),
+        ),
+        dimension("Address", "LowCardinality(String)", server_address!()),
+        dimension(
+            "Destination",
+            "LowCardinality(String)",
+            "multiIf(SpanAttributes['messaging.destination.name'] != '', SpanAttributes['messaging.destination.name'], \
+             SpanAttributes['db.collection.name'] != '', SpanAttributes['db.collection.name'], \
+             SpanAttributes['peer.service'])",
+        ),
+        dimension(
+            "Operation",
+            "LowCardinality(String)",
+            "multiIf(SpanAttributes['db.operation.name'] != '', SpanAttributes['db.operation.name'], \
+             SpanAttributes['messaging.operation.name'] != '', SpanAttributes['messaging.operation.name'], SpanName)",
+        ),
+        dimension("Timestamp", "DateTime", "toStartOfMinute(Timestamp)"),
+        aggregate(
+            "Calls",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(count())",
+        ),
+        aggregate(
+            "Errors",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(countIf(StatusCode = 'Error'))",
+        ),
+        aggregate(
+            "DurationSum",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(sum(Duration))",
+        ),
+        aggregate(
+            "DurationMax",
+            "SimpleAggregateFunction(max, UInt64)",
+            "max(Duration)",
+        ),
+        aggregate(
+            "DurationQuantiles",
+            "AggregateFunction(quantilesDD(0.01, 0.5, 0.95, 0.99, 0.999), UInt64)",
+            "quantilesDDState(0.01, 0.5, 0.95, 0.99, 0.999)(Duration)",
+        ),
+    ],
+    partition_by: "toDate(Timestamp)",
+    ttl_from: "Timestamp",
+    ttl_factor: 4,
+};
+
+/// The first `exception` event of a span (a span rarely has more than one).
+macro_rules! exception_attribute {
+    ($key:literal) => {
+        concat!(
+            "Events.Attributes[indexOf(Events.Name, 'exception')]['",
+            $key,
+            "']"
+        )
+    };
+}
+
+/// Exception groups per minute: spans with an `exception` event, grouped by
+/// service, exception type and normalised message (UUIDs become `<uuid>`, digit
+/// runs `<n>`, cut at 300 characters), so `order 17 failed` and `order 18 failed`
+/// are one group. Keeps the count, first and last occurrence (the event's time),
+/// one original message and one trace id to open.
+pub const TRACES_EXCEPTIONS_1M: Rollup = Rollup {
+    name: "otel_traces_exceptions_1m",
+    view: "otel_traces_exceptions_1m_mv",
+    source: TRACES.name,
+    filter: "has(Events.Name, 'exception')",
+    columns: &[
+        dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
+        dimension(
+            "ExceptionType",
+            "LowCardinality(String)",
+            exception_attribute!("exception.type"),
+        ),
+        dimension(
+            "ExceptionMessage",
+            "String",
+            concat!(
+                "replaceRegexpAll(replaceRegexpAll(substringUTF8(",
+                exception_attribute!("exception.message"),
+                ", 1, 300), '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<uuid>'), \
+                 '[0-9]+', '<n>')"
+            ),
+        ),
+        dimension("Timestamp", "DateTime", "toStartOfMinute(Timestamp)"),
+        aggregate(
+            "Count",
+            "SimpleAggregateFunction(sum, UInt64)",
+            "toUInt64(count())",
+        ),
+        aggregate(
+            "FirstSeen",
+            "SimpleAggregateFunction(min, DateTime64(9))",
+            "min(Events.Timestamp[indexOf(Events.Name, 'exception')])",
+        ),
+        aggregate(
+            "LastSeen",
+            "SimpleAggregateFunction(max, DateTime64(9))",
+            "max(Events.Timestamp[indexOf(Events.Name, 'exception')])",
+        ),
+        aggregate(
+            "SampleMessage",
+            "SimpleAggregateFunction(any, String)",
+            concat!("any(", exception_attribute!("exception.message"), ")"),
+        ),
+        aggregate(
+            "SampleTraceId",
+            "SimpleAggregateFunction(any, String)",
+            "any(TraceId)",
+        ),
+    ],
+    partition_by: "toDate(Timestamp)",
+    ttl_from: "Timestamp",
+    ttl_factor: 4,
+};
+
 /// The view that fills `otel_traces_trace_id_ts` (Grafana's trace-id lookup).
 pub const TRACE_ID_TS_VIEW: &str = "otel_traces_trace_id_ts_mv";
 
 /// In creation order: a rollup's source comes before it.
-pub const ALL_ROLLUPS: [&Rollup; 2] = [&TRACES_RED_1M, &TRACES_RED_1H];
+pub const ALL_ROLLUPS: [&Rollup; 5] = [
+    &TRACES_RED_1M,
+    &TRACES_RED_1H,
+    &TRACES_EDGES_1M,
+    &TRACES_OUTBOUND_1M,
+    &TRACES_EXCEPTIONS_1M,
+];
 
 #[cfg(test)]
 mod tests {

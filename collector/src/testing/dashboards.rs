@@ -682,6 +682,10 @@ fn format_value(value: &VarValue, format: Option<&str>) -> Result<String, String
     let (values, is_multi): (Vec<String>, bool) = match value {
         VarValue::Single(s) => (vec![s.clone()], false),
         VarValue::Multi(v) => (v.clone(), true),
+        // Grafana formats a custom all value only as text or percent-encoded.
+        VarValue::All {
+            all_value: Some(a), ..
+        } if format == Some("percentencode") => return Ok(percent_encode_strict(a)),
         VarValue::All {
             all_value: Some(a), ..
         } => return Ok(a.clone()),
@@ -703,8 +707,28 @@ fn format_value(value: &VarValue, format: Option<&str>) -> Result<String, String
         Some("doublequote") => quote_each(&|v| format!("\"{}\"", v.replace('"', "\\\""))).join(","),
         Some("sqlstring") => quote_each(&|v| format!("'{}'", v.replace('\'', "''"))).join(","),
         Some("json") => serde_json::to_string(&values).map_err(|e| e.to_string())?,
+        // Multi-value: the values joined in braces, then encoded as one string.
+        Some("percentencode") if is_multi => {
+            percent_encode_strict(&format!("{{{}}}", values.join(",")))
+        }
+        Some("percentencode") => percent_encode_strict(&values.join(",")),
         Some(other) => return Err(format!("variable format {other:?} is not supported")),
     })
+}
+
+/// Grafana's `encodeURIComponentStrict`: UTF-8 bytes percent-encoded except
+/// `A–Z a–z 0–9 - _ . ~`. The result has no quote, backslash or space, so inside
+/// `decodeURLComponent('…')` any value stays one string literal.
+pub fn percent_encode_strict(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn expand_macros(sql: &str, ctx: &QueryContext) -> Result<String, String> {
@@ -1037,6 +1061,28 @@ mod tests {
     }
 
     #[test]
+    fn percentencode_is_grafanas_strict_uri_encoding() {
+        let vars = ctx_vars();
+        assert_eq!(
+            interpolate(
+                "${service:percentencode} ${search:percentencode}",
+                &ctx(&vars)
+            )
+            .unwrap(),
+            "%7Bshop%2Co%27brien%7D it%27s"
+        );
+        // Grafana's own test case (scenes' formatRegistry): `foo()bar BAZ`, `test2`.
+        assert_eq!(
+            percent_encode_strict("{foo()bar BAZ,test2}"),
+            "%7Bfoo%28%29bar%20BAZ%2Ctest2%7D"
+        );
+        assert_eq!(
+            percent_encode_strict("a-b_c.d~é\\'"),
+            "a-b_c.d~%C3%A9%5C%27"
+        );
+    }
+
+    #[test]
     fn conditional_all_drops_the_condition_for_all_and_empty() {
         let vars = ctx_vars();
         let c = ctx(&vars);
@@ -1071,7 +1117,7 @@ mod tests {
         assert!(interpolate("SELECT $__timeFiltr(T)", &ctx(&vars))
             .unwrap_err()
             .contains("unknown macro"));
-        assert!(interpolate("${service:percentencode}", &ctx(&vars)).is_err());
+        assert!(interpolate("${service:percentcode}", &ctx(&vars)).is_err());
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Fanout {
             .client
             .get(url)
             .timeout(self.timeout)
-            .send_traced(agent);
+            .send_traced_to(agent, d.name);
         let result = match tokio::time::timeout(self.timeout, request).await {
             Err(_) => Err(CallError::Timeout(d.name, self.timeout.as_millis())),
             Ok(Err(e)) if e.is_timeout() => {

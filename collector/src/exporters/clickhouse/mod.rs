@@ -325,6 +325,10 @@ impl ClickHouseExporter {
                 .with_setting("async_insert", "1")
                 .with_setting("wait_for_async_insert", "1")
                 .with_setting("async_insert_deduplicate", "1");
+        } else {
+            // Explicit: servers from 26.3 on default to async_insert = 1, whose
+            // deduplication would need async_insert_deduplicate.
+            insert = insert.with_setting("async_insert", "0");
         }
         let mut offset = 0;
         while offset < data.len() {
