@@ -19,7 +19,7 @@ use crate::export::{self, Worker};
 use crate::logs::{LogEvent, LogLayer};
 use crate::metrics::instruments::Instruments;
 use crate::metrics::red::RedMetrics;
-use crate::metrics::{Counter, Gauge, MetricsSnapshot};
+use crate::metrics::{Counter, Gauge, Histogram, MetricsSnapshot, UpDownCounter};
 use crate::propagation::{Extractor, Injector, Propagators};
 use crate::queue::Queue;
 use crate::sampler::Sampler;
@@ -161,8 +161,18 @@ impl Shared {
             rpc: self.rpc.snapshot(),
             counters,
             gauges,
+            up_down_counters: self.instruments.up_down_snapshot(),
+            histograms: self.instruments.histogram_snapshot(),
             stats: self.stats(),
         }
+    }
+
+    /// Ends every metric window (exact percentiles, exponential histograms,
+    /// exemplars) at `now`: the metrics export does this once per interval.
+    pub(crate) fn close_metric_windows(&self, now_unix_nanos: u64) {
+        self.red.close_window(now_unix_nanos);
+        self.rpc.close_window(now_unix_nanos);
+        self.instruments.close_window(now_unix_nanos);
     }
 
     /// A questionable instrument name goes to the log, once, when it is created.
@@ -291,6 +301,22 @@ impl Agent {
         gauge
     }
 
+    /// The up-down counter `name` (cumulative `i64` per attribute set, OTLP
+    /// non-monotonic Sum), like [`Agent::counter`].
+    pub fn up_down_counter(&self, name: &str) -> UpDownCounter {
+        let (counter, warning) = self.shared.instruments.up_down_counter(name);
+        self.shared.warn(warning);
+        counter
+    }
+
+    /// The histogram `name` (exponential buckets per attribute set, OTLP
+    /// ExponentialHistogram per export interval), like [`Agent::counter`].
+    pub fn histogram(&self, name: &str) -> Histogram {
+        let (histogram, warning) = self.shared.instruments.histogram(name);
+        self.shared.warn(warning);
+        histogram
+    }
+
     /// The same snapshot as Prometheus text.
     pub fn prometheus_text(&self) -> String {
         crate::metrics::prometheus::render(&self.metrics_snapshot())
@@ -305,7 +331,27 @@ impl Agent {
         status: u16,
         elapsed: Duration,
     ) {
-        self.shared.red.record(method, route, status, elapsed);
+        self.shared.red.record(
+            &crate::metrics::RequestAttributes::new(method, route, status),
+            elapsed,
+            None,
+        );
+    }
+}
+
+impl Agent {
+    /// Records one request with all its semantic-convention attributes; a
+    /// recording `span` (the request's) may become the window's exemplar.
+    pub fn record_http_request(
+        &self,
+        attributes: &crate::metrics::RequestAttributes<'_>,
+        elapsed: Duration,
+        span: Option<&Span>,
+    ) {
+        let sampled = span
+            .filter(|s| s.is_recording())
+            .map(|s| (s.trace_id(), s.span_id()));
+        self.shared.red.record(attributes, elapsed, sampled);
     }
 }
 
