@@ -46,7 +46,10 @@ async fn facade_counters_and_histograms_reach_clickhouse_and_prometheus() {
             1,
         )
         .await;
-    assert!(counted >= 1, "jobs.done{{queue=sms}} = 75 in otel_metrics_sum");
+    assert!(
+        counted >= 1,
+        "jobs.done{{queue=sms}} = 75 in otel_metrics_sum"
+    );
     let histogram_count = eventually(Duration::from_secs(30), || async {
         let n: u64 = collector
             .client

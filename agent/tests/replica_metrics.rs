@@ -89,7 +89,11 @@ async fn two_replicas_merge_into_quantiles_within_a_percent_of_the_exact_ones() 
         (n >= total).then_some(n)
     })
     .await;
-    assert_eq!(stored, Some(total), "every duration in an exponential histogram");
+    assert_eq!(
+        stored,
+        Some(total),
+        "every duration in an exponential histogram"
+    );
 
     // The overview dashboard's panels, as Grafana would run them.
     let overview = load_dir(&workspace_dashboards())
@@ -107,7 +111,10 @@ async fn two_replicas_merge_into_quantiles_within_a_percent_of_the_exact_ones() 
     let table = run
         .panel("Latency across replicas (exponential histogram)")
         .expect("replica-merged latency panel");
-    let result = table.result.as_ref().unwrap_or_else(|e| panic!("{e}\n{}", table.sql));
+    let result = table
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}\n{}", table.sql));
     let column = |name: &str| {
         result
             .columns
@@ -137,7 +144,12 @@ async fn two_replicas_merge_into_quantiles_within_a_percent_of_the_exact_ones() 
         "Exemplars: slowest sampled request per series and interval",
     ] {
         let panel = run.panel(title).expect(title);
-        assert!(panel.result.is_ok(), "{title}: {:?}\n{}", panel.result, panel.sql);
+        assert!(
+            panel.result.is_ok(),
+            "{title}: {:?}\n{}",
+            panel.result,
+            panel.sql
+        );
     }
     let series = run
         .panel("p99 across replicas (exponential histogram)")
@@ -312,6 +324,9 @@ async fn an_exemplar_resolves_to_the_span_with_its_duration() {
         (span_us - exemplar_us).abs() <= 1.0,
         "span {span_us} µs, exemplar {exemplar_us} µs"
     );
-    assert!(exemplar_us >= 90_000.0, "the slowest request: {exemplar_us} µs");
+    assert!(
+        exemplar_us >= 90_000.0,
+        "the slowest request: {exemplar_us} µs"
+    );
     collector.stop().await;
 }

@@ -328,14 +328,12 @@ fn instrument_points<T: Copy>(
     instrument
         .series
         .iter()
-        .map(|s: &InstrumentSeries<T>| {
-            NumberDataPoint {
-                attributes: instrument_attributes(s),
-                start_time_unix_nano: instrument.start_unix_nanos,
-                time_unix_nano: now_unix_nanos,
-                value: Some(value(s.value)),
-                ..Default::default()
-            }
+        .map(|s: &InstrumentSeries<T>| NumberDataPoint {
+            attributes: instrument_attributes(s),
+            start_time_unix_nano: instrument.start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            value: Some(value(s.value)),
+            ..Default::default()
         })
         .collect()
 }

@@ -254,7 +254,9 @@ impl ExpHistogramSnapshot {
             return 0.0;
         }
         let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let midpoint = |index: i32| lower_bound(index, self.scale) * (0.5 / f64::from(self.scale).exp2()).exp2();
+        let midpoint = |index: i32| {
+            lower_bound(index, self.scale) * (0.5 / f64::from(self.scale).exp2()).exp2()
+        };
         let mut seen = 0;
         // Negative buckets, most negative first.
         for (i, n) in self.negative_counts.iter().enumerate().rev() {
@@ -295,7 +297,10 @@ mod tests {
             for v in [1e-6, 0.003, 0.7, 1.0, 3.0, 1234.5] {
                 let i = bucket_index(v, scale);
                 let (low, high) = (lower_bound(i, scale), lower_bound(i + 1, scale));
-                assert!(low < v * (1.0 + 1e-12) && v <= high * (1.0 + 1e-12), "{v} at {scale}: ({low}, {high}]");
+                assert!(
+                    low < v * (1.0 + 1e-12) && v <= high * (1.0 + 1e-12),
+                    "{v} at {scale}: ({low}, {high}]"
+                );
             }
         }
     }
@@ -313,7 +318,10 @@ mod tests {
         for q in [0.5, 0.9, 0.99, 0.999] {
             let exact = values[((q * values.len() as f64).ceil() as usize).max(1) - 1];
             let got = s.quantile(q);
-            assert!((got - exact).abs() <= exact * 0.0055, "q{q}: {got} vs {exact}");
+            assert!(
+                (got - exact).abs() <= exact * 0.0055,
+                "q{q}: {got} vs {exact}"
+            );
         }
         assert_eq!(s.positive_counts.iter().sum::<u64>(), 20_000);
     }
@@ -332,7 +340,10 @@ mod tests {
         assert_eq!(s.positive_counts.iter().sum::<u64>(), 2);
         assert_eq!((s.zero_count, s.count), (1, 4));
         assert_eq!(s.negative_counts.iter().sum::<u64>(), 1);
-        assert_eq!(bucket_index(1e9, s.scale), s.positive_offset + s.positive_counts.len() as i32 - 1);
+        assert_eq!(
+            bucket_index(1e9, s.scale),
+            s.positive_offset + s.positive_counts.len() as i32 - 1
+        );
         assert_eq!(bucket_index(1e-9, s.scale), s.positive_offset);
         h.reset();
         assert_eq!(h.snapshot().scale, DEFAULT_SCALE);

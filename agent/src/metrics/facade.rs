@@ -161,7 +161,8 @@ struct FacadeHistogram {
 
 impl HistogramFn for FacadeHistogram {
     fn record(&self, value: f64) {
-        self.labels.with(|attrs| self.histogram.record(value, attrs));
+        self.labels
+            .with(|attrs| self.histogram.record(value, attrs));
     }
 }
 

@@ -587,10 +587,9 @@ impl Instruments {
     }
 
     pub(crate) fn gauge(&self, name: &str) -> (Gauge, Option<String>) {
-        let (inner, warning) =
-            get_or_create(&self.registry, self.max_series, name, "gauge", |r| {
-                &mut r.gauges
-            });
+        let (inner, warning) = get_or_create(&self.registry, self.max_series, name, "gauge", |r| {
+            &mut r.gauges
+        });
         (Gauge { inner }, warning)
     }
 

@@ -14,8 +14,7 @@ mod series_map;
 pub use exponential::ExpHistogramSnapshot;
 pub use instruments::{
     Counter, CounterSnapshot, Gauge, GaugeSnapshot, Histogram, HistogramSnapshot, HistogramValue,
-    InstrumentSeries, InstrumentSnapshot, UpDownCounter, UpDownCounterSnapshot,
-    OVERFLOW_ATTRIBUTE,
+    InstrumentSeries, InstrumentSnapshot, UpDownCounter, UpDownCounterSnapshot, OVERFLOW_ATTRIBUTE,
 };
 pub use red::{
     Exemplar, RequestAttributes, SeriesSnapshot, StatusClass, WindowSnapshot,

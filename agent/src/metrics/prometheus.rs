@@ -7,8 +7,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::{get, MethodRouter};
 
 use super::{
-    HistogramSnapshot, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide, SeriesSnapshot,
-    DURATION_BUCKETS_SECONDS, QUANTILES,
+    HistogramSnapshot, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
+    SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES,
 };
 use crate::Agent;
 
@@ -266,7 +266,11 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
          # TYPE http_server_request_errors_total counter"
     );
     for (labels, s) in &http {
-        let _ = writeln!(out, "http_server_request_errors_total{{{labels}}} {}", s.errors);
+        let _ = writeln!(
+            out,
+            "http_server_request_errors_total{{{labels}}} {}",
+            s.errors
+        );
     }
     for c in &snapshot.counters {
         render_instrument(&mut out, &service, c, "counter", "_total", |v| {

@@ -545,16 +545,31 @@ mod tests {
         }
         let first = &red.snapshot()[0];
         assert_eq!(first.window.end_unix_nanos, Some(1));
-        assert!(first.quantiles_micros[4].abs_diff(90_000) <= 90, "{:?}", first.quantiles_micros);
+        assert!(
+            first.quantiles_micros[4].abs_diff(90_000) <= 90,
+            "{:?}",
+            first.quantiles_micros
+        );
         let exemplar = first.window.exemplar.expect("the slowest sampled request");
-        assert_eq!((exemplar.value_micros, exemplar.trace_id), (30_000, TraceId([30; 16])));
+        assert_eq!(
+            (exemplar.value_micros, exemplar.trace_id),
+            (30_000, TraceId([30; 16]))
+        );
         red.close_window(2);
         let second = &red.snapshot()[0];
         assert_eq!(second.requests, 104, "counts stay cumulative");
         assert_eq!(second.window.start_unix_nanos, 1);
         let within = |got: u64| got.abs_diff(500_000) <= 500;
-        assert!(within(second.quantiles_micros[2]), "{:?}", second.quantiles_micros);
-        assert!(within(second.quantiles_micros[0]), "{:?}", second.quantiles_micros);
+        assert!(
+            within(second.quantiles_micros[2]),
+            "{:?}",
+            second.quantiles_micros
+        );
+        assert!(
+            within(second.quantiles_micros[0]),
+            "{:?}",
+            second.quantiles_micros
+        );
         assert_eq!(second.window.exponential.count, 100);
         assert_eq!(second.window.exemplar, None);
     }
