@@ -867,4 +867,35 @@ mod tests {
         }
         assert_eq!(s.overflow().map(|s| s.value), Some(THREADS * ADDS / 5));
     }
+
+    #[test]
+    fn up_down_counters_go_both_ways_and_histograms_close_windows() {
+        let instruments = Instruments::new(16);
+        let (c, warning) = instruments.up_down_counter("pool.in_use");
+        assert_eq!(warning, None);
+        c.add(5, &[("pool", "db")]);
+        c.add(-7, &[("pool", "db")]);
+        assert_eq!(instruments.up_down_snapshot()[0].series[0].value, -2);
+
+        let (h, _) = instruments.histogram("jobs.duration");
+        for v in [0.1, 0.2, 0.4] {
+            h.record(v, &[("queue", "email")]);
+        }
+        h.record(f64::NAN, &[("queue", "email")]);
+        let open = &instruments.histogram_snapshot()[0].series[0].value;
+        assert_eq!((open.count, open.window.count, open.window_end_unix_nanos), (3, 3, None));
+        instruments.close_window(42);
+        h.record(0.8, &[("queue", "email")]);
+        let closed = &instruments.histogram_snapshot()[0].series[0].value;
+        // The last closed window, with cumulative count and sum beside it.
+        assert_eq!((closed.count, closed.window.count), (4, 3));
+        assert_eq!(closed.window_end_unix_nanos, Some(42));
+        assert!((closed.sum - 1.5).abs() < 1e-12);
+        let p50 = closed.window.quantile(0.5);
+        assert!((p50 - 0.2).abs() <= 0.2 * 0.0055, "{p50}");
+        instruments.close_window(43);
+        let next = &instruments.histogram_snapshot()[0].series[0].value;
+        assert_eq!(next.window.count, 1);
+        assert_eq!(next.window_start_unix_nanos, 42);
+    }
 }
