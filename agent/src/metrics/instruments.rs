@@ -883,7 +883,10 @@ mod tests {
         }
         h.record(f64::NAN, &[("queue", "email")]);
         let open = &instruments.histogram_snapshot()[0].series[0].value;
-        assert_eq!((open.count, open.window.count, open.window_end_unix_nanos), (3, 3, None));
+        assert_eq!(
+            (open.count, open.window.count, open.window_end_unix_nanos),
+            (3, 3, None)
+        );
         instruments.close_window(42);
         h.record(0.8, &[("queue", "email")]);
         let closed = &instruments.histogram_snapshot()[0].series[0].value;
