@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::context::Context;
 use crate::core::Shared;
 use crate::logs::{JsonLogLayer, LogLayer, OtlpLogLayer};
-use crate::metrics::{Counter, Gauge, MetricsSnapshot};
+use crate::metrics::{Counter, Gauge, Histogram, MetricsSnapshot, UpDownCounter};
 use crate::propagation::{Extractor, Injector, Propagators};
 use crate::span::{Span, SpanKind, Str, Value};
 use crate::stats::AgentStats;
@@ -149,6 +149,22 @@ impl Agent {
         gauge
     }
 
+    /// The up-down counter `name` (cumulative `i64` per attribute set, OTLP
+    /// non-monotonic Sum), like [`Agent::counter`].
+    pub fn up_down_counter(&self, name: &str) -> UpDownCounter {
+        let (counter, warning) = self.shared.instruments.up_down_counter(name);
+        self.shared.warn(warning);
+        counter
+    }
+
+    /// The histogram `name` (exponential buckets per attribute set, OTLP
+    /// ExponentialHistogram per export interval), like [`Agent::counter`].
+    pub fn histogram(&self, name: &str) -> Histogram {
+        let (histogram, warning) = self.shared.instruments.histogram(name);
+        self.shared.warn(warning);
+        histogram
+    }
+
     /// The same snapshot as Prometheus text.
     pub fn prometheus_text(&self) -> String {
         crate::metrics::prometheus::render(&self.metrics_snapshot())
@@ -163,6 +179,26 @@ impl Agent {
         status: u16,
         elapsed: Duration,
     ) {
-        self.shared.red.record(method, route, status, elapsed);
+        self.shared.red.record(
+            &crate::metrics::RequestAttributes::new(method, route, status),
+            elapsed,
+            None,
+        );
+    }
+}
+
+impl Agent {
+    /// Records one request with all its semantic-convention attributes; a
+    /// recording `span` (the request's) may become the window's exemplar.
+    pub fn record_http_request(
+        &self,
+        attributes: &crate::metrics::RequestAttributes<'_>,
+        elapsed: Duration,
+        span: Option<&Span>,
+    ) {
+        let sampled = span
+            .filter(|s| s.is_recording())
+            .map(|s| (s.trace_id(), s.span_id()));
+        self.shared.red.record(attributes, elapsed, sampled);
     }
 }

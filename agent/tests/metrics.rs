@@ -11,7 +11,7 @@ use axum::Router;
 use collector::testing::TestCollector;
 use futures::StreamExt;
 
-use common::{builder, serve, spans, start_agent};
+use common::{builder, serve, spans};
 
 const REQUESTS: u64 = 1000;
 /// Sleeps spread over the first buckets of the semantic-convention bounds.
@@ -53,7 +53,13 @@ fn true_quantile(sorted: &[u64], q: f64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn summary_holds_exact_percentiles_and_histogram_the_right_counts() {
     let collector = TestCollector::start("agent_metrics").await;
-    let (guard, _lines) = start_agent("metrics-api", &collector);
+    // One window for the whole run (exported at shutdown), so the summary's
+    // quantiles cover every request.
+    let guard = builder("metrics-api", &collector.grpc_endpoint())
+        .json_logs(false)
+        .metric_export_interval(Duration::from_secs(600))
+        .start()
+        .expect("agent starts");
     let app = Router::new()
         .route(
             "/work/{ms}",
@@ -101,7 +107,7 @@ async fn summary_holds_exact_percentiles_and_histogram_the_right_counts() {
         .await
         .expect("body");
     assert!(prometheus.contains(&format!(
-        "http_server_request_duration_seconds_count{{service_name=\"metrics-api\",http_request_method=\"GET\",http_route=\"/work/{{ms}}\",http_response_status_class=\"2xx\"}} {REQUESTS}"
+        "http_server_request_duration_seconds_count{{service_name=\"metrics-api\",http_request_method=\"GET\",http_route=\"/work/{{ms}}\",http_response_status_code=\"200\",url_scheme=\"http\",network_protocol_version=\"1.1\"}} {REQUESTS}"
     )), "{prometheus}");
     assert!(prometheus.contains("quantile=\"0.999\""));
     guard.shutdown_async().await.expect("flushed");
@@ -118,7 +124,7 @@ async fn summary_holds_exact_percentiles_and_histogram_the_right_counts() {
     assert_eq!(durations_us.len() as u64, REQUESTS);
 
     let filter = "ServiceName = 'metrics-api' AND Attributes['http.route'] = '/work/{ms}' \
-                  AND Attributes['http.response.status_class'] = '2xx'";
+                  AND Attributes['http.response.status_code'] = '200'";
     let n = collector
         .wait_for_rows(
             "otel_metrics_summary",

@@ -24,7 +24,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, Gauge, Metric, NumberDataPoint,
+    exemplar, exponential_histogram_data_point, metric, number_data_point, AggregationTemporality,
+    Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -562,6 +563,55 @@ fn gauge(name: &str, points: Vec<(Vec<(&str, &str)>, f64)>, time: u64) -> Metric
     }
 }
 
+/// One minute of the agent's RED exponential histogram (delta, scale 6) for
+/// `/products/{id}`: 60 requests spread over 20..80 ms, the slowest as exemplar.
+fn red_exponential(start: u64, time: u64, minute: u64) -> Metric {
+    const SCALE: i32 = 6;
+    let index = |seconds: f64| (seconds.log2() * f64::from(1 << SCALE)).ceil() as i32 - 1;
+    let values: Vec<f64> = (0..60).map(|i| 0.020 + 0.001 * i as f64).collect();
+    let offset = index(values[0]);
+    let mut counts = vec![0u64; (index(values[59]) - offset + 1) as usize];
+    for v in &values {
+        counts[(index(*v) - offset) as usize] += 1;
+    }
+    let mut trace_id = vec![0xe7u8; 16];
+    trace_id[..8].copy_from_slice(&minute.to_be_bytes());
+    Metric {
+        name: "http.server.request.duration".into(),
+        unit: "s".into(),
+        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: vec![ExponentialHistogramDataPoint {
+                attributes: vec![
+                    kv("http.request.method", s("GET")),
+                    kv("http.route", s("/products/{id}")),
+                    kv("http.response.status_code", int(200)),
+                ],
+                start_time_unix_nano: start,
+                time_unix_nano: time,
+                count: values.len() as u64,
+                sum: Some(values.iter().sum()),
+                scale: SCALE,
+                positive: Some(exponential_histogram_data_point::Buckets {
+                    offset,
+                    bucket_counts: counts,
+                }),
+                min: Some(values[0]),
+                max: Some(values[59]),
+                exemplars: vec![Exemplar {
+                    time_unix_nano: time - 1_000_000_000,
+                    value: Some(exemplar::Value::AsDouble(values[59])),
+                    span_id: vec![0x5au8; 8],
+                    trace_id,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+        })),
+        ..Default::default()
+    }
+}
+
 /// Cache lookups per minute and layer: (hit, miss, negative_hit, stale).
 const MEMORY_LOOKUPS: (i64, i64, i64, i64) = (80, 20, 3, 0);
 const REDIS_LOOKUPS: (i64, i64, i64, i64) = (15, 5, 0, 1);
@@ -725,6 +775,7 @@ fn pattern_metrics(feed: &mut Feed, now_ns: u64) {
                     start,
                     t,
                 ),
+                red_exponential(t - 60_000_000_000, t, m as u64),
                 gauge("shop.outbox.lag", vec![(vec![], 0.05 * m as f64)], t),
                 gauge(
                     "shop.breaker.state",

@@ -120,8 +120,18 @@ impl Shared {
             rpc: self.rpc.snapshot(),
             counters,
             gauges,
+            up_down_counters: self.instruments.up_down_snapshot(),
+            histograms: self.instruments.histogram_snapshot(),
             stats: self.stats(),
         }
+    }
+
+    /// Ends every metric window (exact percentiles, exponential histograms,
+    /// exemplars) at `now`: the metrics export does this once per interval.
+    pub(crate) fn close_metric_windows(&self, now_unix_nanos: u64) {
+        self.red.close_window(now_unix_nanos);
+        self.rpc.close_window(now_unix_nanos);
+        self.instruments.close_window(now_unix_nanos);
     }
 
     /// A line about the agent itself (a questionable instrument name, dropped

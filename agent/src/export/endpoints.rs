@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use super::error::StartError;
 use super::retry::{self, Retry};
 use super::transport::{ExportError, Payload, Transport};
 use super::Stop;
-use super::error::StartError;
-use crate::core::{ExportCounts, Shared};
 use crate::config::{Config, Signal};
 use crate::core::log_event::LogEvent;
+use crate::core::{ExportCounts, Shared};
 
 /// A collector that refused is skipped for this long, doubling per failure.
 const FIRST_COOLDOWN: Duration = Duration::from_millis(250);

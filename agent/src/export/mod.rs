@@ -165,6 +165,7 @@ async fn run(
         lines_done.clone(),
         stop.clone(),
     ));
+    let exports_metrics = exporters.as_ref().is_some_and(|e| e.metrics.is_some());
     if let Some(exporters) = exporters {
         // With traces off, spans are still sampled and propagated; the queue is
         // emptied here without a word to the network.
@@ -197,6 +198,15 @@ async fn run(
                 stop.clone(),
             ));
         }
+    }
+    if !exports_metrics {
+        // Nothing exports metrics: windows still close on the interval, for
+        // the local snapshot and the Prometheus text.
+        tasks.spawn(close_metric_windows(
+            shared.clone(),
+            config.metric_export_interval,
+            stop.clone(),
+        ));
     }
     tasks.spawn(report_drops(
         shared.clone(),
@@ -448,13 +458,12 @@ async fn export_metrics(
     };
     loop {
         let stopping = next_round(interval, std::future::pending(), &mut stop).await;
+        let now = unix_nanos(SystemTime::now());
+        // Each export reports the window that ends now (percentiles,
+        // exponential histograms, exemplars).
+        shared.close_metric_windows(now);
         let snapshot = shared.metrics_snapshot();
-        let (request, n) = otlp::metrics_request(
-            &resource,
-            &snapshot,
-            started_unix_nanos,
-            unix_nanos(SystemTime::now()),
-        );
+        let (request, n) = otlp::metrics_request(&resource, &snapshot, started_unix_nanos, now);
         let result = transport
             .export(&shared, Payload::Metrics(request), n, &stop)
             .await;
@@ -463,6 +472,15 @@ async fn export_metrics(
             transport.settle_parked(deadline).await;
             return;
         }
+    }
+}
+
+async fn close_metric_windows(shared: Arc<Shared>, interval: Duration, mut stop: Stop) {
+    while next_round(interval, std::future::pending(), &mut stop)
+        .await
+        .is_none()
+    {
+        shared.close_metric_windows(unix_nanos(SystemTime::now()));
     }
 }
 

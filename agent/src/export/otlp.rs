@@ -10,9 +10,10 @@ use opentelemetry_proto::tonic::common::v1::{
 };
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, summary_data_point, AggregationTemporality, Gauge, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary,
-    SummaryDataPoint,
+    exemplar, exponential_histogram_data_point, metric, number_data_point, summary_data_point,
+    AggregationTemporality, Exemplar as OtlpExemplar, ExponentialHistogram,
+    ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
@@ -23,8 +24,9 @@ use crate::core::log_event::{is_transport_target, severity_number, FieldValue, L
 use crate::core::span_data::{Attributes, SpanData, SpanKind, Status as SpanStatus};
 use crate::core::value::{Array, Value};
 use crate::metrics::{
-    InstrumentSeries, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
-    SeriesSnapshot, DURATION_BUCKETS_SECONDS, OVERFLOW_ATTRIBUTE, QUANTILES,
+    Exemplar, ExpHistogramSnapshot, HistogramSnapshot, InstrumentSeries, InstrumentSnapshot,
+    MetricsSnapshot, RpcSeriesSnapshot, RpcSide, SeriesSnapshot, DURATION_BUCKETS_SECONDS,
+    OVERFLOW_ATTRIBUTE, QUANTILES,
 };
 
 pub const SCOPE_NAME: &str = "agent";
@@ -247,18 +249,76 @@ pub(crate) fn logs_request(
     )
 }
 
+/// The stable HTTP server metric attributes; the overflow series carries only
+/// the overflow flag.
 fn series_attributes(s: &SeriesSnapshot) -> Vec<KeyValue> {
+    if s.is_overflow() {
+        return vec![kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true))];
+    }
     let mut attributes = vec![
         str_kv("http.request.method", s.method),
-        str_kv("http.response.status_class", s.status_class.as_str()),
+        kv(
+            "http.response.status_code",
+            any_value::Value::IntValue(i64::from(s.status_code)),
+        ),
+        str_kv("url.scheme", s.scheme),
+        str_kv("network.protocol.version", s.protocol_version),
     ];
     if !s.route.is_empty() {
         attributes.push(str_kv("http.route", &*s.route));
     }
-    if s.is_overflow() {
-        attributes.push(kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)));
+    if let Some(error_type) = &s.error_type {
+        attributes.push(str_kv("error.type", &**error_type));
     }
     attributes
+}
+
+fn otlp_exemplar(e: &Exemplar) -> OtlpExemplar {
+    OtlpExemplar {
+        time_unix_nano: e.time_unix_nanos,
+        value: Some(exemplar::Value::AsDouble(e.value_micros as f64 / 1e6)),
+        span_id: e.span_id.0.to_vec(),
+        trace_id: e.trace_id.0.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// An exponential histogram point of one window (delta temporality).
+fn exponential_point(
+    attributes: Vec<KeyValue>,
+    h: &ExpHistogramSnapshot,
+    (start_unix_nanos, time_unix_nanos): (u64, u64),
+    exemplars: Vec<OtlpExemplar>,
+) -> ExponentialHistogramDataPoint {
+    ExponentialHistogramDataPoint {
+        attributes,
+        start_time_unix_nano: start_unix_nanos,
+        time_unix_nano: time_unix_nanos,
+        count: h.count,
+        sum: Some(h.sum),
+        scale: h.scale,
+        zero_count: h.zero_count,
+        positive: Some(exponential_histogram_data_point::Buckets {
+            offset: h.positive_offset,
+            bucket_counts: h.positive_counts.clone(),
+        }),
+        negative: Some(exponential_histogram_data_point::Buckets {
+            offset: h.negative_offset,
+            bucket_counts: h.negative_counts.clone(),
+        }),
+        min: Some(h.min),
+        max: Some(h.max),
+        exemplars,
+        ..Default::default()
+    }
+}
+
+/// Start and end of a series' window: the export time while it is still open.
+fn window_times(s: &SeriesSnapshot, now_unix_nanos: u64) -> (u64, u64) {
+    (
+        s.window.start_unix_nanos,
+        s.window.end_unix_nanos.unwrap_or(now_unix_nanos),
+    )
 }
 
 fn instrument_points<T: Copy>(
@@ -269,19 +329,12 @@ fn instrument_points<T: Copy>(
     instrument
         .series
         .iter()
-        .map(|s: &InstrumentSeries<T>| {
-            let mut attributes: Vec<KeyValue> =
-                s.attributes.iter().map(|(k, v)| str_kv(*k, &**v)).collect();
-            if s.overflow {
-                attributes.push(kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)));
-            }
-            NumberDataPoint {
-                attributes,
-                start_time_unix_nano: instrument.start_unix_nanos,
-                time_unix_nano: now_unix_nanos,
-                value: Some(value(s.value)),
-                ..Default::default()
-            }
+        .map(|s: &InstrumentSeries<T>| NumberDataPoint {
+            attributes: instrument_attributes(s),
+            start_time_unix_nano: instrument.start_unix_nanos,
+            time_unix_nano: now_unix_nanos,
+            value: Some(value(s.value)),
+            ..Default::default()
         })
         .collect()
 }
@@ -290,7 +343,12 @@ fn instrument_points<T: Copy>(
 /// created) and gauges, with the number of points.
 fn instrument_metrics(snapshot: &MetricsSnapshot, now_unix_nanos: u64) -> (Vec<Metric>, u64) {
     let mut points = 0;
-    let mut metrics = Vec::with_capacity(snapshot.counters.len() + snapshot.gauges.len());
+    let mut metrics = Vec::with_capacity(
+        snapshot.counters.len()
+            + snapshot.gauges.len()
+            + snapshot.up_down_counters.len()
+            + snapshot.histograms.len(),
+    );
     for c in &snapshot.counters {
         // OTLP has no unsigned integers; a total beyond i64 stays at its maximum.
         let data_points = instrument_points(
@@ -311,6 +369,28 @@ fn instrument_metrics(snapshot: &MetricsSnapshot, now_unix_nanos: u64) -> (Vec<M
             ..Default::default()
         });
     }
+    for c in &snapshot.up_down_counters {
+        let data_points = instrument_points(c, number_data_point::Value::AsInt, now_unix_nanos);
+        points += data_points.len() as u64;
+        metrics.push(Metric {
+            name: c.name.to_string(),
+            description: c.description.clone(),
+            unit: c.unit.clone(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: false,
+            })),
+            ..Default::default()
+        });
+    }
+    for h in &snapshot.histograms {
+        let metric = histogram_metric(h, now_unix_nanos);
+        if data_points(&metric) > 0 {
+            points += data_points(&metric);
+            metrics.push(metric);
+        }
+    }
     for g in &snapshot.gauges {
         let data_points = instrument_points(g, number_data_point::Value::AsDouble, now_unix_nanos);
         points += data_points.len() as u64;
@@ -323,6 +403,58 @@ fn instrument_metrics(snapshot: &MetricsSnapshot, now_unix_nanos: u64) -> (Vec<M
         });
     }
     (metrics, points)
+}
+
+/// How many data points `metric` carries.
+fn data_points(metric: &Metric) -> u64 {
+    (match &metric.data {
+        Some(metric::Data::Histogram(h)) => h.data_points.len(),
+        Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(metric::Data::Summary(s)) => s.data_points.len(),
+        Some(metric::Data::Sum(s)) => s.data_points.len(),
+        Some(metric::Data::Gauge(g)) => g.data_points.len(),
+        None => 0,
+    }) as u64
+}
+
+fn instrument_attributes<T>(s: &InstrumentSeries<T>) -> Vec<KeyValue> {
+    let mut attributes: Vec<KeyValue> =
+        s.attributes.iter().map(|(k, v)| str_kv(*k, &**v)).collect();
+    if s.overflow {
+        attributes.push(kv(OVERFLOW_ATTRIBUTE, any_value::Value::BoolValue(true)));
+    }
+    attributes
+}
+
+/// A histogram instrument's windows as exponential histogram points (delta);
+/// series without values in the window are left out.
+fn histogram_metric(h: &HistogramSnapshot, now_unix_nanos: u64) -> Metric {
+    let data_points = h
+        .series
+        .iter()
+        .filter(|s| s.value.window.count > 0)
+        .map(|s| {
+            exponential_point(
+                instrument_attributes(s),
+                &s.value.window,
+                (
+                    s.value.window_start_unix_nanos,
+                    s.value.window_end_unix_nanos.unwrap_or(now_unix_nanos),
+                ),
+                Vec::new(),
+            )
+        })
+        .collect();
+    Metric {
+        name: h.name.to_string(),
+        description: h.description.clone(),
+        unit: h.unit.clone(),
+        data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+            data_points,
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+        })),
+        ..Default::default()
+    }
 }
 
 /// One RED series as a point of the duration histogram (seconds).
@@ -340,21 +472,24 @@ fn histogram_point(
         bucket_counts: s.bucket_counts.clone(),
         explicit_bounds: DURATION_BUCKETS_SECONDS.to_vec(),
         min: Some(s.min_seconds),
-        max: Some(s.quantile_seconds(QUANTILES.len() - 1)),
+        max: Some(s.max_seconds),
+        exemplars: s.window.exemplar.iter().map(otlp_exemplar).collect(),
         ..Default::default()
     }
 }
 
-/// The same series' exact quantiles.
+/// The same series' exact quantiles over its window (start time the window's
+/// start); count and sum stay cumulative since the series was created.
 fn summary_point(
     attributes: Vec<KeyValue>,
     s: &SeriesSnapshot,
-    (start_unix_nanos, now_unix_nanos): (u64, u64),
+    (_, now_unix_nanos): (u64, u64),
 ) -> SummaryDataPoint {
+    let (start, end) = window_times(s, now_unix_nanos);
     SummaryDataPoint {
         attributes,
-        start_time_unix_nano: start_unix_nanos,
-        time_unix_nano: now_unix_nanos,
+        start_time_unix_nano: start,
+        time_unix_nano: end,
         count: s.requests,
         sum: s.sum_seconds,
         quantile_values: QUANTILES
@@ -400,34 +535,49 @@ fn rpc_metrics(series: &[RpcSeriesSnapshot], times: (u64, u64)) -> (Vec<Metric>,
         if side_series.is_empty() {
             continue;
         }
-        points += 2 * side_series.len() as u64;
-        metrics.extend(duration_metrics(
+        let side_metrics = duration_metrics(
             &format!("rpc.{}.call.duration", side.as_str()),
             &format!("Duration of gRPC calls ({} side).", side.as_str()),
             side_series,
             times,
-        ));
+        );
+        points += side_metrics.iter().map(data_points).sum::<u64>();
+        metrics.extend(side_metrics);
     }
     (metrics, points)
 }
 
 /// RED series as the duration histogram (seconds, the HTTP buckets) named
-/// `name` and the summary of their exact quantiles, `{name}.summary`.
+/// `name`, the summary of their exact quantiles, `{name}.summary`, and the
+/// same name again as an exponential histogram of the window (delta, with the
+/// window's exemplar), which lands in its own table.
 fn duration_metrics(
     name: &str,
     description: &str,
     series: Vec<(Vec<KeyValue>, &SeriesSnapshot)>,
     times: (u64, u64),
-) -> [Metric; 2] {
+) -> Vec<Metric> {
     let summary_points: Vec<SummaryDataPoint> = series
         .iter()
         .map(|(attributes, s)| summary_point(attributes.clone(), s, times))
+        .collect();
+    let exponential_points: Vec<ExponentialHistogramDataPoint> = series
+        .iter()
+        .filter(|(_, s)| s.window.exponential.count > 0)
+        .map(|(attributes, s)| {
+            exponential_point(
+                attributes.clone(),
+                &s.window.exponential,
+                window_times(s, times.1),
+                s.window.exemplar.iter().map(otlp_exemplar).collect(),
+            )
+        })
         .collect();
     let histogram_points: Vec<HistogramDataPoint> = series
         .into_iter()
         .map(|(attributes, s)| histogram_point(attributes, s, times))
         .collect();
-    [
+    let mut metrics = vec![
         Metric {
             name: name.to_string(),
             description: description.to_string(),
@@ -441,7 +591,7 @@ fn duration_metrics(
         Metric {
             name: format!("{name}.summary"),
             description:
-                "Quantiles of the same durations (hdrhistogram, 3 significant digits); quantile 1 is the maximum."
+                "Quantiles of the same durations over the last export interval (hdrhistogram, 3 significant digits; StartTimeUnix is the interval start); quantile 1 is the maximum. Count and Sum are cumulative since start."
                     .into(),
             unit: "s".into(),
             data: Some(metric::Data::Summary(Summary {
@@ -449,7 +599,22 @@ fn duration_metrics(
             })),
             ..Default::default()
         },
-    ]
+    ];
+    if !exponential_points.is_empty() {
+        metrics.push(Metric {
+            name: name.to_string(),
+            description: format!(
+                "{description} Per export interval, base-2 exponential buckets (scale 6: under 0.55 % error at the bucket midpoint)."
+            ),
+            unit: "s".into(),
+            data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: exponential_points,
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+            })),
+            ..Default::default()
+        });
+    }
+    metrics
 }
 
 /// Cumulative since `start`: each export carries everything since the agent
@@ -483,7 +648,6 @@ pub(crate) fn metrics_request(
         .collect();
     let (instrument_metrics, instrument_points) = instrument_metrics(snapshot, now_unix_nanos);
     let (rpc_metrics, rpc_points) = rpc_metrics(&snapshot.rpc, times);
-    let points = (2 * series.len() + dropped_points.len()) as u64 + instrument_points + rpc_points;
     let mut metrics = Vec::new();
     if !series.is_empty() {
         metrics.extend(duration_metrics(
@@ -493,6 +657,10 @@ pub(crate) fn metrics_request(
             times,
         ));
     }
+    let points = metrics.iter().map(data_points).sum::<u64>()
+        + dropped_points.len() as u64
+        + instrument_points
+        + rpc_points;
     metrics.extend(rpc_metrics);
     metrics.push(Metric {
         name: DROPPED_METRIC.into(),

@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 
 use crate::agent::Agent;
 use crate::context::{replace_current, WithContext};
+use crate::metrics::RequestAttributes;
 use crate::span::{Span, SpanKind, Status, Str};
 
 impl Agent {
@@ -171,6 +172,11 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = Instant::now();
         let method = method_name(req.method());
+        let scheme = match req.uri().scheme_str() {
+            Some("https") => "https",
+            _ => "http",
+        };
+        let protocol_version = protocol_version(req.version()).unwrap_or("_OTHER");
         let route = req.extensions().get::<MatchedPath>().cloned();
         let parent = self.agent.extract(req.headers());
         let names = &self.agent.shared.names;
@@ -200,6 +206,8 @@ where
                 span,
                 started,
                 method,
+                scheme,
+                protocol_version,
                 route,
                 agent: self.agent.clone(),
             })),
@@ -211,6 +219,9 @@ struct Pending {
     span: Span,
     started: Instant,
     method: &'static str,
+    /// `url.scheme` and `network.protocol.version` for RED.
+    scheme: &'static str,
+    protocol_version: &'static str,
     route: Option<MatchedPath>,
     agent: Agent,
 }
@@ -235,6 +246,13 @@ impl Pending {
     fn finish(mut self, outcome: Outcome<'_>) {
         let end = Instant::now();
         let elapsed = end.saturating_duration_since(self.started);
+        // RED's `error.type` when no response came (for a 5xx it is the code).
+        let red_error_type = match &outcome {
+            Outcome::Response(_) => None,
+            Outcome::Failed(type_name) => Some(*type_name),
+            Outcome::Panicked(_) => Some("panic"),
+            Outcome::Cancelled => Some("cancelled"),
+        };
         let (status, error_type) = match outcome {
             Outcome::Response(code) => {
                 self.span
@@ -262,8 +280,23 @@ impl Pending {
                 .set_status(Status::Error(std::borrow::Cow::Borrowed("")));
         }
         let route = self.route.as_ref().map_or("", |r| r.as_str());
-        self.agent
-            .record_request(self.method, route, status, elapsed);
+        // Only a span that is exported can back an exemplar.
+        let sampled = self
+            .span
+            .is_recording()
+            .then(|| (self.span.trace_id(), self.span.span_id()));
+        self.agent.shared.red.record(
+            &RequestAttributes {
+                method: self.method,
+                route,
+                status_code: status,
+                error_type: red_error_type,
+                scheme: self.scheme,
+                protocol_version: self.protocol_version,
+            },
+            elapsed,
+            sampled,
+        );
         self.span.end_at(end);
     }
 }

@@ -1,4 +1,5 @@
-//! Application instruments: counters and gauges a service records itself, read
+//! Application instruments: counters, gauges, up-down counters and histograms a
+//! service records itself, read
 //! locally with the RED series and exported by the agent's thread. Each
 //! instrument keeps its series in its own map keyed by the attribute set and
 //! capped like the RED series.
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+use super::exponential::{ExpHistogram, ExpHistogramSnapshot};
 use crate::clock::unix_nanos;
 
 /// Set (to `true`) on the one series new attribute sets fold into once an
@@ -22,26 +24,117 @@ const MAX_NAME_LEN: usize = 255;
 #[derive(Clone, Copy)]
 enum Op {
     Add(u64),
+    /// An up-down counter's change: two's complement makes a wrapping add of
+    /// the `u64` bits an `i64` add.
+    AddSigned(i64),
     Set(f64),
+    /// A gauge moved by a delta (the `metrics` facade's increment/decrement).
+    AddFloat(f64),
 }
 
-impl Op {
-    fn apply(self, value: &AtomicU64) {
-        match self {
+/// What one series holds: an atomic for counters and gauges, a locked
+/// exponential histogram for histograms.
+trait Cell: Default + Send + Sync {
+    type Op: Copy;
+    fn apply(&self, op: Self::Op);
+}
+
+impl Cell for AtomicU64 {
+    type Op = Op;
+    fn apply(&self, op: Op) {
+        match op {
             Op::Add(n) => {
-                value.fetch_add(n, Ordering::Relaxed);
+                self.fetch_add(n, Ordering::Relaxed);
             }
-            Op::Set(v) => value.store(v.to_bits(), Ordering::Relaxed),
+            Op::AddSigned(n) => {
+                self.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Op::Set(v) => self.store(v.to_bits(), Ordering::Relaxed),
+            Op::AddFloat(d) => {
+                let _ = self.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                    Some((f64::from_bits(bits) + d).to_bits())
+                });
+            }
         }
     }
 }
 
+/// A histogram series: cumulative count and sum, and the values of the open
+/// window (one export interval) as an exponential histogram.
+#[derive(Default)]
+struct HistogramCell(Mutex<HistogramState>);
+
+#[derive(Default)]
+struct HistogramState {
+    count: u64,
+    sum: f64,
+    window: ExpHistogram,
+    window_start_unix_nanos: u64,
+    /// The last closed window, copied at the close (off the request path).
+    closed: Option<(ExpHistogramSnapshot, u64, u64)>,
+}
+
+impl Cell for HistogramCell {
+    type Op = f64;
+    fn apply(&self, value: f64) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if value.is_finite() {
+            s.count += 1;
+            s.sum += value;
+        }
+        s.window.record(value);
+    }
+}
+
+impl HistogramCell {
+    fn close_window(&self, now_unix_nanos: u64) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let start = s.window_start_unix_nanos;
+        s.closed = Some((s.window.snapshot(), start, now_unix_nanos));
+        s.window.reset();
+        s.window_start_unix_nanos = now_unix_nanos;
+    }
+
+    fn read(&self, created_unix_nanos: u64) -> HistogramValue {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (window, start, end) = match &s.closed {
+            Some((w, start, end)) => (w.clone(), *start, Some(*end)),
+            None => (
+                s.window.snapshot(),
+                s.window_start_unix_nanos.max(created_unix_nanos),
+                None,
+            ),
+        };
+        HistogramValue {
+            count: s.count,
+            sum: s.sum,
+            window,
+            window_start_unix_nanos: start,
+            window_end_unix_nanos: end,
+        }
+    }
+}
+
+/// A histogram series at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramValue {
+    /// Finite values recorded since the instrument was created.
+    pub count: u64,
+    pub sum: f64,
+    /// The last closed window (one export interval), or the open one before
+    /// the first export closed it.
+    pub window: ExpHistogramSnapshot,
+    pub window_start_unix_nanos: u64,
+    pub window_end_unix_nanos: Option<u64>,
+}
+
 type SeriesAttributes = Arc<[(&'static str, Box<str>)]>;
 
-struct Series {
+struct Series<C> {
     attributes: SeriesAttributes,
-    /// The counter's total, or the gauge's last value as `f64` bits.
-    value: AtomicU64,
+    /// The counter's total, the gauge's last value as `f64` bits, or the
+    /// histogram's state.
+    value: C,
 }
 
 #[derive(Default)]
@@ -50,13 +143,13 @@ struct Metadata {
     unit: String,
 }
 
-struct Instrument {
+struct Instrument<C = AtomicU64> {
     name: Arc<str>,
     metadata: Mutex<Metadata>,
     start_unix_nanos: u64,
     max_series: usize,
-    series: RwLock<HashMap<Box<str>, Series>>,
-    overflow: AtomicU64,
+    series: RwLock<HashMap<Box<str>, Series<C>>>,
+    overflow: C,
     /// Whether anything folded into `overflow` yet (a gauge's 0.0 is a value).
     overflowed: AtomicBool,
 }
@@ -90,15 +183,15 @@ fn series_key(attributes: &[(&'static str, &str)], scratch: &mut Scratch) {
     }
 }
 
-impl Instrument {
-    fn new(name: &str, max_series: usize) -> Instrument {
+impl<C: Cell> Instrument<C> {
+    fn new(name: &str, max_series: usize) -> Instrument<C> {
         Instrument {
             name: Arc::from(name),
             metadata: Mutex::new(Metadata::default()),
             start_unix_nanos: unix_nanos(SystemTime::now()),
             max_series: max_series.max(1),
             series: RwLock::new(HashMap::new()),
-            overflow: AtomicU64::new(0),
+            overflow: C::default(),
             overflowed: AtomicBool::new(false),
         }
     }
@@ -107,7 +200,7 @@ impl Instrument {
         self.metadata.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, attributes: &[(&'static str, &str)], op: Op) {
+    fn record(&self, attributes: &[(&'static str, &str)], op: C::Op) {
         // A thread whose locals are already torn down still records, with
         // buffers of its own.
         if SCRATCH
@@ -118,7 +211,7 @@ impl Instrument {
         }
     }
 
-    fn record_with(&self, attributes: &[(&'static str, &str)], op: Op, scratch: &mut Scratch) {
+    fn record_with(&self, attributes: &[(&'static str, &str)], op: C::Op, scratch: &mut Scratch) {
         series_key(attributes, scratch);
         if let Some(s) = self
             .series
@@ -126,16 +219,16 @@ impl Instrument {
             .unwrap_or_else(|p| p.into_inner())
             .get(scratch.key.as_str())
         {
-            op.apply(&s.value);
+            s.value.apply(op);
             return;
         }
         let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.get(scratch.key.as_str()) {
-            op.apply(&s.value);
+            s.value.apply(op);
             return;
         }
         if map.len() >= self.max_series {
-            op.apply(&self.overflow);
+            self.overflow.apply(op);
             // After the value, so a reader that sees the flag sees a value too.
             self.overflowed.store(true, Ordering::Release);
             return;
@@ -146,13 +239,13 @@ impl Instrument {
                 .iter()
                 .map(|&i| (attributes[i].0, Box::from(attributes[i].1)))
                 .collect(),
-            value: AtomicU64::new(0),
+            value: C::default(),
         };
-        op.apply(&series.value);
+        series.value.apply(op);
         map.insert(scratch.key.as_str().into(), series);
     }
 
-    fn snapshot<T>(&self, read: impl Fn(u64) -> T) -> InstrumentSnapshot<T> {
+    fn snapshot<T>(&self, read: impl Fn(&C) -> T) -> InstrumentSnapshot<T> {
         let mut series: Vec<InstrumentSeries<T>> = self
             .series
             .read()
@@ -161,7 +254,7 @@ impl Instrument {
             .map(|s| InstrumentSeries {
                 attributes: s.attributes.clone(),
                 overflow: false,
-                value: read(s.value.load(Ordering::Relaxed)),
+                value: read(&s.value),
             })
             .collect();
         series.sort_by(|a, b| a.attributes.cmp(&b.attributes));
@@ -169,7 +262,7 @@ impl Instrument {
             series.push(InstrumentSeries {
                 attributes: Arc::from([]),
                 overflow: true,
-                value: read(self.overflow.load(Ordering::Relaxed)),
+                value: read(&self.overflow),
             });
         }
         let metadata = self.metadata();
@@ -249,6 +342,12 @@ impl Gauge {
         self.inner.record(attributes, Op::Set(value));
     }
 
+    /// Moves the value of the series of `attributes` by `delta` (a new series
+    /// starts at 0).
+    pub fn adjust(&self, delta: f64, attributes: &[(&'static str, &str)]) {
+        self.inner.record(attributes, Op::AddFloat(delta));
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -257,6 +356,87 @@ impl Gauge {
 impl fmt::Debug for Gauge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gauge")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// An up-down counter: cumulative `i64` totals per attribute set that may go
+/// down (queue depth, connections in use), exported as a non-monotonic OTLP Sum.
+#[derive(Clone)]
+pub struct UpDownCounter {
+    inner: Arc<Instrument>,
+}
+
+impl UpDownCounter {
+    /// Sets the description exported with the instrument (the last one set wins).
+    pub fn with_description(self, description: impl Into<String>) -> Self {
+        self.inner.metadata().description = description.into();
+        self
+    }
+
+    /// Sets the unit (UCUM, such as `{connection}`).
+    pub fn with_unit(self, unit: impl Into<String>) -> Self {
+        self.inner.metadata().unit = unit.into();
+        self
+    }
+
+    /// Adds `n` (negative to subtract), as [`Counter::add`] records.
+    pub fn add(&self, n: i64, attributes: &[(&'static str, &str)]) {
+        self.inner.record(attributes, Op::AddSigned(n));
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+impl fmt::Debug for UpDownCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpDownCounter")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// A histogram: the distribution of `f64` values per attribute set, as a
+/// base-2 exponential histogram (scale 6, ≤ 0.55 % error at the bucket
+/// midpoint; fewer buckets when the range is very wide). Exported per export
+/// interval (delta temporality), so ClickHouse merges series, replicas and
+/// intervals by adding buckets. Series are capped like counters.
+#[derive(Clone)]
+pub struct Histogram {
+    inner: Arc<Instrument<HistogramCell>>,
+}
+
+impl Histogram {
+    /// Sets the description exported with the instrument (the last one set wins).
+    pub fn with_description(self, description: impl Into<String>) -> Self {
+        self.inner.metadata().description = description.into();
+        self
+    }
+
+    /// Sets the unit (UCUM, such as `s`, `By`).
+    pub fn with_unit(self, unit: impl Into<String>) -> Self {
+        self.inner.metadata().unit = unit.into();
+        self
+    }
+
+    /// Records `value` into the series of `attributes` (NaN and infinities are
+    /// ignored). A short lock; allocates only for a new attribute set or a
+    /// value beyond the range the series has seen.
+    pub fn record(&self, value: f64, attributes: &[(&'static str, &str)]) {
+        self.inner.record(attributes, value);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+impl fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Histogram")
             .field("name", &self.inner.name)
             .finish()
     }
@@ -311,6 +491,8 @@ impl<T> InstrumentSnapshot<T> {
 
 pub type CounterSnapshot = InstrumentSnapshot<u64>;
 pub type GaugeSnapshot = InstrumentSnapshot<f64>;
+pub type UpDownCounterSnapshot = InstrumentSnapshot<i64>;
+pub type HistogramSnapshot = InstrumentSnapshot<HistogramValue>;
 
 /// Why the OpenTelemetry API would reject `name`, if it would.
 fn invalid_name(name: &str) -> Option<&'static str> {
@@ -330,18 +512,60 @@ fn invalid_name(name: &str) -> Option<&'static str> {
 struct Registry {
     counters: BTreeMap<Arc<str>, Arc<Instrument>>,
     gauges: BTreeMap<Arc<str>, Arc<Instrument>>,
+    up_down_counters: BTreeMap<Arc<str>, Arc<Instrument>>,
+    histograms: BTreeMap<Arc<str>, Arc<Instrument<HistogramCell>>>,
 }
 
-/// Every counter and gauge of one agent, by name.
+impl Registry {
+    /// The kind of another instrument already named `name`, if any.
+    fn other_kind(&self, name: &str, own: &str) -> Option<&'static str> {
+        [
+            ("counter", self.counters.contains_key(name)),
+            ("gauge", self.gauges.contains_key(name)),
+            ("up-down counter", self.up_down_counters.contains_key(name)),
+            ("histogram", self.histograms.contains_key(name)),
+        ]
+        .into_iter()
+        .find(|(kind, taken)| *taken && *kind != own)
+        .map(|(kind, _)| kind)
+    }
+}
+
+/// Every counter, gauge, up-down counter and histogram of one agent, by name.
 pub(crate) struct Instruments {
     max_series: usize,
     registry: Mutex<Registry>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
+/// Looks `name` up in the map `kind` picks, creating it on first use; the
+/// warning is for the service's log when the name is questionable.
+fn get_or_create<C: Cell>(
+    registry: &Mutex<Registry>,
+    max_series: usize,
+    name: &str,
+    kind: &'static str,
+    map: impl FnOnce(&mut Registry) -> &mut BTreeMap<Arc<str>, Arc<Instrument<C>>>,
+) -> (Arc<Instrument<C>>, Option<String>) {
+    let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+    let other_kind = registry.other_kind(name, kind);
+    let own = map(&mut registry);
+    if let Some(existing) = own.get(name) {
+        return (existing.clone(), None);
+    }
+    // Still recorded and exported as asked: losing the data would be worse
+    // than a name a backend may not like.
+    let warning = if let Some(reason) = invalid_name(name) {
+        Some(format!(
+            "metric instrument name {name:?} is not a valid OpenTelemetry instrument name: {reason}"
+        ))
+    } else {
+        other_kind.map(|other_kind| format!(
+            "metric instrument name {name:?} is used by a {other_kind} too; both are exported under the same name"
+        ))
+    };
+    let instrument = Arc::new(Instrument::new(name, max_series));
+    own.insert(instrument.name.clone(), instrument.clone());
+    (instrument, warning)
 }
 
 impl Instruments {
@@ -355,41 +579,37 @@ impl Instruments {
     /// The counter named `name`, created on first use; the second value is a
     /// warning for the service's log when the name is questionable.
     pub(crate) fn counter(&self, name: &str) -> (Counter, Option<String>) {
-        let (inner, warning) = self.get_or_create(name, Kind::Counter);
+        let (inner, warning) =
+            get_or_create(&self.registry, self.max_series, name, "counter", |r| {
+                &mut r.counters
+            });
         (Counter { inner }, warning)
     }
 
     pub(crate) fn gauge(&self, name: &str) -> (Gauge, Option<String>) {
-        let (inner, warning) = self.get_or_create(name, Kind::Gauge);
+        let (inner, warning) = get_or_create(&self.registry, self.max_series, name, "gauge", |r| {
+            &mut r.gauges
+        });
         (Gauge { inner }, warning)
     }
 
-    fn get_or_create(&self, name: &str, kind: Kind) -> (Arc<Instrument>, Option<String>) {
-        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let Registry { counters, gauges } = &mut *registry;
-        let (own, other, other_kind) = match kind {
-            Kind::Counter => (counters, &*gauges, "gauge"),
-            Kind::Gauge => (gauges, &*counters, "counter"),
-        };
-        if let Some(existing) = own.get(name) {
-            return (existing.clone(), None);
-        }
-        // Still recorded and exported as asked: losing the data would be worse
-        // than a name a backend may not like.
-        let warning = if let Some(reason) = invalid_name(name) {
-            Some(format!(
-                "metric instrument name {name:?} is not a valid OpenTelemetry instrument name: {reason}"
-            ))
-        } else if other.contains_key(name) {
-            Some(format!(
-                "metric instrument name {name:?} is used by a {other_kind} too; both are exported under the same name"
-            ))
-        } else {
-            None
-        };
-        let instrument = Arc::new(Instrument::new(name, self.max_series));
-        own.insert(instrument.name.clone(), instrument.clone());
-        (instrument, warning)
+    pub(crate) fn up_down_counter(&self, name: &str) -> (UpDownCounter, Option<String>) {
+        let (inner, warning) = get_or_create(
+            &self.registry,
+            self.max_series,
+            name,
+            "up-down counter",
+            |r| &mut r.up_down_counters,
+        );
+        (UpDownCounter { inner }, warning)
+    }
+
+    pub(crate) fn histogram(&self, name: &str) -> (Histogram, Option<String>) {
+        let (inner, warning) =
+            get_or_create(&self.registry, self.max_series, name, "histogram", |r| {
+                &mut r.histograms
+            });
+        (Histogram { inner }, warning)
     }
 
     fn all(&self) -> (Vec<Arc<Instrument>>, Vec<Arc<Instrument>>) {
@@ -400,6 +620,42 @@ impl Instruments {
         )
     }
 
+    /// Up-down counters sorted by name, those without a series left out.
+    pub(crate) fn up_down_snapshot(&self) -> Vec<UpDownCounterSnapshot> {
+        let all: Vec<Arc<Instrument>> = {
+            let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            registry.up_down_counters.values().cloned().collect()
+        };
+        all.iter()
+            .map(|c| c.snapshot(|v| v.load(Ordering::Relaxed) as i64))
+            .filter(|s| !s.series.is_empty())
+            .collect()
+    }
+
+    /// Histograms sorted by name, those without a series left out.
+    pub(crate) fn histogram_snapshot(&self) -> Vec<HistogramSnapshot> {
+        let all = self.histograms();
+        all.iter()
+            .map(|h| h.snapshot(|c| c.read(h.start_unix_nanos)))
+            .filter(|s| !s.series.is_empty())
+            .collect()
+    }
+
+    fn histograms(&self) -> Vec<Arc<Instrument<HistogramCell>>> {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.histograms.values().cloned().collect()
+    }
+
+    /// Closes every histogram series' window (at each metrics export).
+    pub(crate) fn close_window(&self, now_unix_nanos: u64) {
+        for h in self.histograms() {
+            for s in h.series.read().unwrap_or_else(|p| p.into_inner()).values() {
+                s.value.close_window(now_unix_nanos);
+            }
+            h.overflow.close_window(now_unix_nanos);
+        }
+    }
+
     /// Counters and gauges sorted by name; instruments without a series yet are
     /// left out.
     pub(crate) fn snapshot(&self) -> (Vec<CounterSnapshot>, Vec<GaugeSnapshot>) {
@@ -408,12 +664,12 @@ impl Instruments {
         (
             counters
                 .iter()
-                .map(|c| c.snapshot(|v| v))
+                .map(|c| c.snapshot(|v| v.load(Ordering::Relaxed)))
                 .filter(|s| !s.series.is_empty())
                 .collect(),
             gauges
                 .iter()
-                .map(|g| g.snapshot(f64::from_bits))
+                .map(|g| g.snapshot(|v| f64::from_bits(v.load(Ordering::Relaxed))))
                 .filter(|s| !s.series.is_empty())
                 .collect(),
         )
@@ -610,5 +866,39 @@ mod tests {
             assert_eq!(series.value, THREADS * ADDS / 5, "{series:?}");
         }
         assert_eq!(s.overflow().map(|s| s.value), Some(THREADS * ADDS / 5));
+    }
+
+    #[test]
+    fn up_down_counters_go_both_ways_and_histograms_close_windows() {
+        let instruments = Instruments::new(16);
+        let (c, warning) = instruments.up_down_counter("pool.in_use");
+        assert_eq!(warning, None);
+        c.add(5, &[("pool", "db")]);
+        c.add(-7, &[("pool", "db")]);
+        assert_eq!(instruments.up_down_snapshot()[0].series[0].value, -2);
+
+        let (h, _) = instruments.histogram("jobs.duration");
+        for v in [0.1, 0.2, 0.4] {
+            h.record(v, &[("queue", "email")]);
+        }
+        h.record(f64::NAN, &[("queue", "email")]);
+        let open = &instruments.histogram_snapshot()[0].series[0].value;
+        assert_eq!(
+            (open.count, open.window.count, open.window_end_unix_nanos),
+            (3, 3, None)
+        );
+        instruments.close_window(42);
+        h.record(0.8, &[("queue", "email")]);
+        let closed = &instruments.histogram_snapshot()[0].series[0].value;
+        // The last closed window, with cumulative count and sum beside it.
+        assert_eq!((closed.count, closed.window.count), (4, 3));
+        assert_eq!(closed.window_end_unix_nanos, Some(42));
+        assert!((closed.sum - 1.5).abs() < 1e-12);
+        let p50 = closed.window.quantile(0.5);
+        assert!((p50 - 0.2).abs() <= 0.2 * 0.0055, "{p50}");
+        instruments.close_window(43);
+        let next = &instruments.histogram_snapshot()[0].series[0].value;
+        assert_eq!(next.window.count, 1);
+        assert_eq!(next.window_start_unix_nanos, 42);
     }
 }

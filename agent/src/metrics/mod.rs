@@ -2,17 +2,24 @@
 //! counters and gauges ([`Counter`], [`Gauge`]): read locally through
 //! [`MetricsSnapshot`] or Prometheus text, and exported over OTLP by the agent.
 
+pub mod exponential;
+#[cfg(feature = "metrics-rs")]
+pub mod facade;
 pub mod instruments;
 pub mod prometheus;
 pub mod red;
 pub mod rpc;
 mod series_map;
 
+pub use exponential::ExpHistogramSnapshot;
 pub use instruments::{
-    Counter, CounterSnapshot, Gauge, GaugeSnapshot, InstrumentSeries, InstrumentSnapshot,
-    OVERFLOW_ATTRIBUTE,
+    Counter, CounterSnapshot, Gauge, GaugeSnapshot, Histogram, HistogramSnapshot, HistogramValue,
+    InstrumentSeries, InstrumentSnapshot, UpDownCounter, UpDownCounterSnapshot, OVERFLOW_ATTRIBUTE,
 };
-pub use red::{SeriesSnapshot, StatusClass, DURATION_BUCKETS_SECONDS, QUANTILES};
+pub use red::{
+    Exemplar, RequestAttributes, SeriesSnapshot, StatusClass, WindowSnapshot,
+    DURATION_BUCKETS_SECONDS, QUANTILES,
+};
 pub use rpc::{RpcSeriesSnapshot, RpcSide};
 
 use crate::stats::AgentStats;
@@ -27,5 +34,7 @@ pub struct MetricsSnapshot {
     /// The service's counters and gauges that have at least one series, by name.
     pub counters: Vec<CounterSnapshot>,
     pub gauges: Vec<GaugeSnapshot>,
+    pub up_down_counters: Vec<UpDownCounterSnapshot>,
+    pub histograms: Vec<HistogramSnapshot>,
     pub stats: AgentStats,
 }

@@ -7,8 +7,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::{get, MethodRouter};
 
 use super::{
-    InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide, SeriesSnapshot,
-    DURATION_BUCKETS_SECONDS, QUANTILES,
+    HistogramSnapshot, InstrumentSnapshot, MetricsSnapshot, RpcSeriesSnapshot, RpcSide,
+    SeriesSnapshot, DURATION_BUCKETS_SECONDS, QUANTILES,
 };
 
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -112,14 +112,65 @@ fn render_instrument<T: Copy>(
     }
 }
 
-/// The label set of one series, the same in the histogram and the summary.
+/// The label set of one series, the same in the histogram and the summary:
+/// the OTLP attributes, `.` as `_`.
 fn series_labels(service: &str, s: &SeriesSnapshot) -> String {
-    format!(
-        "service_name=\"{service}\",http_request_method=\"{}\",http_route=\"{}\",http_response_status_class=\"{}\"",
+    if s.is_overflow() {
+        return format!("service_name=\"{service}\",otel_metric_overflow=\"true\"");
+    }
+    let mut labels = format!(
+        "service_name=\"{service}\",http_request_method=\"{}\",http_route=\"{}\",http_response_status_code=\"{}\",url_scheme=\"{}\",network_protocol_version=\"{}\"",
         escape(s.method),
         escape(&s.route),
-        s.status_class.as_str()
-    )
+        s.status_code,
+        s.scheme,
+        s.protocol_version,
+    );
+    if let Some(error_type) = &s.error_type {
+        let _ = write!(labels, ",error_type=\"{}\"", escape(error_type));
+    }
+    labels
+}
+
+/// Quantiles of an application histogram in the Prometheus text (its window).
+const HISTOGRAM_QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// A histogram instrument as a summary: quantiles of the last window (read
+/// from the exponential buckets), `_sum` and `_count` cumulative.
+fn render_histogram(out: &mut String, service: &str, h: &HistogramSnapshot) {
+    let name = prometheus_name(&h.name);
+    if !h.description.is_empty() {
+        let _ = writeln!(out, "# HELP {name} {}", escape_help(&h.description));
+    }
+    let _ = writeln!(out, "# TYPE {name} summary");
+    for s in &h.series {
+        let mut labels = format!("service_name=\"{service}\"");
+        for (k, v) in s.attributes.iter() {
+            let label = prometheus_name(k);
+            let prefix = if label == "service_name" {
+                "exported_"
+            } else {
+                ""
+            };
+            let _ = write!(labels, ",{prefix}{label}=\"{}\"", escape(v));
+        }
+        if s.overflow {
+            labels.push_str(",otel_metric_overflow=\"true\"");
+        }
+        for q in HISTOGRAM_QUANTILES {
+            let _ = writeln!(
+                out,
+                "{name}{{{labels},quantile=\"{q}\"}} {}",
+                sample_value(s.value.window.quantile(q))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+            sample_value(s.value.sum),
+            s.value.count
+        );
+    }
 }
 
 /// One duration family as a Prometheus histogram `{base}_seconds` and a summary
@@ -149,7 +200,7 @@ fn write_durations(out: &mut String, base: &str, help: &str, series: &[(String, 
     }
     let _ = writeln!(
         out,
-        "# HELP {base}_quantiles_seconds Exact duration quantiles (hdrhistogram, 3 significant digits); quantile 1 is the maximum.\n\
+        "# HELP {base}_quantiles_seconds Exact duration quantiles over the last export interval (hdrhistogram, 3 significant digits); quantile 1 is the maximum; sum and count are cumulative.\n\
          # TYPE {base}_quantiles_seconds summary"
     );
     for (labels, s) in series {
@@ -219,13 +270,10 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "# HELP http_server_request_errors_total HTTP server requests answered 5xx.\n\
          # TYPE http_server_request_errors_total counter"
     );
-    for s in &snapshot.series {
+    for (labels, s) in &http {
         let _ = writeln!(
             out,
-            "http_server_request_errors_total{{service_name=\"{service}\",http_request_method=\"{}\",http_route=\"{}\",http_response_status_class=\"{}\"}} {}",
-            escape(s.method),
-            escape(&s.route),
-            s.status_class.as_str(),
+            "http_server_request_errors_total{{{labels}}} {}",
             s.errors
         );
     }
@@ -236,6 +284,12 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
     }
     for g in &snapshot.gauges {
         render_instrument(&mut out, &service, g, "gauge", "", sample_value);
+    }
+    for c in &snapshot.up_down_counters {
+        render_instrument(&mut out, &service, c, "gauge", "", |v| v.to_string());
+    }
+    for h in &snapshot.histograms {
+        render_histogram(&mut out, &service, h);
     }
     let _ = writeln!(
         out,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::red::{Series, StatusClass};
+use super::red::Series;
 use super::series_map::SeriesMap;
 use super::SeriesSnapshot;
 
@@ -35,7 +35,7 @@ pub struct RpcSeriesSnapshot {
     pub method: Arc<str>,
     /// `rpc.grpc.status_code`.
     pub code: i32,
-    /// Counts and durations (its `method`/`route`/`status_class` are unused).
+    /// Counts and durations (its HTTP attributes are unused).
     pub durations: SeriesSnapshot,
 }
 
@@ -60,7 +60,7 @@ impl Entry {
             service: Arc::from(service),
             method: Arc::from(method),
             code,
-            series: Series::new("", Arc::from(""), StatusClass::Other),
+            series: Series::new(),
         }
     }
 }
@@ -96,7 +96,13 @@ impl RpcMetrics {
                 || Entry::new(side, service, method, code),
             )
             .unwrap_or_else(|| self.overflow[side as usize].clone());
-        entry.series.record(micros, error);
+        entry.series.record(micros, error, None);
+    }
+
+    pub(crate) fn close_window(&self, now_unix_nanos: u64) {
+        for e in self.series.values().iter().chain(self.overflow.iter()) {
+            e.series.close_window(now_unix_nanos);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> Vec<RpcSeriesSnapshot> {
