@@ -9,7 +9,8 @@
 //! `cargo bench -p collector --bench ingest` — compare before and after a change to
 //! the hot path (see BENCHMARKS.md); criterion reports time per span.
 
-use collector::receivers::{decode_for_tests, Encoding, ReceiversConfig};
+use collector::otlp::Encoding;
+use collector::receivers::{decode_for_tests, ReceiversConfig};
 use collector::spool::dedup::{fingerprint, unix_secs, Recent};
 use collector::spool::Remembered;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

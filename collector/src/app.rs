@@ -16,7 +16,9 @@ use crate::pipeline::Pipeline;
 use crate::receivers::{self, Receivers};
 use crate::schema::ALL_TABLES;
 use crate::spool::Spool;
-use crate::telemetry::{admin_router, run_self_export, Health, Metrics, SpoolAge};
+use crate::telemetry::{
+    admin_router, run_self_export, Health, Metrics, Readiness, SpoolAge, Stages,
+};
 use crate::ui;
 
 /// How many recent INSERT blocks each table remembers to drop repeats.
@@ -132,9 +134,11 @@ impl Collector {
         let admin = receivers::bind(&config.admin.addr).await?;
         let admin_addr = admin.local_addr()?;
         let health = Health {
-            gate: gate.clone(),
-            inserts: exporter.health(),
-            spool: spool.clone(),
+            stages: Arc::new(StageHandles {
+                gate: gate.clone(),
+                inserts: exporter.health(),
+                spool: spool.clone(),
+            }),
             metrics: metrics.clone(),
             spool_age: Arc::new(SpoolAge::new(std::time::Instant::now())),
         };
@@ -237,5 +241,33 @@ impl Collector {
         if let Some(e) = self.embedded {
             e.stop().await;
         }
+    }
+}
+
+/// What telemetry reports on, handed to it here so it imports none of the stages.
+struct StageHandles {
+    gate: SchemaGate,
+    inserts: ch::InsertHealth,
+    spool: Arc<Spool>,
+}
+
+impl Stages for StageHandles {
+    fn readiness(&self) -> Readiness {
+        match (self.gate.state(), self.inserts.failing()) {
+            (SchemaState::Pending(why), _) => Readiness::NotReady(why),
+            (SchemaState::Ready, Some(why)) => Readiness::Degraded(why),
+            (SchemaState::Ready, None) => Readiness::Ready,
+        }
+    }
+
+    fn spool_bytes(&self) -> (u64, u64) {
+        (self.spool.used_bytes(), self.spool.budget_bytes())
+    }
+
+    fn spool_seqs(&self) -> (u64, Option<u64>) {
+        (
+            self.spool.next_seq(),
+            self.spool.oldest_seq().ok().flatten(),
+        )
     }
 }

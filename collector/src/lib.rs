@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod exporters;
 mod lz4;
 pub mod mapping;
+pub mod otlp;
 pub mod part;
 pub mod pipeline;
 pub mod receivers;

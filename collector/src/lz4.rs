@@ -211,7 +211,7 @@ mod tests {
         let (mapped, _) = crate::receivers::decode_for_tests(
             "traces",
             &body,
-            crate::receivers::Encoding::Protobuf,
+            crate::otlp::Encoding::Protobuf,
             &Default::default(),
         )
         .unwrap();

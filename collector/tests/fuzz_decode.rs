@@ -11,7 +11,8 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use collector::receivers::{decode_for_tests, Encoding, ReceiversConfig};
+use collector::otlp::Encoding;
+use collector::receivers::{decode_for_tests, ReceiversConfig};
 use common::*;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

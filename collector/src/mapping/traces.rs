@@ -23,10 +23,10 @@ use prost::Message;
 
 use super::attributes::value_to_string;
 use super::ids::{nanos, optional_span_id, valid_span_id, valid_trace_id};
+use super::limits::{Limits, Pass, Report};
 use super::wire::{Fields, WireError};
 use super::{Mapped, Output, Signal};
-use crate::receivers::limits::{Limits, Pass, Report};
-use crate::receivers::{Encoding, IngestError};
+use crate::otlp::{Encoding, IngestError};
 use crate::schema::rowbinary::{write_str, write_varint, RowBinary};
 use crate::schema::TableId;
 
@@ -50,8 +50,7 @@ impl Signal for Traces {
             Encoding::Protobuf => body,
             // JSON is decoded by prost's types and mapped like protobuf: one mapping.
             Encoding::Json => {
-                let request: ExportTraceServiceRequest =
-                    crate::receivers::decode_message(&body, encoding)?;
+                let request: ExportTraceServiceRequest = crate::otlp::decode(&body, encoding)?;
                 request.encode_to_vec().into()
             }
         };
@@ -693,7 +692,7 @@ mod tests {
     use super::*;
     use crate::mapping::attributes::{service_name, to_map};
     use crate::mapping::ids::hex;
-    use crate::receivers::limits;
+    use crate::mapping::limits;
     use crate::schema::rowbinary::Map;
     use crate::schema::SpanRow;
     use opentelemetry_proto::tonic::common::v1::{
@@ -826,13 +825,7 @@ mod tests {
     }
 
     fn no_limits() -> Limits {
-        Limits::from_config(&crate::receivers::ReceiversConfig {
-            max_items_per_request: 0,
-            max_attributes_per_item: 0,
-            max_attribute_value_bytes: 0,
-            max_attribute_depth: 0,
-            ..Default::default()
-        })
+        Limits::NONE
     }
 
     fn kv(key: &str, value: any_value::Value) -> KeyValue {
@@ -968,7 +961,7 @@ mod tests {
         same(&ExportTraceServiceRequest::default(), &no_limits());
         same(
             &crate::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
-            &Limits::from_config(&Default::default()),
+            &crate::receivers::ReceiversConfig::default().limits(),
         );
     }
 

@@ -1,12 +1,9 @@
 //! Receivers: OTLP over gRPC and HTTP, into the [`Pipeline`](crate::pipeline::Pipeline).
 
 pub(crate) mod auth;
-mod decode;
-mod error;
 mod grpc;
 mod http;
 mod ingest;
-pub mod limits;
 mod rate_limit;
 mod status;
 mod tls;
@@ -18,15 +15,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use decode::decode as decode_message;
-pub use decode::Encoding;
-pub use error::IngestError;
-
+use crate::mapping::limits::Limits;
 use crate::mapping::{Logs, Mapped, Metrics, Signal, Traces};
+use crate::otlp::{Encoding, IngestError};
 use crate::pipeline::Pipeline;
 use auth::Auth;
 use ingest::Ingest;
-use limits::Limits;
 use rate_limit::RateLimiter;
 use tls::TlsFiles;
 
@@ -77,6 +71,18 @@ impl Default for ReceiversConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
         }
+    }
+}
+
+impl ReceiversConfig {
+    /// The attribute and item limits the mapping applies (0: no limit).
+    pub fn limits(&self) -> Limits {
+        Limits::new(
+            self.max_items_per_request,
+            self.max_attributes_per_item,
+            self.max_attribute_value_bytes,
+            self.max_attribute_depth,
+        )
     }
 }
 
@@ -196,7 +202,7 @@ fn ingest(config: &ReceiversConfig, pipeline: Arc<Pipeline>) -> std::io::Result<
         pipeline,
         auth,
         rate,
-        Limits::from_config(config),
+        config.limits(),
         config.max_request_bytes,
     ))
 }
@@ -217,7 +223,7 @@ pub fn decode_for_tests(
         encoding: Encoding,
         config: &ReceiversConfig,
     ) -> Result<(Mapped, String), IngestError> {
-        let limits = Limits::from_config(config);
+        let limits = config.limits();
         let request = S::decode(bytes::Bytes::copy_from_slice(body), encoding)?;
         if S::items(&request) > limits.max_items {
             return Err(IngestError::TooLarge("too many items".into()));
@@ -230,5 +236,23 @@ pub fn decode_for_tests(
         "logs" => run::<Logs>(body, encoding, config),
         "metrics" => run::<Metrics>(body, encoding, config),
         other => Err(IngestError::Malformed(format!("unknown signal {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_in_the_config_is_no_limit() {
+        let c = ReceiversConfig {
+            max_items_per_request: 0,
+            max_attributes_per_item: 0,
+            ..ReceiversConfig::default()
+        };
+        let l = c.limits();
+        assert_eq!(l.max_items, u64::MAX);
+        assert_eq!(l.max_attributes, usize::MAX);
+        assert_eq!(l.max_depth, 8);
     }
 }

@@ -12,14 +12,31 @@ use axum::Router;
 
 use super::spool_age::SpoolAge;
 use super::Metrics;
-use crate::exporters::clickhouse::{InsertHealth, SchemaGate, SchemaState};
-use crate::spool::Spool;
+
+/// Whether the collector can take and store data, as `/health/ready` and the web UI
+/// report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The schema is not (yet) right: nothing can be written.
+    NotReady(String),
+    /// INSERTs fail: data waits in the spool.
+    Degraded(String),
+}
+
+/// What telemetry reads from the stages it reports on. The app implements it over
+/// the schema gate, the exporter and the spool, so telemetry imports none of them.
+pub trait Stages: Send + Sync {
+    fn readiness(&self) -> Readiness;
+    /// Bytes the spool holds, and its budget.
+    fn spool_bytes(&self) -> (u64, u64);
+    /// The spool's next sequence number and its oldest unconfirmed part.
+    fn spool_seqs(&self) -> (u64, Option<u64>);
+}
 
 #[derive(Clone)]
 pub struct Health {
-    pub gate: SchemaGate,
-    pub inserts: InsertHealth,
-    pub spool: Arc<Spool>,
+    pub stages: Arc<dyn Stages>,
     pub metrics: Arc<Metrics>,
     pub spool_age: Arc<SpoolAge>,
 }
@@ -27,26 +44,27 @@ pub struct Health {
 impl Health {
     /// Notes how far the spool's appends have gone (see [`SpoolAge`]).
     pub fn sample_spool_age(&self) {
-        let oldest = self.spool.oldest_seq().ok().flatten();
-        self.spool_age
-            .sample(Instant::now(), self.spool.next_seq(), oldest);
+        let (next, oldest) = self.stages.spool_seqs();
+        self.spool_age.sample(Instant::now(), next, oldest);
     }
 
     fn spool_age_seconds(&self) -> f64 {
-        let oldest = self.spool.oldest_seq().ok().flatten();
+        let (_, oldest) = self.stages.spool_seqs();
         self.spool_age.age(Instant::now(), oldest).as_secs_f64()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.stages.readiness()
     }
 }
 
 /// What `/metrics` serves (and the collector writes into its own tables).
 pub fn exposition(h: &Health) -> String {
     let mut out = h.metrics.render();
+    let (used, budget) = h.stages.spool_bytes();
     for (name, value) in [
-        ("collector_spool_bytes", h.spool.used_bytes() as f64),
-        (
-            "collector_spool_budget_bytes",
-            h.spool.budget_bytes() as f64,
-        ),
+        ("collector_spool_bytes", used as f64),
+        ("collector_spool_budget_bytes", budget as f64),
         ("collector_spool_oldest_age_seconds", h.spool_age_seconds()),
     ] {
         let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
@@ -65,17 +83,19 @@ pub fn router(health: Health) -> Router {
 /// 503 while the schema is not right, or while INSERTs fail (degraded: data waits in
 /// the spool), so load balancers prefer another collector.
 async fn ready(State(h): State<Health>) -> impl IntoResponse {
-    let spooled = h.spool.used_bytes();
-    match (h.gate.state(), h.inserts.failing()) {
-        (SchemaState::Pending(why), _) => (
+    match h.readiness() {
+        Readiness::NotReady(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
-        (SchemaState::Ready, Some(why)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("degraded: {why}; {spooled} bytes wait in the spool\n"),
-        ),
-        (SchemaState::Ready, None) => (StatusCode::OK, "ready\n".to_string()),
+        Readiness::Degraded(why) => {
+            let (spooled, _) = h.stages.spool_bytes();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("degraded: {why}; {spooled} bytes wait in the spool\n"),
+            )
+        }
+        Readiness::Ready => (StatusCode::OK, "ready\n".to_string()),
     }
 }
 

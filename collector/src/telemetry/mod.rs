@@ -7,8 +7,8 @@ mod metrics;
 mod self_export;
 mod spool_age;
 
-pub use admin::{exposition, router as admin_router, Health};
+pub use admin::{exposition, router as admin_router, Health, Readiness, Stages};
 pub use logging::init_logging;
 pub use metrics::{Metrics, Outcome};
-pub use self_export::{run as run_self_export, to_otlp, TelemetryConfig};
+pub use self_export::{run as run_self_export, to_otlp, MetricsSink, TelemetryConfig};
 pub use spool_age::SpoolAge;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{exposition, Health};
-use crate::pipeline::Pipeline;
+use crate::otlp::IngestError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -44,19 +44,26 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Where the collector's own metrics go: the pipeline implements it, mapping the
+/// request and accepting it like a client's, so telemetry needs no import of either.
+pub trait MetricsSink: Send + Sync + 'static {
+    fn send(
+        &self,
+        request: ExportMetricsServiceRequest,
+    ) -> impl std::future::Future<Output = Result<(), IngestError>> + Send;
+}
+
 /// How often the spool's age is sampled (its resolution).
 const SPOOL_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Samples the spool's age and exports the metrics until `stop`.
-pub async fn run(
+pub async fn run<S: MetricsSink>(
     health: Health,
-    pipeline: Arc<Pipeline>,
+    sink: Arc<S>,
     config: TelemetryConfig,
     stop: CancellationToken,
 ) {
     let started_unix_nanos = unix_nanos(SystemTime::now());
-    // The collector's own few series: the default limits never bind.
-    let limits = crate::receivers::limits::Limits::from_config(&Default::default());
     let resource = resource(&config.service_name);
     let export_every = Duration::from_millis(config.export_interval_ms);
     let mut next_export = Instant::now() + export_every;
@@ -83,14 +90,7 @@ pub async fn run(
             started_unix_nanos,
             unix_nanos(SystemTime::now()),
         );
-        let accepted =
-            match <crate::mapping::Metrics as crate::mapping::Signal>::map(request, &limits) {
-                Ok((mapped, _)) => pipeline
-                    .accept::<crate::mapping::Metrics>(mapped)
-                    .await
-                    .map(drop),
-                Err(e) => Err(e),
-            };
+        let accepted = sink.send(request).await;
         if let Err(e) = accepted {
             // The spool is full or shutting down: this sample is dropped, the next
             // one carries the same cumulative totals.

@@ -12,8 +12,7 @@ use super::layout::{self, Nav, Page};
 use super::params::{Params, TimeRange};
 use super::queries;
 use super::{PageResult, Ui};
-use crate::exporters::clickhouse::SchemaState;
-use crate::telemetry::exposition;
+use crate::telemetry::{exposition, Readiness};
 
 /// One sample of the Prometheus text exposition.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,10 +124,10 @@ pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let m = Metrics(parse_exposition(&exposition(&ui.health)));
     let step = range.step(15);
     let history = queries::spool_history(&ui.client, &range, step).await?;
-    let state = match (ui.health.gate.state(), ui.health.inserts.failing()) {
-        (SchemaState::Pending(why), _) => format!("not ready: {why}"),
-        (SchemaState::Ready, Some(why)) => format!("degraded: {why}"),
-        (SchemaState::Ready, None) => "ready".to_string(),
+    let state = match ui.health.readiness() {
+        Readiness::NotReady(why) => format!("not ready: {why}"),
+        Readiness::Degraded(why) => format!("degraded: {why}"),
+        Readiness::Ready => "ready".to_string(),
     };
     let spool = m.get("collector_spool_bytes", "", "");
     let budget = m.get("collector_spool_budget_bytes", "", "");

@@ -12,8 +12,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Exemplar};
 
-use super::ReceiversConfig;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_items: u64,
@@ -28,18 +26,27 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// 0 in the config means "no limit".
-    pub fn from_config(c: &ReceiversConfig) -> Limits {
+    /// No limit at all (the collector's own metrics, whose few series never bind).
+    pub const NONE: Limits = Limits {
+        max_items: u64::MAX,
+        max_attributes: usize::MAX,
+        max_value_bytes: usize::MAX,
+        max_depth: usize::MAX,
+    };
+
+    /// From the receivers' settings, where 0 means "no limit".
+    pub fn new(
+        max_items: u64,
+        max_attributes: usize,
+        max_value_bytes: usize,
+        max_depth: usize,
+    ) -> Limits {
         let or_max = |n: usize| if n == 0 { usize::MAX } else { n };
         Limits {
-            max_items: if c.max_items_per_request == 0 {
-                u64::MAX
-            } else {
-                c.max_items_per_request
-            },
-            max_attributes: or_max(c.max_attributes_per_item),
-            max_value_bytes: or_max(c.max_attribute_value_bytes),
-            max_depth: or_max(c.max_attribute_depth),
+            max_items: if max_items == 0 { u64::MAX } else { max_items },
+            max_attributes: or_max(max_attributes),
+            max_value_bytes: or_max(max_value_bytes),
+            max_depth: or_max(max_depth),
         }
     }
 }
@@ -535,15 +542,10 @@ mod tests {
     }
 
     #[test]
-    fn zero_in_the_config_is_no_limit() {
-        let c = ReceiversConfig {
-            max_items_per_request: 0,
-            max_attributes_per_item: 0,
-            ..ReceiversConfig::default()
-        };
-        let l = Limits::from_config(&c);
+    fn zero_is_no_limit() {
+        let l = Limits::new(0, 0, 100, 8);
         assert_eq!(l.max_items, u64::MAX);
         assert_eq!(l.max_attributes, usize::MAX);
-        assert_eq!(l.max_depth, 8);
+        assert_eq!((l.max_value_bytes, l.max_depth), (100, 8));
     }
 }
