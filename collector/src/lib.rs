@@ -17,9 +17,7 @@ pub mod pipeline;
 pub mod receivers;
 pub mod schema;
 pub mod spool;
-pub mod synthetic;
 pub mod telemetry;
-pub mod testing;
 pub mod ui;
 
 pub use app::Collector;

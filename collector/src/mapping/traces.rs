@@ -960,7 +960,7 @@ mod tests {
         same(&rich(), &no_limits());
         same(&ExportTraceServiceRequest::default(), &no_limits());
         same(
-            &crate::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
+            &testkit::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
             &crate::receivers::ReceiversConfig::default().limits(),
         );
     }

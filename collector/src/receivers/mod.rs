@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::limits::Limits;
-use crate::mapping::{Logs, Mapped, Metrics, Signal, Traces};
-use crate::otlp::{Encoding, IngestError};
+use crate::mapping::{Logs, Metrics, Traces};
+
 use crate::pipeline::Pipeline;
 use auth::Auth;
 use ingest::Ingest;
@@ -205,38 +205,6 @@ fn ingest(config: &ReceiversConfig, pipeline: Arc<Pipeline>) -> std::io::Result<
         config.limits(),
         config.max_request_bytes,
     ))
-}
-
-/// What a receiver does to a request body before the pipeline — decode, item and
-/// attribute limits, mapping to encoded RowBinary rows — without network, auth or
-/// pipeline; for fuzz and property tests. `signal` is `traces`, `logs` or `metrics`.
-/// Returns the mapped rows and the note the limits would add to the response.
-#[doc(hidden)]
-pub fn decode_for_tests(
-    signal: &str,
-    body: &[u8],
-    encoding: Encoding,
-    config: &ReceiversConfig,
-) -> Result<(Mapped, String), IngestError> {
-    fn run<S: Signal>(
-        body: &[u8],
-        encoding: Encoding,
-        config: &ReceiversConfig,
-    ) -> Result<(Mapped, String), IngestError> {
-        let limits = config.limits();
-        let request = S::decode(bytes::Bytes::copy_from_slice(body), encoding)?;
-        if S::items(&request) > limits.max_items {
-            return Err(IngestError::TooLarge("too many items".into()));
-        }
-        let (mapped, report) = S::map(request, &limits)?;
-        Ok((mapped, report.note(&limits)))
-    }
-    match signal {
-        "traces" => run::<Traces>(body, encoding, config),
-        "logs" => run::<Logs>(body, encoding, config),
-        "metrics" => run::<Metrics>(body, encoding, config),
-        other => Err(IngestError::Malformed(format!("unknown signal {other}"))),
-    }
 }
 
 #[cfg(test)]
