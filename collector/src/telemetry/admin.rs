@@ -1,6 +1,5 @@
 //! `/health/live`, `/health/ready` and `/metrics`.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use super::registry::{Family, Kind, Snapshot, Value};
 use super::spool_age::SpoolAge;
 use super::Metrics;
 
@@ -58,18 +58,31 @@ impl Health {
     }
 }
 
-/// What `/metrics` serves (and the collector writes into its own tables).
-pub fn exposition(h: &Health) -> String {
-    let mut out = h.metrics.render();
-    let (used, budget) = h.stages.spool_bytes();
-    for (name, value) in [
-        ("collector_spool_bytes", used as f64),
-        ("collector_spool_budget_bytes", budget as f64),
-        ("collector_spool_oldest_age_seconds", h.spool_age_seconds()),
-    ] {
-        let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
+impl Health {
+    /// Every metric now: the instruments and the gauges read from the stages.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = self.metrics.snapshot();
+        let (used, budget) = self.stages.spool_bytes();
+        let gauge = |name, value| Family {
+            name,
+            kind: Kind::Gauge,
+            series: vec![(Vec::new(), Value::Level(value))],
+        };
+        snapshot.extend(Snapshot(vec![
+            gauge("collector_spool_bytes", used as f64),
+            gauge("collector_spool_budget_bytes", budget as f64),
+            gauge(
+                "collector_spool_oldest_age_seconds",
+                self.spool_age_seconds(),
+            ),
+        ]));
+        snapshot
     }
-    out
+}
+
+/// What `/metrics` serves (and the web UI shows).
+pub fn exposition(h: &Health) -> String {
+    h.snapshot().render_text()
 }
 
 pub fn router(health: Health) -> Router {
