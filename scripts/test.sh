@@ -57,6 +57,7 @@ chromium --version
 step "format and lints"
 cargo fmt --all --check
 python3 scripts/check-rust-version.py
+python3 scripts/check-module-edges.py
 # One feature set for every step (the lapin carrier included), so clippy, build and
 # tests share their artifacts instead of rebuilding.
 cargo clippy --workspace --all-targets --all-features -- -D warnings

@@ -229,7 +229,7 @@ async fn drive() {
     let rounds = env_number("OVERHEAD_ROUNDS", 5);
     let concurrency = env_number("OVERHEAD_CONCURRENCY", 64);
     let rate = env_number("OVERHEAD_RATE", 2500);
-    let collector = collector::testing::TestCollector::start("agent_bench").await;
+    let collector = testkit::TestCollector::start("agent_bench").await;
     let endpoint = collector.grpc_endpoint();
     println!(
         "overhead: {requests} requests x {rounds} rounds per shape at {rate} req/s (at most {concurrency} in flight); collector at {endpoint}"

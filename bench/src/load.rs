@@ -78,7 +78,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     for c in 0..args.clients {
         let bodies: Vec<Bytes> = (0..args.distinct.max(1))
             .map(|n| {
-                collector::synthetic::traces_request(c, n, args.spans, now)
+                testkit::synthetic::traces_request(c, n, args.spans, now)
                     .encode_to_vec()
                     .into()
             })

@@ -1,6 +1,6 @@
 //! Per-span cost of what a receiver does to a request before the spool: decoding,
 //! attribute limits, mapping to RowBinary and LZ4 compression, for 512 realistic
-//! spans (`collector::synthetic`) in protobuf and in JSON.
+//! spans (`testkit::synthetic`) in protobuf and in JSON.
 //!
 //! The last case adds what the spool does for deduplication before it writes: the
 //! request's fingerprint and its check-and-insert into the index of recent ones
@@ -9,17 +9,19 @@
 //! `cargo bench -p collector --bench ingest` — compare before and after a change to
 //! the hot path (see BENCHMARKS.md); criterion reports time per span.
 
-use collector::receivers::{decode_for_tests, Encoding, ReceiversConfig};
+use collector::otlp::Encoding;
+use collector::receivers::ReceiversConfig;
 use collector::spool::dedup::{fingerprint, unix_secs, Recent};
 use collector::spool::Remembered;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use testkit::decode_for_tests;
 
 const SPANS: u16 = 512;
 
 fn request() -> ExportTraceServiceRequest {
-    collector::synthetic::traces_request(0, 1, SPANS, 1_700_000_000_000_000_000)
+    testkit::synthetic::traces_request(0, 1, SPANS, 1_700_000_000_000_000_000)
 }
 
 fn ingest(c: &mut Criterion) {

@@ -16,7 +16,9 @@ use crate::pipeline::Pipeline;
 use crate::receivers::{self, Receivers};
 use crate::schema::{self, DedupWindowProblem, ALL_TABLES};
 use crate::spool::Spool;
-use crate::telemetry::{admin_router, run_self_export, Health, Metrics, SpoolAge};
+use crate::telemetry::{
+    admin_router, run_self_export, Health, Metrics, Readiness, SpoolAge, Stages,
+};
 use crate::ui;
 
 /// How many recent INSERT blocks each table remembers to drop repeats, at least
@@ -149,9 +151,11 @@ impl Collector {
         let admin = receivers::bind(&config.admin.addr).await?;
         let admin_addr = admin.local_addr()?;
         let health = Health {
-            gate: gate.clone(),
-            inserts: exporter.lanes(),
-            spool: spool.clone(),
+            stages: Arc::new(StageHandles {
+                gate: gate.clone(),
+                inserts: exporter.lanes(),
+                spool: spool.clone(),
+            }),
             metrics: metrics.clone(),
             spool_age: Arc::new(SpoolAge::new(std::time::Instant::now())),
         };
@@ -298,5 +302,92 @@ async fn report_dedup_windows(
             report.send_replace(Some(problems));
         }
         Err(e) => tracing::warn!(error = %e, "could not check the tables' deduplication windows"),
+    }
+}
+
+/// What telemetry reports on, handed to it here so it imports none of the stages.
+struct StageHandles {
+    gate: SchemaGate,
+    inserts: ch::Lanes,
+    spool: Arc<Spool>,
+}
+
+impl Stages for StageHandles {
+    fn readiness(&self) -> Readiness {
+        match (self.gate.state(), self.inserts.failing()) {
+            (SchemaState::Pending(why), _) => Readiness::NotReady(why),
+            (SchemaState::Ready, Some(why)) => Readiness::Degraded(why),
+            (SchemaState::Ready, None) => Readiness::Ready,
+        }
+    }
+
+    fn spool_bytes(&self) -> (u64, u64) {
+        (self.spool.used_bytes(), self.spool.budget_bytes())
+    }
+
+    fn spool_seqs(&self) -> (u64, Option<u64>) {
+        (
+            self.spool.next_seq(),
+            self.spool.oldest_seq().ok().flatten(),
+        )
+    }
+
+    fn accepting(&self) -> (bool, String) {
+        let (disk, budget) = (self.spool.disk_bytes(), self.spool.budget_bytes());
+        if self.spool.has_room() {
+            (
+                true,
+                format!("ready: accepting; the spool holds {disk} of {budget} bytes on disk\n"),
+            )
+        } else {
+            (
+                false,
+                format!(
+                    "not ready: the spool is full ({disk} of {budget} bytes on disk); requests \
+                     are refused until ClickHouse catches up\n"
+                ),
+            )
+        }
+    }
+
+    fn exporting(&self) -> (bool, String) {
+        let spooled = self.spool.used_bytes();
+        let lanes = self.inserts.report();
+        let mut ok = lanes.iter().all(|l| l.failing.is_none());
+        let mut out = match self.gate.state() {
+            SchemaState::Pending(why) => {
+                ok = false;
+                format!(
+                    "exporting: no, the schema is not ready: {why}; {spooled} bytes wait in the spool\n"
+                )
+            }
+            SchemaState::Ready if ok => "exporting: yes\n".to_string(),
+            SchemaState::Ready => {
+                format!("exporting: degraded; {spooled} bytes wait in the spool\n")
+            }
+        };
+        for lane in lanes {
+            out.push_str(&lane.describe());
+            out.push('\n');
+        }
+        // Our rollups and views a database made by the upstream exporter lacks:
+        // writing goes on, the dashboards reading them stay empty until they exist.
+        let absent = self.gate.absent_extras();
+        if !absent.is_empty() {
+            out.push_str(&format!(
+                "absent (create_schema is off): {}\n",
+                absent.join("; ")
+            ));
+        }
+        (ok, out)
+    }
+
+    fn spool_gauges(&self) -> Vec<(&'static str, f64)> {
+        let (files, bytes) = self.spool.quarantined();
+        vec![
+            ("collector_spool_disk_bytes", self.spool.disk_bytes() as f64),
+            ("collector_spool_quarantined_files", files as f64),
+            ("collector_spool_quarantined_bytes", bytes as f64),
+        ]
     }
 }

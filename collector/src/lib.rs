@@ -11,14 +11,13 @@ pub mod embedded;
 pub mod exporters;
 mod lz4;
 pub mod mapping;
+pub mod otlp;
 pub mod part;
 pub mod pipeline;
 pub mod receivers;
 pub mod schema;
 pub mod spool;
-pub mod synthetic;
 pub mod telemetry;
-pub mod testing;
 pub mod ui;
 
 pub use app::Collector;

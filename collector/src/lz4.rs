@@ -205,20 +205,18 @@ mod tests {
 
     #[test]
     fn span_rows_compress_smaller_than_plain_greedy_lz4() {
+        use crate::mapping::{Signal, Traces};
         use prost::Message;
-        let body =
-            crate::synthetic::traces_request(1, 2, 512, 1_700_000_000_000_000_000).encode_to_vec();
-        let (mapped, _) = crate::receivers::decode_for_tests(
-            "traces",
-            &body,
-            crate::receivers::Encoding::Protobuf,
-            &crate::receivers::ReceiversConfig {
-                // The fixture's spans date from 2023.
-                timestamps: crate::mapping::TimestampWindow::OFF,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let body = testkit::synthetic::traces_request(1, 2, 512, 1_700_000_000_000_000_000)
+            .encode_to_vec();
+        let request = Traces::decode(body.into(), crate::otlp::Encoding::Protobuf).unwrap();
+        // The fixture's spans date from 2023.
+        let limits = crate::receivers::ReceiversConfig {
+            timestamps: crate::mapping::TimestampWindow::OFF,
+            ..Default::default()
+        }
+        .limits();
+        let (mapped, _) = Traces::map(request, &limits).unwrap();
         let rows = crate::part::decompress(&mapped.parts[0].data).unwrap();
         let ours = round_trip(&rows);
         let reference = lz4_flex::block::compress(&rows).len();

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::batching::Queued;
+use crate::mapping::limits::Limits;
 use crate::mapping::{Mapped, Signal};
-use crate::receivers::IngestError;
+use crate::otlp::IngestError;
 use crate::schema::ALL_TABLES;
 use crate::spool::{Appended, Spool, SpoolError};
 use crate::telemetry::{Metrics, Outcome};
@@ -121,5 +123,16 @@ fn refusal(e: SpoolError) -> (Outcome, IngestError) {
                 IngestError::Unavailable(format!("cannot store the request: {other}")),
             )
         }
+    }
+}
+
+/// The collector's own metrics enter like a client's request: mapped (their few
+/// series meet no limit), spooled and batched.
+impl crate::telemetry::MetricsSink for Pipeline {
+    async fn send(&self, request: ExportMetricsServiceRequest) -> Result<(), IngestError> {
+        let (mapped, _) = crate::mapping::Metrics::map(request, &Limits::NONE)?;
+        self.accept::<crate::mapping::Metrics>(mapped)
+            .await
+            .map(drop)
     }
 }

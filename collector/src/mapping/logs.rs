@@ -7,9 +7,9 @@ use super::attributes::{service_name, to_map, value_to_string};
 use super::ids::{hex, nanos, optional_span_id, optional_trace_id};
 use bytes::Bytes;
 
+use super::limits::{Limitable, Limits, Report};
 use super::{decode_message, limit_then_map, Mapped, Output, Signal};
-use crate::receivers::limits::{Limitable, Limits, Report};
-use crate::receivers::{Encoding, IngestError};
+use crate::otlp::{Encoding, IngestError};
 use crate::schema::{LogRow, TableId};
 
 pub struct Logs;

@@ -9,9 +9,9 @@ use super::attributes::{service_name, to_map};
 use super::ids::{hex, optional_span_id, optional_trace_id, seconds};
 use bytes::Bytes;
 
+use super::limits::{Limitable, Limits, Report};
 use super::{decode_message, limit_then_map, Mapped, Output, Signal};
-use crate::receivers::limits::{Limitable, Limits, Report};
-use crate::receivers::{Encoding, IngestError};
+use crate::otlp::{Encoding, IngestError};
 use crate::schema::rowbinary::Map;
 use crate::schema::{ExponentialHistogramRow, GaugeRow, HistogramRow, SumRow, SummaryRow, TableId};
 

@@ -7,6 +7,7 @@
 
 mod attributes;
 mod ids;
+pub mod limits;
 mod logs;
 mod metrics;
 pub mod time_window;
@@ -20,10 +21,10 @@ pub use traces::{Traces, TracesRequest};
 
 use bytes::Bytes;
 
+use crate::otlp::{Encoding, IngestError};
 use crate::part::TablePart;
-use crate::receivers::limits::{self, Limitable, Limits, Report};
-use crate::receivers::{Encoding, IngestError};
 use crate::schema::{Row, TableId, ALL_TABLES};
+use limits::{Limitable, Limits, Report};
 
 pub trait Signal: Send + Sync + 'static {
     /// `traces`, `logs` or `metrics`: the URL path segment and the metrics label.
@@ -55,7 +56,7 @@ fn decode_message<M>(body: &[u8], encoding: Encoding) -> Result<M, IngestError>
 where
     M: prost::Message + Default + serde::de::DeserializeOwned,
 {
-    crate::receivers::decode_message(body, encoding)
+    crate::otlp::decode(body, encoding)
 }
 
 /// `map` for signals mapped from prost's messages: limits first, then the rows.

@@ -23,11 +23,11 @@ use prost::Message;
 
 use super::attributes::value_to_string;
 use super::ids::{nanos, optional_span_id, valid_span_id, valid_trace_id};
+use super::limits::{Limits, Pass, Report};
 use super::time_window::{Bounds, Verdict};
 use super::wire::{Fields, WireError};
 use super::{Mapped, Output, Signal};
-use crate::receivers::limits::{Limits, Pass, Report};
-use crate::receivers::{Encoding, IngestError};
+use crate::otlp::{Encoding, IngestError};
 use crate::schema::rowbinary::{write_str, write_varint, RowBinary};
 use crate::schema::TableId;
 
@@ -51,8 +51,7 @@ impl Signal for Traces {
             Encoding::Protobuf => body,
             // JSON is decoded by prost's types and mapped like protobuf: one mapping.
             Encoding::Json => {
-                let request: ExportTraceServiceRequest =
-                    crate::receivers::decode_message(&body, encoding)?;
+                let request: ExportTraceServiceRequest = crate::otlp::decode(&body, encoding)?;
                 request.encode_to_vec().into()
             }
         };
@@ -715,7 +714,7 @@ mod tests {
     use super::*;
     use crate::mapping::attributes::{service_name, to_map};
     use crate::mapping::ids::hex;
-    use crate::receivers::limits;
+    use crate::mapping::limits;
     use crate::schema::rowbinary::Map;
     use crate::schema::SpanRow;
     use opentelemetry_proto::tonic::common::v1::{
@@ -848,14 +847,7 @@ mod tests {
     }
 
     fn no_limits() -> Limits {
-        Limits::from_config(&crate::receivers::ReceiversConfig {
-            max_items_per_request: 0,
-            max_attributes_per_item: 0,
-            max_attribute_value_bytes: 0,
-            max_attribute_depth: 0,
-            timestamps: crate::mapping::TimestampWindow::OFF,
-            ..Default::default()
-        })
+        Limits::NONE
     }
 
     fn kv(key: &str, value: any_value::Value) -> KeyValue {
@@ -990,10 +982,10 @@ mod tests {
         same(&rich(), &no_limits());
         same(&ExportTraceServiceRequest::default(), &no_limits());
         same(
-            &crate::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
+            &testkit::synthetic::traces_request(3, 4, 120, 1_700_000_000_000_000_000),
             &Limits {
                 timestamps: crate::mapping::TimestampWindow::OFF,
-                ..Limits::from_config(&Default::default())
+                ..crate::receivers::ReceiversConfig::default().limits()
             },
         );
     }
@@ -1004,7 +996,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        let mut request = crate::synthetic::traces_request(0, 0, 3, now);
+        let mut request = testkit::synthetic::traces_request(0, 0, 3, now);
         let spans = &mut request.resource_spans[0].scope_spans[0].spans;
         // 60 days old and a day ahead, against the default 30 days / 1 hour.
         spans[1].start_time_unix_nano = now - 60 * 86_400_000_000_000;
@@ -1012,7 +1004,7 @@ mod tests {
         spans[2].start_time_unix_nano = now + 86_400_000_000_000;
         spans[2].end_time_unix_nano = spans[2].start_time_unix_nano + 5;
         let body = || Bytes::from(request.encode_to_vec());
-        let mut limits = Limits::from_config(&Default::default());
+        let mut limits = crate::receivers::ReceiversConfig::default().limits();
         let decoded = Traces::decode(body(), Encoding::Protobuf).unwrap();
         let (mapped, _) = Traces::map(decoded, &limits).unwrap();
         assert_eq!((mapped.accepted, mapped.rejected), (1, 2));

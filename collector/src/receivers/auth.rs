@@ -10,7 +10,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use super::IngestError;
+use crate::otlp::IngestError;
 
 #[derive(Debug, Error)]
 pub enum AuthError {

@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use super::IngestError;
+use crate::otlp::IngestError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Paying = Pin<Box<dyn Future<Output = Result<(), BodyError>> + Send>>;

@@ -24,8 +24,8 @@ use tonic::{Code, Status};
 use super::budget::{BodyError, Charge};
 use super::ingest::{Caller, Ingest};
 use super::status::retry_info_details;
-use super::{Encoding, IngestError};
 use crate::mapping::Signal;
+use crate::otlp::{Encoding, IngestError};
 use crate::pipeline::Pipeline;
 use crate::telemetry::Outcome;
 

@@ -11,11 +11,11 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::budget::{BodyError, Charge, GuardedBody};
-use super::decode::{decompress, encode, too_large, Encoding};
 use super::ingest::Ingest;
 use super::status::error_body;
-use super::IngestError;
 use crate::mapping::{Logs, Metrics, Signal, Traces};
+use crate::otlp::IngestError;
+use crate::otlp::{decompress, encode, too_large, Encoding};
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()

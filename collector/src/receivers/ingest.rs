@@ -9,10 +9,10 @@ use http::HeaderMap;
 
 use super::auth::{Auth, TokenId};
 use super::budget::{BodyError, Charge, GuardedBody, RequestBudget};
-use super::limits::Limits;
 use super::rate_limit::RateLimiter;
-use super::IngestError;
+use crate::mapping::limits::Limits;
 use crate::mapping::Signal;
+use crate::otlp::IngestError;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Outcome;
 

@@ -2,12 +2,9 @@
 
 pub(crate) mod auth;
 mod budget;
-mod decode;
-mod error;
 mod grpc;
 mod http;
 mod ingest;
-pub mod limits;
 mod rate_limit;
 mod serve;
 mod status;
@@ -21,16 +18,13 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use decode::decode as decode_message;
-pub use decode::Encoding;
-pub use error::IngestError;
+use crate::mapping::limits::Limits;
+use crate::mapping::{Logs, Metrics, Traces};
 
-use crate::mapping::{Logs, Mapped, Metrics, Signal, Traces};
 use crate::pipeline::Pipeline;
 use auth::Auth;
 use budget::RequestBudget;
 use ingest::Ingest;
-use limits::Limits;
 use rate_limit::RateLimiter;
 use serve::{serve_http, HttpServerLimits, LimitedListener};
 use tls::TlsFiles;
@@ -145,6 +139,17 @@ impl ReceiversConfig {
             n => n,
         };
         RequestBudget::new(total, Duration::from_millis(self.inflight_wait_ms))
+    }
+
+    /// The attribute and item limits the mapping applies (0: no limit).
+    pub fn limits(&self) -> Limits {
+        Limits::new(
+            self.max_items_per_request,
+            self.max_attributes_per_item,
+            self.max_attribute_value_bytes,
+            self.max_attribute_depth,
+            self.timestamps,
+        )
     }
 }
 
@@ -263,41 +268,27 @@ fn ingest(config: &ReceiversConfig, pipeline: Arc<Pipeline>) -> std::io::Result<
         pipeline,
         auth,
         rate,
-        Limits::from_config(config),
+        config.limits(),
         config.max_request_bytes,
         Arc::new(config.budget()),
         Duration::from_millis(config.request_body_timeout_ms),
     ))
 }
 
-/// What a receiver does to a request body before the pipeline — decode, item and
-/// attribute limits, mapping to encoded RowBinary rows — without network, auth or
-/// pipeline; for fuzz and property tests. `signal` is `traces`, `logs` or `metrics`.
-/// Returns the mapped rows and the note the limits would add to the response.
-#[doc(hidden)]
-pub fn decode_for_tests(
-    signal: &str,
-    body: &[u8],
-    encoding: Encoding,
-    config: &ReceiversConfig,
-) -> Result<(Mapped, String), IngestError> {
-    fn run<S: Signal>(
-        body: &[u8],
-        encoding: Encoding,
-        config: &ReceiversConfig,
-    ) -> Result<(Mapped, String), IngestError> {
-        let limits = Limits::from_config(config);
-        let request = S::decode(bytes::Bytes::copy_from_slice(body), encoding)?;
-        if S::items(&request) > limits.max_items {
-            return Err(IngestError::TooLarge("too many items".into()));
-        }
-        let (mapped, report) = S::map(request, &limits)?;
-        Ok((mapped, report.note(&limits)))
-    }
-    match signal {
-        "traces" => run::<Traces>(body, encoding, config),
-        "logs" => run::<Logs>(body, encoding, config),
-        "metrics" => run::<Metrics>(body, encoding, config),
-        other => Err(IngestError::Malformed(format!("unknown signal {other}"))),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_in_the_config_is_no_limit() {
+        let c = ReceiversConfig {
+            max_items_per_request: 0,
+            max_attributes_per_item: 0,
+            ..ReceiversConfig::default()
+        };
+        let l = c.limits();
+        assert_eq!(l.max_items, u64::MAX);
+        assert_eq!(l.max_attributes, usize::MAX);
+        assert_eq!(l.max_depth, 8);
     }
 }

@@ -1,7 +1,7 @@
 //! `google.rpc.Status`, the body of OTLP/HTTP error responses.
 
-use super::decode::{encode, Encoding};
-use super::IngestError;
+use crate::otlp::IngestError;
+use crate::otlp::{encode, Encoding};
 
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
 pub struct RpcStatus {

@@ -1,6 +1,5 @@
 //! `/health/live`, `/health/ready` (accepting), `/health/exporting` and `/metrics`.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,17 +9,41 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use super::registry::{Family, Kind, Snapshot, Value};
 use super::spool_age::SpoolAge;
 use super::Metrics;
-use crate::exporters::clickhouse::{Lanes, SchemaGate, SchemaState};
-use crate::spool::Spool;
+
+/// Whether the collector can take and store data, as `/health/ready` and the web UI
+/// report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The schema is not (yet) right: nothing can be written.
+    NotReady(String),
+    /// INSERTs fail: data waits in the spool.
+    Degraded(String),
+}
+
+/// What telemetry reads from the stages it reports on. The app implements it over
+/// the schema gate, the exporter and the spool, so telemetry imports none of them.
+pub trait Stages: Send + Sync {
+    fn readiness(&self) -> Readiness;
+    /// Bytes the spool holds, and its budget.
+    fn spool_bytes(&self) -> (u64, u64);
+    /// The spool's next sequence number and its oldest unconfirmed part.
+    fn spool_seqs(&self) -> (u64, Option<u64>);
+    /// Whether the spool has room (requests are accepted), and a line saying so.
+    fn accepting(&self) -> (bool, String);
+    /// Whether rows flow to ClickHouse, and a line for the schema and each
+    /// table's lane.
+    fn exporting(&self) -> (bool, String);
+    /// The spool's gauges beyond its bytes: on disk, quarantined files and bytes.
+    fn spool_gauges(&self) -> Vec<(&'static str, f64)>;
+}
 
 #[derive(Clone)]
 pub struct Health {
-    pub gate: SchemaGate,
-    /// Each table's export lane.
-    pub inserts: Lanes,
-    pub spool: Arc<Spool>,
+    pub stages: Arc<dyn Stages>,
     pub metrics: Arc<Metrics>,
     pub spool_age: Arc<SpoolAge>,
 }
@@ -28,40 +51,52 @@ pub struct Health {
 impl Health {
     /// Notes how far the spool's appends have gone (see [`SpoolAge`]).
     pub fn sample_spool_age(&self) {
-        let oldest = self.spool.oldest_seq().ok().flatten();
-        self.spool_age
-            .sample(Instant::now(), self.spool.next_seq(), oldest);
+        let (next, oldest) = self.stages.spool_seqs();
+        self.spool_age.sample(Instant::now(), next, oldest);
     }
 
     fn spool_age_seconds(&self) -> f64 {
-        let oldest = self.spool.oldest_seq().ok().flatten();
+        let (_, oldest) = self.stages.spool_seqs();
         self.spool_age.age(Instant::now(), oldest).as_secs_f64()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.stages.readiness()
     }
 }
 
-/// What `/metrics` serves (and the collector writes into its own tables).
-pub fn exposition(h: &Health) -> String {
-    let mut out = h.metrics.render();
-    for (name, value) in [
-        ("collector_spool_bytes", h.spool.used_bytes() as f64),
-        (
-            "collector_spool_budget_bytes",
-            h.spool.budget_bytes() as f64,
-        ),
-        ("collector_spool_oldest_age_seconds", h.spool_age_seconds()),
-        ("collector_spool_disk_bytes", h.spool.disk_bytes() as f64),
-        (
-            "collector_spool_quarantined_files",
-            h.spool.quarantined().0 as f64,
-        ),
-        (
-            "collector_spool_quarantined_bytes",
-            h.spool.quarantined().1 as f64,
-        ),
-    ] {
-        let _ = write!(out, "# TYPE {name} gauge\n{name} {value}\n");
+impl Health {
+    /// Every metric now: the instruments and the gauges read from the stages.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = self.metrics.snapshot();
+        let (used, budget) = self.stages.spool_bytes();
+        let gauge = |name, value| Family {
+            name,
+            kind: Kind::Gauge,
+            series: vec![(Vec::new(), Value::Level(value))],
+        };
+        snapshot.extend(Snapshot(vec![
+            gauge("collector_spool_bytes", used as f64),
+            gauge("collector_spool_budget_bytes", budget as f64),
+            gauge(
+                "collector_spool_oldest_age_seconds",
+                self.spool_age_seconds(),
+            ),
+        ]));
+        snapshot.extend(Snapshot(
+            self.stages
+                .spool_gauges()
+                .into_iter()
+                .map(|(name, value)| gauge(name, value))
+                .collect(),
+        ));
+        snapshot
     }
-    out
+}
+
+/// What `/metrics` serves (and the web UI shows).
+pub fn exposition(h: &Health) -> String {
+    h.snapshot().render_text()
 }
 
 pub fn router(health: Health) -> Router {
@@ -78,65 +113,25 @@ pub fn router(health: Health) -> Router {
 /// through an outage, and moves on once it refuses (503, as its clients get 429).
 /// The body describes the spool and each table's lane either way.
 async fn ready(State(h): State<Health>) -> impl IntoResponse {
-    let (disk, budget) = (h.spool.disk_bytes(), h.spool.budget_bytes());
-    let (status, head) = if h.spool.has_room() {
-        (
-            StatusCode::OK,
-            format!("ready: accepting; the spool holds {disk} of {budget} bytes on disk\n"),
-        )
+    let (accepting, head) = h.stages.accepting();
+    let status = if accepting {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the spool is full ({disk} of {budget} bytes on disk); requests are refused until ClickHouse catches up\n"),
-        )
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, head + &describe_export(&h).1)
+    (status, head + &h.stages.exporting().1)
 }
 
 /// 200 while rows flow to ClickHouse: the schema is right and no lane's INSERTs
 /// are failing; else 503 saying why (data meanwhile waits in the spool).
 async fn exporting(State(h): State<Health>) -> impl IntoResponse {
-    let (ok, body) = describe_export(&h);
+    let (ok, body) = h.stages.exporting();
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body)
-}
-
-/// Whether everything exports, and a line for the schema and each lane.
-fn describe_export(h: &Health) -> (bool, String) {
-    let spooled = h.spool.used_bytes();
-    let lanes = h.inserts.report();
-    let mut ok = lanes.iter().all(|l| l.failing.is_none());
-    let mut out = match h.gate.state() {
-        SchemaState::Pending(why) => {
-            ok = false;
-            format!("exporting: no, the schema is not ready: {why}; {spooled} bytes wait in the spool\n")
-        }
-        SchemaState::Ready if ok => "exporting: yes\n".to_string(),
-        SchemaState::Ready => {
-            format!("exporting: degraded; {spooled} bytes wait in the spool\n")
-        }
-    };
-    for lane in lanes {
-        out.push_str(&lane.describe());
-        out.push('\n');
-    }
-    out.push_str(&extras_note(h));
-    (ok, out)
-}
-
-/// Our rollups and views a database made by the upstream exporter lacks: writing
-/// goes on, the dashboards reading them stay empty until they exist.
-fn extras_note(h: &Health) -> String {
-    let absent = h.gate.absent_extras();
-    if absent.is_empty() {
-        String::new()
-    } else {
-        format!("absent (create_schema is off): {}\n", absent.join("; "))
-    }
 }
 
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {

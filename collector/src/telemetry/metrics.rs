@@ -1,9 +1,9 @@
-//! Counters and histograms, rendered as Prometheus text.
+//! The collector's own instruments, typed, in one [`Registry`] (see `registry.rs`).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::registry::{Counter, Histogram, Registry, Snapshot};
 use crate::schema::{Table, ALL_TABLES};
 
 pub const SIGNALS: [&str; 3] = ["traces", "logs", "metrics"];
@@ -33,115 +33,169 @@ const OUTCOMES: [(Outcome, &str); 8] = [
     (Outcome::Unavailable, "unavailable"),
 ];
 
-struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    sum_bits: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        let _ = self.sum_bits.fetch_update(Relaxed, Relaxed, |bits| {
-            Some((f64::from_bits(bits) + v).to_bits())
-        });
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += c.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            f64::from_bits(self.sum_bits.load(Relaxed))
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
-
 const ROW_BOUNDS: &[f64] = &[1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
 const SECONDS_BOUNDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default)]
-struct SignalCounters {
-    requests: [AtomicU64; OUTCOMES.len()],
-    received: AtomicU64,
-    accepted: AtomicU64,
-    rejected: AtomicU64,
+/// Per signal, in [`SIGNALS`] order.
+struct SignalInstruments {
+    /// In [`OUTCOMES`] order.
+    requests: Vec<Arc<Counter>>,
+    received: Arc<Counter>,
+    accepted: Arc<Counter>,
+    rejected: Arc<Counter>,
+    /// What the receivers' limits and auth did.
+    attributes_dropped: Arc<Counter>,
+    values_truncated: Arc<Counter>,
+    values_too_deep: Arc<Counter>,
+    unauthenticated: Arc<Counter>,
+    rate_limited: Arc<Counter>,
+    over_budget: Arc<Counter>,
+    body_timeouts: Arc<Counter>,
 }
 
-/// What the receivers' limits and auth did, per signal.
-#[derive(Default)]
-struct LimitCounters {
-    attributes_dropped: AtomicU64,
-    values_truncated: AtomicU64,
-    values_too_deep: AtomicU64,
-    unauthenticated: AtomicU64,
-    rate_limited: AtomicU64,
-    /// Refused because the budget of request bytes in flight stayed spent.
-    over_budget: AtomicU64,
-    /// Bodies not received within the body timeout.
-    body_timeouts: AtomicU64,
+/// Per table, in [`ALL_TABLES`] order.
+struct TableInstruments {
+    exported_rows: Arc<Counter>,
+    failed_rows: Arc<Counter>,
+    retries: Arc<Counter>,
+    dead_letter_batches: Arc<Counter>,
+    batch_rows: Arc<Histogram>,
+    insert_seconds: Arc<Histogram>,
 }
 
 /// The listeners whose refused connections are counted.
 pub const LISTENERS: [&str; 2] = ["grpc", "http"];
 
-struct TableCounters {
-    exported_rows: AtomicU64,
-    /// Rows given up on (ClickHouse will not take them): in the dead-letter store.
-    failed_rows: AtomicU64,
-    dead_letter_batches: AtomicU64,
-    retries: AtomicU64,
-    batch_rows: Histogram,
-    insert_seconds: Histogram,
+pub struct Metrics {
+    registry: Registry,
+    signals: Vec<SignalInstruments>,
+    tables: Vec<TableInstruments>,
+    /// Per listener: connections closed at once for being over the limit.
+    connections_refused: Vec<Arc<Counter>>,
 }
 
-pub struct Metrics {
-    signals: [SignalCounters; 3],
-    limits: [LimitCounters; 3],
-    /// Per listener: connections closed at once for being over the limit.
-    connections_refused: [AtomicU64; 2],
-    tables: Vec<TableCounters>,
+/// One counter per signal, registered under `name{signal=…}`.
+fn per_signal(r: &Registry, name: &'static str) -> Vec<Arc<Counter>> {
+    SIGNALS
+        .iter()
+        .map(|s| r.counter(name, &[("signal", s)]))
+        .collect()
+}
+
+/// One counter per table, registered under `name{table=…}`.
+fn per_table(r: &Registry, name: &'static str) -> Vec<Arc<Counter>> {
+    ALL_TABLES
+        .iter()
+        .map(|t| r.counter(name, &[("table", t.name)]))
+        .collect()
 }
 
 impl Default for Metrics {
+    /// Registers every series; the registration order is the order `/metrics` shows.
     fn default() -> Self {
-        Metrics {
-            signals: Default::default(),
-            limits: Default::default(),
-            connections_refused: Default::default(),
-            tables: ALL_TABLES
+        let r = Registry::default();
+        let requests: Vec<Vec<Arc<Counter>>> = SIGNALS
+            .iter()
+            .map(|s| {
+                OUTCOMES
+                    .iter()
+                    .map(|(_, o)| {
+                        r.counter("collector_requests_total", &[("signal", s), ("outcome", o)])
+                    })
+                    .collect()
+            })
+            .collect();
+        // The same count under the name operators look for.
+        for (s, counters) in SIGNALS.iter().zip(&requests) {
+            let duplicate = OUTCOMES
                 .iter()
-                .map(|_| TableCounters {
-                    exported_rows: AtomicU64::new(0),
-                    failed_rows: AtomicU64::new(0),
-                    dead_letter_batches: AtomicU64::new(0),
-                    retries: AtomicU64::new(0),
-                    batch_rows: Histogram::new(ROW_BOUNDS),
-                    insert_seconds: Histogram::new(SECONDS_BOUNDS),
-                })
-                .collect(),
+                .position(|(o, _)| *o == Outcome::Duplicate)
+                .unwrap_or(0);
+            r.add_counter(
+                "collector_duplicate_requests_total",
+                &[("signal", s)],
+                counters[duplicate].clone(),
+            );
+        }
+        let mut received = per_signal(&r, "collector_items_received_total").into_iter();
+        let mut accepted = per_signal(&r, "collector_items_accepted_total").into_iter();
+        let mut rejected = per_signal(&r, "collector_items_rejected_total").into_iter();
+        let mut dropped = per_signal(&r, "collector_attributes_dropped_total").into_iter();
+        let mut truncated = per_signal(&r, "collector_values_truncated_total").into_iter();
+        let mut too_deep = per_signal(&r, "collector_values_too_deep_total").into_iter();
+        let mut unauthenticated =
+            per_signal(&r, "collector_unauthenticated_requests_total").into_iter();
+        let mut rate_limited = per_signal(&r, "collector_rate_limited_requests_total").into_iter();
+        let mut over_budget = per_signal(&r, "collector_request_budget_refused_total").into_iter();
+        let mut body_timeouts = per_signal(&r, "collector_request_body_timeouts_total").into_iter();
+        let signals = requests
+            .into_iter()
+            .map(|requests| SignalInstruments {
+                requests,
+                received: received.next().expect("one per signal"),
+                accepted: accepted.next().expect("one per signal"),
+                rejected: rejected.next().expect("one per signal"),
+                attributes_dropped: dropped.next().expect("one per signal"),
+                values_truncated: truncated.next().expect("one per signal"),
+                values_too_deep: too_deep.next().expect("one per signal"),
+                unauthenticated: unauthenticated.next().expect("one per signal"),
+                rate_limited: rate_limited.next().expect("one per signal"),
+                over_budget: over_budget.next().expect("one per signal"),
+                body_timeouts: body_timeouts.next().expect("one per signal"),
+            })
+            .collect();
+
+        let connections_refused = LISTENERS
+            .iter()
+            .map(|l| r.counter("collector_connections_refused_total", &[("listener", l)]))
+            .collect();
+        let mut exported = per_table(&r, "collector_exported_rows_total").into_iter();
+        let failed_rows = per_table(&r, "collector_failed_rows_total");
+        // Rows given up on are the rows in the dead-letter store: one count, two names.
+        for (t, c) in ALL_TABLES.iter().zip(&failed_rows) {
+            r.add_counter(
+                "collector_dead_letter_rows_total",
+                &[("table", t.name)],
+                c.clone(),
+            );
+        }
+        let mut failed = failed_rows.into_iter();
+        let mut retries = per_table(&r, "collector_insert_retries_total").into_iter();
+        let mut dead_letter_batches =
+            per_table(&r, "collector_dead_letter_batches_total").into_iter();
+        let batch_rows: Vec<_> = ALL_TABLES
+            .iter()
+            .map(|t| r.histogram("collector_batch_rows", &[("table", t.name)], ROW_BOUNDS))
+            .collect();
+        let insert_seconds: Vec<_> = ALL_TABLES
+            .iter()
+            .map(|t| {
+                r.histogram(
+                    "collector_insert_duration_seconds",
+                    &[("table", t.name)],
+                    SECONDS_BOUNDS,
+                )
+            })
+            .collect();
+        let tables = batch_rows
+            .into_iter()
+            .zip(insert_seconds)
+            .map(|(batch_rows, insert_seconds)| TableInstruments {
+                exported_rows: exported.next().expect("one per table"),
+                failed_rows: failed.next().expect("one per table"),
+                retries: retries.next().expect("one per table"),
+                dead_letter_batches: dead_letter_batches.next().expect("one per table"),
+                batch_rows,
+                insert_seconds,
+            })
+            .collect();
+        Metrics {
+            registry: r,
+            signals,
+            tables,
+            connections_refused,
         }
     }
 }
@@ -151,6 +205,17 @@ fn signal_index(signal: &str) -> usize {
 }
 
 impl Metrics {
+    /// Where a new instrument is registered: one line, e.g.
+    /// `metrics.registry().counter("collector_x_total", &[("table", name)])`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every series now (see [`Snapshot::render_text`] and [`Snapshot::to_otlp`]).
+    pub fn snapshot(&self) -> Snapshot {
+        self.registry.snapshot()
+    }
+
     pub fn request(
         &self,
         signal: &str,
@@ -164,57 +229,33 @@ impl Metrics {
             .iter()
             .position(|(o, _)| *o == outcome)
             .unwrap_or(0);
-        s.requests[i].fetch_add(1, Relaxed);
-        s.received.fetch_add(received, Relaxed);
-        s.accepted.fetch_add(accepted, Relaxed);
-        s.rejected.fetch_add(rejected, Relaxed);
+        s.requests[i].inc();
+        s.received.inc_by(received);
+        s.accepted.inc_by(accepted);
+        s.rejected.inc_by(rejected);
     }
 
     /// Attributes dropped, values truncated and values nested too deep in one request.
     pub fn limited(&self, signal: &str, dropped: u64, truncated: u64, too_deep: u64) {
-        let l = &self.limits[signal_index(signal)];
-        l.attributes_dropped.fetch_add(dropped, Relaxed);
-        l.values_truncated.fetch_add(truncated, Relaxed);
-        l.values_too_deep.fetch_add(too_deep, Relaxed);
+        let s = &self.signals[signal_index(signal)];
+        s.attributes_dropped.inc_by(dropped);
+        s.values_truncated.inc_by(truncated);
+        s.values_too_deep.inc_by(too_deep);
     }
 
     /// A request refused for a missing or wrong bearer token.
     pub fn unauthenticated(&self, signal: &str) {
-        self.limits[signal_index(signal)]
-            .unauthenticated
-            .fetch_add(1, Relaxed);
+        self.signals[signal_index(signal)].unauthenticated.inc();
     }
 
     /// A request refused by the per-token rate limit.
     pub fn rate_limited(&self, signal: &str) {
-        self.limits[signal_index(signal)]
-            .rate_limited
-            .fetch_add(1, Relaxed);
-    }
-
-    /// A request refused because no budget for its bytes came free in time.
-    pub fn over_budget(&self, signal: &str) {
-        self.limits[signal_index(signal)]
-            .over_budget
-            .fetch_add(1, Relaxed);
-    }
-
-    /// A request whose body did not arrive within the body timeout.
-    pub fn body_timeout(&self, signal: &str) {
-        self.limits[signal_index(signal)]
-            .body_timeouts
-            .fetch_add(1, Relaxed);
-    }
-
-    /// A connection closed at once because `listener` held its limit.
-    pub fn connection_refused(&self, listener: &str) {
-        let i = LISTENERS.iter().position(|l| *l == listener).unwrap_or(0);
-        self.connections_refused[i].fetch_add(1, Relaxed);
+        self.signals[signal_index(signal)].rate_limited.inc();
     }
 
     pub fn exported(&self, table: &Table, rows: u64, took: Duration) {
         let t = &self.tables[table.id as usize];
-        t.exported_rows.fetch_add(rows, Relaxed);
+        t.exported_rows.inc_by(rows);
         t.batch_rows.observe(rows as f64);
         t.insert_seconds.observe(took.as_secs_f64());
     }
@@ -222,125 +263,37 @@ impl Metrics {
     /// Rows ClickHouse will not take, written to the dead-letter store as one letter.
     pub fn dead_lettered(&self, table: &Table, rows: u64) {
         let t = &self.tables[table.id as usize];
-        t.failed_rows.fetch_add(rows, Relaxed);
-        t.dead_letter_batches.fetch_add(1, Relaxed);
+        t.failed_rows.inc_by(rows);
+        t.dead_letter_batches.inc();
+    }
+
+    /// A request refused because no budget for its bytes came free in time.
+    pub fn over_budget(&self, signal: &str) {
+        self.signals[signal_index(signal)].over_budget.inc();
+    }
+
+    /// A request whose body did not arrive within the body timeout.
+    pub fn body_timeout(&self, signal: &str) {
+        self.signals[signal_index(signal)].body_timeouts.inc();
+    }
+
+    /// A connection closed at once because `listener` held its limit.
+    pub fn connection_refused(&self, listener: &str) {
+        let i = LISTENERS.iter().position(|l| *l == listener).unwrap_or(0);
+        self.connections_refused[i].inc();
     }
 
     pub fn retried(&self, table: &Table) {
-        self.tables[table.id as usize].retries.fetch_add(1, Relaxed);
+        self.tables[table.id as usize].retries.inc();
     }
 
     pub fn exported_rows(&self, table: &Table) -> u64 {
-        self.tables[table.id as usize].exported_rows.load(Relaxed)
+        self.tables[table.id as usize].exported_rows.get()
     }
 
+    /// The Prometheus text of these instruments.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# TYPE collector_requests_total counter\n");
-        for (sig, s) in SIGNALS.iter().zip(&self.signals) {
-            for ((_, name), c) in OUTCOMES.iter().zip(&s.requests) {
-                let _ = writeln!(
-                    out,
-                    "collector_requests_total{{signal=\"{sig}\",outcome=\"{name}\"}} {}",
-                    c.load(Relaxed)
-                );
-            }
-        }
-        // The same count under the name operators look for.
-        out.push_str("# TYPE collector_duplicate_requests_total counter\n");
-        let duplicate = OUTCOMES
-            .iter()
-            .position(|(o, _)| *o == Outcome::Duplicate)
-            .unwrap_or(0);
-        for (sig, s) in SIGNALS.iter().zip(&self.signals) {
-            let _ = writeln!(
-                out,
-                "collector_duplicate_requests_total{{signal=\"{sig}\"}} {}",
-                s.requests[duplicate].load(Relaxed)
-            );
-        }
-        for (metric, pick) in [
-            ("collector_items_received_total", 0),
-            ("collector_items_accepted_total", 1),
-            ("collector_items_rejected_total", 2),
-        ] {
-            let _ = writeln!(out, "# TYPE {metric} counter");
-            for (sig, s) in SIGNALS.iter().zip(&self.signals) {
-                let c = [&s.received, &s.accepted, &s.rejected][pick];
-                let _ = writeln!(out, "{metric}{{signal=\"{sig}\"}} {}", c.load(Relaxed));
-            }
-        }
-        for (metric, pick) in [
-            ("collector_attributes_dropped_total", 0),
-            ("collector_values_truncated_total", 1),
-            ("collector_values_too_deep_total", 2),
-            ("collector_unauthenticated_requests_total", 3),
-            ("collector_rate_limited_requests_total", 4),
-            ("collector_request_budget_refused_total", 5),
-            ("collector_request_body_timeouts_total", 6),
-        ] {
-            let _ = writeln!(out, "# TYPE {metric} counter");
-            for (sig, l) in SIGNALS.iter().zip(&self.limits) {
-                let c = [
-                    &l.attributes_dropped,
-                    &l.values_truncated,
-                    &l.values_too_deep,
-                    &l.unauthenticated,
-                    &l.rate_limited,
-                    &l.over_budget,
-                    &l.body_timeouts,
-                ][pick];
-                let _ = writeln!(out, "{metric}{{signal=\"{sig}\"}} {}", c.load(Relaxed));
-            }
-        }
-        out.push_str("# TYPE collector_connections_refused_total counter\n");
-        for (listener, c) in LISTENERS.iter().zip(&self.connections_refused) {
-            let _ = writeln!(
-                out,
-                "collector_connections_refused_total{{listener=\"{listener}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        for (metric, pick) in [
-            ("collector_exported_rows_total", 0),
-            ("collector_failed_rows_total", 1),
-            ("collector_insert_retries_total", 2),
-            ("collector_dead_letter_rows_total", 1),
-            ("collector_dead_letter_batches_total", 3),
-        ] {
-            let _ = writeln!(out, "# TYPE {metric} counter");
-            for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
-                let c = [
-                    &t.exported_rows,
-                    &t.failed_rows,
-                    &t.retries,
-                    &t.dead_letter_batches,
-                ][pick];
-                let _ = writeln!(
-                    out,
-                    "{metric}{{table=\"{}\"}} {}",
-                    table.name,
-                    c.load(Relaxed)
-                );
-            }
-        }
-        out.push_str("# TYPE collector_batch_rows histogram\n");
-        for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
-            t.batch_rows.render(
-                &mut out,
-                "collector_batch_rows",
-                &format!("table=\"{}\"", table.name),
-            );
-        }
-        out.push_str("# TYPE collector_insert_duration_seconds histogram\n");
-        for (table, t) in ALL_TABLES.iter().zip(&self.tables) {
-            t.insert_seconds.render(
-                &mut out,
-                "collector_insert_duration_seconds",
-                &format!("table=\"{}\"", table.name),
-            );
-        }
-        out
+        self.snapshot().render_text()
     }
 }
 

@@ -12,10 +12,9 @@ use super::layout::{self, Nav, Page};
 use super::params::{Params, TimeRange};
 use super::queries;
 use super::{PageResult, Ui};
-use crate::exporters::clickhouse::SchemaState;
-use crate::telemetry::exposition;
+use crate::telemetry::{Readiness, Snapshot, Value};
 
-/// One sample of the Prometheus text exposition.
+/// One sample as the Prometheus text exposition shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub name: String,
@@ -33,45 +32,43 @@ impl Sample {
     }
 }
 
-/// Parses `name{k="v",…} value` lines (comments and blank lines skipped).
-pub fn parse_exposition(text: &str) -> Vec<Sample> {
+/// The snapshot's series as the Prometheus samples `/metrics` shows (a histogram
+/// as its cumulative `_bucket{le=…}`, `_sum` and `_count`), read from the typed
+/// values, not from the text.
+pub fn samples(snapshot: &Snapshot) -> Vec<Sample> {
     let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    for family in &snapshot.0 {
+        for (labels, value) in &family.series {
+            let labels: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            let mut push = |suffix: &str, extra: Option<String>, value: f64| {
+                let mut labels = labels.clone();
+                labels.extend(extra.map(|le| ("le".to_string(), le)));
+                out.push(Sample {
+                    name: format!("{}{suffix}", family.name),
+                    labels,
+                    value,
+                });
+            };
+            match value {
+                Value::Count(n) => push("", None, *n as f64),
+                Value::Level(v) => push("", None, *v),
+                Value::Histogram(h) => {
+                    let mut cumulative = 0;
+                    for (bound, count) in h.bounds.iter().zip(&h.counts) {
+                        cumulative += count;
+                        push("_bucket", Some(bound.to_string()), cumulative as f64);
+                    }
+                    push("_bucket", Some("+Inf".into()), h.count as f64);
+                    push("_sum", None, h.sum);
+                    push("_count", None, h.count as f64);
+                }
+            }
         }
-        let (head, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            v => match v.parse() {
-                Ok(v) => v,
-                Err(_) => continue,
-            },
-        };
-        let (name, labels) = match head.split_once('{') {
-            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
-            None => (head, Vec::new()),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
     }
     out
-}
-
-fn parse_labels(s: &str) -> Vec<(String, String)> {
-    s.split("\",")
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim().to_string(), v.trim_matches('"').to_string()))
-        })
-        .collect()
 }
 
 struct Metrics(Vec<Sample>);
@@ -122,13 +119,13 @@ impl Metrics {
 
 pub async fn page(State(ui): State<Ui>, Query(p): Query<Params>) -> PageResult {
     let range = TimeRange::parse(&p)?;
-    let m = Metrics(parse_exposition(&exposition(&ui.health)));
+    let m = Metrics(samples(&ui.health.snapshot()));
     let step = range.step(15);
     let history = queries::spool_history(&ui.client, &range, step).await?;
-    let state = match (ui.health.gate.state(), ui.health.inserts.failing()) {
-        (SchemaState::Pending(why), _) => format!("not ready: {why}"),
-        (SchemaState::Ready, Some(why)) => format!("degraded: {why}"),
-        (SchemaState::Ready, None) => "ready".to_string(),
+    let state = match ui.health.readiness() {
+        Readiness::NotReady(why) => format!("not ready: {why}"),
+        Readiness::Degraded(why) => format!("degraded: {why}"),
+        Readiness::Ready => "ready".to_string(),
     };
     let spool = m.get("collector_spool_bytes", "", "");
     let budget = m.get("collector_spool_budget_bytes", "", "");
@@ -251,12 +248,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_collectors_exposition() {
-        let text = "# TYPE a counter\ncollector_items_accepted_total{signal=\"traces\"} 12\n\
-                    collector_spool_bytes 4096\n\
-                    h_bucket{table=\"t\",le=\"0.1\"} 3\nh_bucket{table=\"t\",le=\"+Inf\"} 4\n";
-        let s = parse_exposition(text);
-        assert_eq!(s.len(), 4);
+    fn reads_the_collectors_snapshot() {
+        let r = crate::telemetry::Registry::default();
+        r.counter("collector_items_accepted_total", &[("signal", "traces")])
+            .inc_by(12);
+        r.gauge_fn("collector_spool_bytes", &[], || 4096.0);
+        let h = r.histogram("h", &[("table", "t")], &[0.1]);
+        for v in [0.05, 0.05, 0.05, 7.0] {
+            h.observe(v);
+        }
+        let s = samples(&r.snapshot());
+        assert_eq!(s.len(), 6);
         assert_eq!(s[0].labels, [("signal".to_string(), "traces".to_string())]);
         let m = Metrics(s);
         assert_eq!(
