@@ -274,6 +274,8 @@ impl AgentBuilder {
     /// [`Agent::log_layer`] and [`Agent::tracing_layer`] into your own subscriber.
     pub fn start(self) -> Result<AgentGuard, InitError> {
         let config = self.config?;
+        #[cfg(feature = "otel-api")]
+        crate::otel_api::bridge_current_context();
         let shared = Arc::new(Shared {
             service_name: config.service_name.clone(),
             resource: crate::resource::build(&config),

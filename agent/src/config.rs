@@ -463,7 +463,10 @@ fn read_export(
     Ok(export)
 }
 
-use crate::export::endpoints::split as split_endpoints;
+/// The endpoints of a comma-separated list (several collectors), trimmed.
+pub(crate) fn split_endpoints(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
 
 fn has_scheme(endpoint: &str) -> bool {
     endpoint.contains("://")
@@ -525,7 +528,7 @@ fn parse_pairs(s: &str, var: &str) -> Result<Vec<(String, String)>, ConfigError>
                 .ok_or_else(|| invalid(var, format!("{pair:?} is not key=value")))?;
             Ok((
                 k.trim().to_string(),
-                crate::propagation::decode_component(v.trim()),
+                crate::baggage::decode_component(v.trim()),
             ))
         })
         .collect()

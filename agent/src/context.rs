@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::propagation::Baggage;
+use crate::baggage::Baggage;
 
 /// A 16-byte W3C trace id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -127,7 +127,10 @@ impl Context {
         let raw = current_raw();
         // With the OpenTelemetry API bridge, a span the API made current counts too.
         #[cfg(feature = "otel-api")]
-        let raw = crate::otel_api::resolve(raw);
+        let raw = match FOREIGN.get() {
+            Some(foreign) => (foreign.context)(raw),
+            None => raw,
+        };
         raw
     }
 
@@ -149,6 +152,24 @@ impl Context {
     }
 }
 
+/// How to read a current context kept outside the agent: the OpenTelemetry API
+/// bridge registers it (`otel_api`), so a span the API made current counts too,
+/// while `context` depends on nothing above it.
+#[cfg(feature = "otel-api")]
+pub(crate) struct ForeignCurrent {
+    pub context: fn(Option<Context>) -> Option<Context>,
+    pub span: fn(Option<SpanContext>) -> Option<SpanContext>,
+}
+
+#[cfg(feature = "otel-api")]
+static FOREIGN: std::sync::OnceLock<ForeignCurrent> = std::sync::OnceLock::new();
+
+/// Registers the foreign current context; the first registration stays.
+#[cfg(feature = "otel-api")]
+pub(crate) fn set_foreign_current(foreign: ForeignCurrent) {
+    let _ = FOREIGN.set(foreign);
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
 }
@@ -163,7 +184,10 @@ pub(crate) fn replace_current(context: Option<Context>) -> Option<Context> {
 pub(crate) fn current_span_context() -> Option<SpanContext> {
     let raw = CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.span));
     #[cfg(feature = "otel-api")]
-    let raw = crate::otel_api::resolve_span(raw);
+    let raw = match FOREIGN.get() {
+        Some(foreign) => (foreign.span)(raw),
+        None => raw,
+    };
     raw
 }
 

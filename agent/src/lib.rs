@@ -25,6 +25,7 @@
 // signal share, the signals, the integrations and the export. Allowed imports
 // between these modules: `module-edges.txt`.
 mod agent;
+mod baggage;
 mod builder;
 mod clock;
 pub mod config;

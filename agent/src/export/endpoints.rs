@@ -35,10 +35,7 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(5);
 /// so a hung collector cannot grow the agent's memory.
 const MAX_PARKED: usize = 8;
 
-/// The endpoints of a comma-separated list, trimmed.
-pub(crate) fn split(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
+use crate::config::split_endpoints as split;
 
 /// What became of a batch that did not fail.
 #[derive(Debug, PartialEq)]

@@ -103,7 +103,7 @@ fn status_of(headers: &http::HeaderMap) -> Option<(i32, Option<String>)> {
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
         .filter(|m| !m.is_empty())
-        .map(crate::propagation::decode_component);
+        .map(crate::baggage::decode_component);
     Some((code, message))
 }
 

@@ -62,6 +62,7 @@ impl Agent {
 /// Makes `agent` the global tracer provider and propagator of the
 /// OpenTelemetry API.
 pub fn install(agent: &Agent) {
+    bridge_current_context();
     opentelemetry::global::set_tracer_provider(agent.tracer_provider());
     opentelemetry::global::set_text_map_propagator(agent.text_map_propagator());
 }
@@ -109,6 +110,15 @@ fn parent_for(parent_cx: &opentelemetry::Context) -> Option<Context> {
 
 /// For the agent's `Context::current()`: `raw` (the agent's own current
 /// context) or, when newer, the OpenTelemetry API's current span.
+/// Makes the API's current span visible to the agent's `Context::current` (done
+/// when an agent starts with this feature on, and by [`install`]).
+pub(crate) fn bridge_current_context() {
+    crate::context::set_foreign_current(crate::context::ForeignCurrent {
+        context: resolve,
+        span: resolve_span,
+    });
+}
+
 pub(crate) fn resolve(raw: Option<Context>) -> Option<Context> {
     let Some(otel_span) = otel_current() else {
         return raw;
