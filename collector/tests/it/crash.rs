@@ -4,12 +4,11 @@
 //! answer was lost with the process, and that was stored before the kill, is
 //! recognised when its client retries it (`collector_duplicate_requests_total`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+use crate::retrying_load::{assert_stored_exactly_once, stored_per_request, RetryingLoad};
 use testkit::synthetic::traces_request;
 use testkit::{clickhouse_url, eventually, scrape, unique_database, CollectorProcess};
 
@@ -19,16 +18,6 @@ const SPANS_PER_REQUEST: u16 = 500;
 const KILL_AT: [u64; 3] = [40_000, 90_000, 140_000];
 const TOTAL: u64 = 200_000;
 const DUPLICATES: &str = "collector_duplicate_requests_total{signal=\"traces\"}";
-
-#[derive(Default)]
-struct Ledger {
-    acked: BTreeSet<(u32, u32)>,
-    /// Attempts that were sent on an open connection and got no answer (the
-    /// process died, the connection broke): the request may or may not be stored.
-    broken_attempts: u64,
-    /// Requests acknowledged after at least one such attempt.
-    retried: BTreeSet<(u32, u32)>,
-}
 
 fn spawn(database: &str, spool: &str) -> CollectorProcess {
     CollectorProcess::spawn(
@@ -50,83 +39,17 @@ async fn sigkill_under_load_with_retrying_clients_stores_every_span_once() {
     let spool = spool_dir.path().display().to_string();
     let mut process = spawn(&database, &spool);
 
-    let endpoint = Arc::new(RwLock::new(process.grpc_endpoint()));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let acked_spans = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let load = RetryingLoad::start(process.grpc_endpoint(), CLIENTS, SPANS_PER_REQUEST);
 
-    let mut clients = Vec::new();
-    for client in 0..CLIENTS {
-        let (endpoint, ledger, acked_spans, done) = (
-            endpoint.clone(),
-            ledger.clone(),
-            acked_spans.clone(),
-            done.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut n = 0u32;
-            let mut broke = false;
-            // A request whose answer was lost is retried even after the end.
-            while !done.load(SeqCst) || broke {
-                let ep = endpoint.read().unwrap().clone();
-                let Ok(mut grpc) = TraceServiceClient::connect(ep).await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                while !done.load(SeqCst) || broke {
-                    // The same request until it is acknowledged, as an OTLP
-                    // exporter retries.
-                    let request = traces_request(client, n, SPANS_PER_REQUEST, now);
-                    let outcome = grpc.export(request).await;
-                    let mut l = ledger.lock().unwrap();
-                    match outcome {
-                        Ok(_) => {
-                            l.acked.insert((client, n));
-                            if broke {
-                                l.retried.insert((client, n));
-                            }
-                            acked_spans.fetch_add(u64::from(SPANS_PER_REQUEST), SeqCst);
-                            n += 1;
-                            broke = false;
-                        }
-                        Err(_) => {
-                            l.broken_attempts += 1;
-                            broke = true;
-                            break;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-
-    let wait_for = |target: u64| {
-        let acked_spans = acked_spans.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while acked_spans.load(SeqCst) < target {
-                assert!(
-                    Instant::now() < deadline,
-                    "load stalled at {}",
-                    acked_spans.load(SeqCst)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
     // Retries each process recognised; a killed process's count is read just
     // before the kill (one recognised in between is not counted: a lower bound).
     let mut recognised = 0;
     for kill_at in KILL_AT {
-        wait_for(kill_at).await;
+        load.wait_for(kill_at).await;
         recognised += scrape(&process.admin_endpoint(), DUPLICATES)
             .await
             .unwrap_or(0);
-        let killed_at = acked_spans.load(SeqCst);
+        let killed_at = load.acked_spans();
         assert!(killed_at >= kill_at, "{killed_at} < {kill_at}");
         process.kill();
         println!("SIGKILL at {killed_at} acknowledged spans");
@@ -136,13 +59,10 @@ async fn sigkill_under_load_with_retrying_clients_stores_every_span_once() {
         })
         .await
         .unwrap();
-        *endpoint.write().unwrap() = process.grpc_endpoint();
+        load.point_at(process.grpc_endpoint());
     }
-    wait_for(TOTAL).await;
-    done.store(true, SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
+    load.wait_for(TOTAL).await;
+    let ledger = load.finish().await;
     // Every request is answered: once the spool is empty, everything stored is in
     // ClickHouse, duplicates included if there were any.
     let drained = eventually(Duration::from_secs(120), || async {
@@ -155,58 +75,20 @@ async fn sigkill_under_load_with_retrying_clients_stores_every_span_once() {
         .await
         .unwrap_or(0);
 
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    let acked = ledger.acked.len() as u64 * u64::from(SPANS_PER_REQUEST);
     let client = clickhouse::Client::default()
         .with_url(clickhouse_url())
         .with_database(&database);
-    // The request a span came from is encoded in the first 6 bytes of its id.
-    let per_request: Vec<(String, u64, u64)> = client
-        .query("SELECT substring(SpanId, 1, 12) AS r, count(), uniqExact(SpanId) FROM otel_traces GROUP BY r")
-        .fetch_all()
-        .await
-        .unwrap();
-    let stored: BTreeMap<(u32, u32), (u64, u64)> = per_request
-        .into_iter()
-        .map(|(r, count, distinct)| {
-            let client = u32::from_str_radix(&r[..6], 16).unwrap() - 1;
-            let n = u32::from_str_radix(&r[6..], 16).unwrap();
-            ((client, n), (count, distinct))
-        })
-        .collect();
-    let whole = (u64::from(SPANS_PER_REQUEST), u64::from(SPANS_PER_REQUEST));
-    for req in &ledger.acked {
-        assert_eq!(
-            stored.get(req),
-            Some(&whole),
-            "acknowledged request {req:?}: (rows, distinct spans)"
-        );
-    }
-    let never_acked: Vec<_> = stored
-        .keys()
-        .filter(|r| !ledger.acked.contains(r))
-        .collect();
-    let total: u64 = stored.values().map(|(c, _)| c).sum();
-    let distinct: u64 = stored.values().map(|(_, d)| d).sum();
+    let stored = stored_per_request(&client).await;
     println!(
-        "acknowledged {acked} spans in {} requests; rows {total}, distinct {distinct}; \
-         {} attempts broke after sending, {} requests were acknowledged on a retry, \
-         {recognised} retries were recognised as already stored",
+        "acknowledged {} requests; {} attempts broke after sending, {} requests were \
+         acknowledged on a retry, {recognised} retries were recognised as already stored",
         ledger.acked.len(),
         ledger.broken_attempts,
         ledger.retried.len(),
     );
+    let (acked, total, distinct) = assert_stored_exactly_once(&ledger, &stored, SPANS_PER_REQUEST);
+    println!("acknowledged {acked} spans; rows {total}, distinct {distinct}");
     assert!(acked >= TOTAL);
-    // Every request sent was retried until acknowledged.
-    assert!(
-        never_acked.is_empty(),
-        "rows of unacknowledged requests {never_acked:?}"
-    );
-    assert_eq!(
-        (total, distinct),
-        (acked, acked),
-        "count() = uniqExact(SpanId) = acknowledged spans"
-    );
     assert!(
         ledger.broken_attempts >= KILL_AT.len() as u64,
         "each kill breaks some client's request: {}",

@@ -9,13 +9,9 @@
 //! "down" resets every open connection and every new one, as a stopped server
 //! (or a crashed one, mid-INSERT) does.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use testkit::synthetic::traces_request;
+use crate::retrying_load::{assert_stored_exactly_once, stored_per_request, RetryingLoad};
 use testkit::{clickhouse_url, eventually, scrape, unique_database, CollectorProcess};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -81,12 +77,6 @@ impl Proxy {
     }
 }
 
-#[derive(Default)]
-struct Ledger {
-    acked: BTreeSet<(u32, u32)>,
-    broken_attempts: u64,
-}
-
 fn sets(url: &str, database: &str, spool: &str) -> Vec<(&'static str, String)> {
     vec![
         ("clickhouse.url", url.to_string()),
@@ -130,75 +120,7 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
     };
     let mut process = spawn(true).await;
 
-    let endpoint = Arc::new(RwLock::new(process.grpc_endpoint()));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let acked_spans = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let mut clients = Vec::new();
-    for client in 0..CLIENTS {
-        let (endpoint, ledger, acked_spans, done) = (
-            endpoint.clone(),
-            ledger.clone(),
-            acked_spans.clone(),
-            done.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut n = 0u32;
-            let mut broke = false;
-            while !done.load(SeqCst) || broke {
-                let ep = endpoint.read().unwrap().clone();
-                let Ok(mut grpc) = TraceServiceClient::connect(ep).await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                while !done.load(SeqCst) || broke {
-                    // The same request until it is acknowledged.
-                    let request = traces_request(client, n, SPANS_PER_REQUEST, now);
-                    let outcome = grpc.export(request).await;
-                    let acked = {
-                        let mut l = ledger.lock().unwrap();
-                        match outcome {
-                            Ok(_) => {
-                                l.acked.insert((client, n));
-                                acked_spans.fetch_add(u64::from(SPANS_PER_REQUEST), SeqCst);
-                                true
-                            }
-                            Err(_) => {
-                                l.broken_attempts += 1;
-                                false
-                            }
-                        }
-                    };
-                    if acked {
-                        n += 1;
-                        broke = false;
-                    } else {
-                        broke = true;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        break;
-                    }
-                }
-            }
-        }));
-    }
-    let wait_for = |target: u64| {
-        let acked_spans = acked_spans.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while acked_spans.load(SeqCst) < target {
-                assert!(
-                    Instant::now() < deadline,
-                    "load stalled at {}",
-                    acked_spans.load(SeqCst)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let load = RetryingLoad::start(process.grpc_endpoint(), CLIENTS, SPANS_PER_REQUEST);
     let ch = clickhouse::Client::default()
         .with_url(&target)
         .with_database(&database);
@@ -209,13 +131,13 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
             .unwrap()
     };
 
-    wait_for(10_000).await;
+    load.wait_for(10_000).await;
     proxy.set(false);
     let outage_started = Instant::now();
     let stored_at_outage = stored().await;
     println!(
         "ClickHouse away at {} acknowledged spans ({stored_at_outage} stored)",
-        acked_spans.load(SeqCst)
+        load.acked_spans()
     );
     let mut kills = Vec::new();
     // An INSERT whose body reached ClickHouse before the reset may still land;
@@ -224,10 +146,11 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
     for k in 0..OUTAGE_KILLS {
         let during_replay = k < REPLAY_KILLS;
         if !during_replay {
-            wait_for(acked_spans.load(SeqCst) + SPANS_BETWEEN_KILLS).await;
+            load.wait_for(load.acked_spans() + SPANS_BETWEEN_KILLS)
+                .await;
         }
         let spooled = scrape(&process.admin_endpoint(), "collector_spool_bytes").await;
-        let acked = acked_spans.load(SeqCst);
+        let acked = load.acked_spans();
         process.kill();
         if k == 0 {
             stored_after_first_kill = Some(stored().await);
@@ -264,9 +187,10 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
             .await
             .unwrap();
         }
-        *endpoint.write().unwrap() = process.grpc_endpoint();
+        load.point_at(process.grpc_endpoint());
     }
-    wait_for(acked_spans.load(SeqCst) + SPANS_BETWEEN_KILLS).await;
+    load.wait_for(load.acked_spans() + SPANS_BETWEEN_KILLS)
+        .await;
     assert_eq!(
         Some(stored().await),
         stored_after_first_kill,
@@ -301,7 +225,7 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
     .await;
     let (rows_at_kill, spooled_at_kill) = flushing.expect("the backlog flush was seen under way");
     process.kill();
-    let flush_kill = (acked_spans.load(SeqCst), rows_at_kill, spooled_at_kill);
+    let flush_kill = (load.acked_spans(), rows_at_kill, spooled_at_kill);
     println!(
         "SIGKILL {} during the backlog flush: {} acknowledged spans, {rows_at_kill} stored, {spooled_at_kill} bytes still spooled (backlog was {backlog} bytes after {outage:?} away)",
         OUTAGE_KILLS + 1,
@@ -309,13 +233,11 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
     );
     process = spawn(false).await;
     process.wait_for("/health/ready", Duration::from_secs(60));
-    *endpoint.write().unwrap() = process.grpc_endpoint();
+    load.point_at(process.grpc_endpoint());
 
-    wait_for(acked_spans.load(SeqCst) + SPANS_BETWEEN_KILLS).await;
-    done.store(true, SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
+    load.wait_for(load.acked_spans() + SPANS_BETWEEN_KILLS)
+        .await;
+    let ledger = load.finish().await;
     let drained = eventually(Duration::from_secs(180), || async {
         let bytes = scrape(&process.admin_endpoint(), "collector_spool_bytes").await;
         (bytes == Some(0)).then_some(())
@@ -323,55 +245,17 @@ async fn sigkill_loop_while_clickhouse_is_away_stores_every_span_once() {
     .await;
     assert!(drained.is_some(), "the spool did not drain");
 
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    let acked = ledger.acked.len() as u64 * u64::from(SPANS_PER_REQUEST);
-    let per_request: Vec<(String, u64, u64)> = ch
-        .query("SELECT substring(SpanId, 1, 12) AS r, count(), uniqExact(SpanId) FROM otel_traces GROUP BY r")
-        .fetch_all()
-        .await
-        .unwrap();
-    let stored_requests: BTreeMap<(u32, u32), (u64, u64)> = per_request
-        .into_iter()
-        .map(|(r, count, distinct)| {
-            let client = u32::from_str_radix(&r[..6], 16).unwrap() - 1;
-            let n = u32::from_str_radix(&r[6..], 16).unwrap();
-            ((client, n), (count, distinct))
-        })
-        .collect();
-    let whole = (u64::from(SPANS_PER_REQUEST), u64::from(SPANS_PER_REQUEST));
-    let wrong: Vec<_> = ledger
-        .acked
-        .iter()
-        .filter(|r| stored_requests.get(r) != Some(&whole))
-        .map(|r| (*r, stored_requests.get(r).copied()))
-        .collect();
-    let never_acked: Vec<_> = stored_requests
-        .keys()
-        .filter(|r| !ledger.acked.contains(r))
-        .collect();
-    let total: u64 = stored_requests.values().map(|(c, _)| c).sum();
-    let distinct: u64 = stored_requests.values().map(|(_, d)| d).sum();
+    let stored_requests = stored_per_request(&ch).await;
     println!(
         "{} kills ({OUTAGE_KILLS} while ClickHouse was away, {REPLAY_KILLS} of them during start-up replay, 1 during the flush); \
-         acknowledged {acked} spans in {} requests; rows {total}, distinct {distinct}; {} attempts broke",
+         acknowledged {} requests; {} attempts broke",
         kills.len() + 1,
         ledger.acked.len(),
         ledger.broken_attempts,
     );
-    assert!(
-        wrong.is_empty(),
-        "acknowledged requests not stored exactly once (request, (rows, distinct)): {:?}",
-        &wrong[..wrong.len().min(10)]
-    );
-    assert!(
-        never_acked.is_empty(),
-        "rows of unacknowledged requests {never_acked:?}"
-    );
-    assert_eq!(
-        (total, distinct),
-        (acked, acked),
-        "count() = uniqExact(SpanId) = acknowledged spans"
-    );
+    let (acked, total, distinct) =
+        assert_stored_exactly_once(&ledger, &stored_requests, SPANS_PER_REQUEST);
+    println!("acknowledged {acked} spans; rows {total}, distinct {distinct}");
     assert_eq!(kills.len(), OUTAGE_KILLS);
     assert!(
         kills

@@ -1244,21 +1244,8 @@ async fn overview_query_time_rollup_vs_raw_spans() {
     let days = env_u64("BENCH_DAYS", 7);
     let rounds = env_u64("BENCH_ROUNDS", 3);
     let database = unique_database("bench_overview");
-    let root = clickhouse::Client::default().with_url(clickhouse_url());
-    let opts = SchemaOptions {
-        database: database.clone(),
-        ttl_days: 0,
-        cluster: None,
-        dedup_window: 0,
-    };
-    for sql in create_statements(&opts) {
-        root.query(&sql).execute().await.unwrap();
-    }
-    let client = root.clone().with_database(&database);
-    let span_ns = days * 86_400 * 1_000_000_000;
-    let end_ns = now_ns();
-    let start_ns = end_ns - span_ns;
-    let step = span_ns / spans;
+    let client = bench_schema(&database).await;
+    let (start_ns, end_ns, step) = bench_times(spans, days);
     let insert = format!(
         "INSERT INTO otel_traces (Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, \
              ServiceName, ResourceAttributes, ScopeName, SpanAttributes, Duration, StatusCode) \
@@ -1340,7 +1327,9 @@ async fn overview_query_time_rollup_vs_raw_spans() {
         )
         .await;
     }
-    root.query(&format!("DROP DATABASE `{database}`"))
+    clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .query(&format!("DROP DATABASE `{database}`"))
         .execute()
         .await
         .unwrap();
@@ -1451,21 +1440,8 @@ async fn dependency_query_time_rollups_vs_raw_spans() {
     let days = env_u64("BENCH_DAYS", 1);
     let rounds = env_u64("BENCH_ROUNDS", 3);
     let database = unique_database("bench_dependencies");
-    let root = clickhouse::Client::default().with_url(clickhouse_url());
-    let opts = SchemaOptions {
-        database: database.clone(),
-        ttl_days: 0,
-        cluster: None,
-        dedup_window: 0,
-    };
-    for sql in create_statements(&opts) {
-        root.query(&sql).execute().await.unwrap();
-    }
-    let client = root.clone().with_database(&database);
-    let span_ns = days * 86_400 * 1_000_000_000;
-    let end_ns = now_ns();
-    let start_ns = end_ns - span_ns;
-    let step = span_ns / spans;
+    let client = bench_schema(&database).await;
+    let (start_ns, end_ns, step) = bench_times(spans, days);
     let insert = format!(
         "INSERT INTO otel_traces (Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, \
              ServiceName, ResourceAttributes, ScopeName, SpanAttributes, Duration, StatusCode, \
@@ -1569,8 +1545,32 @@ async fn dependency_query_time_rollups_vs_raw_spans() {
     for (k, v) in &best {
         println!("  {k}: {:.1} ms", ms(*v));
     }
-    root.query(&format!("DROP DATABASE `{database}`"))
+    clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .query(&format!("DROP DATABASE `{database}`"))
         .execute()
         .await
         .unwrap();
+}
+
+/// The benchmarks' database: the collector's whole schema, created directly.
+async fn bench_schema(database: &str) -> clickhouse::Client {
+    let root = clickhouse::Client::default().with_url(clickhouse_url());
+    let opts = SchemaOptions {
+        database: database.to_string(),
+        ttl_days: 0,
+        cluster: None,
+        dedup_window: 0,
+    };
+    for sql in create_statements(&opts) {
+        root.query(&sql).execute().await.unwrap();
+    }
+    root.with_database(database)
+}
+
+/// `spans` spread evenly over the last `days` days: (start, end, step) in ns.
+fn bench_times(spans: u64, days: u64) -> (u64, u64, u64) {
+    let span_ns = days * 86_400 * 1_000_000_000;
+    let end_ns = now_ns();
+    (end_ns - span_ns, end_ns, span_ns / spans)
 }
