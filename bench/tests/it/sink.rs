@@ -37,8 +37,12 @@ async fn the_collector_becomes_ready_and_writes_into_the_sink() {
     let mut client = TraceServiceClient::connect(format!("http://{}", collector.grpc_addr))
         .await
         .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     for n in 0..3 {
-        let request = testkit::synthetic::traces_request(0, n, 100, 1_700_000_000_000_000_000);
+        let request = testkit::synthetic::traces_request(0, n, 100, now);
         let response = client.export(request).await.unwrap().into_inner();
         assert_eq!(response.partial_success, None);
     }

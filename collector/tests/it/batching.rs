@@ -81,6 +81,13 @@ async fn small_requests_share_inserts() {
         .unwrap();
     assert_eq!(distinct, spans);
 
+    // Rows are visible in the table before the INSERT (its views included) answers
+    // and the exporter counts them.
+    let counted = testkit::eventually(std::time::Duration::from_secs(30), || async {
+        (c.collector.metrics().exported_rows(&TRACES) == spans).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "exported rows counted");
     let metrics = c.collector.metrics().render();
     let inserts = metrics
         .lines()
