@@ -42,6 +42,7 @@ if ! command -v docker-compose >/dev/null; then
     || { $as_root apt-get update >/dev/null && $as_root apt-get install -y --no-install-recommends docker-compose >/dev/null; }
 fi
 docker-compose config -q
+docker-compose --profile load config -q
 docker-compose --profile cluster config -q
 python3 scripts/check-cluster-config.py
 
