@@ -276,6 +276,38 @@ impl<C: Cell> Instrument<C> {
     }
 }
 
+/// What every instrument handle offers besides recording: its metadata (set
+/// through the shared instrument, so any clone may set it), its name, `Debug`.
+macro_rules! instrument_handle {
+    ($handle:ident) => {
+        impl $handle {
+            /// Sets the description exported with the instrument (the last one set wins).
+            pub fn with_description(self, description: impl Into<String>) -> Self {
+                self.inner.metadata().description = description.into();
+                self
+            }
+
+            /// Sets the unit (UCUM, such as `s`, `By`, `{request}`).
+            pub fn with_unit(self, unit: impl Into<String>) -> Self {
+                self.inner.metadata().unit = unit.into();
+                self
+            }
+
+            pub fn name(&self) -> &str {
+                &self.inner.name
+            }
+        }
+
+        impl fmt::Debug for $handle {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($handle))
+                    .field("name", &self.inner.name)
+                    .finish()
+            }
+        }
+    };
+}
+
 /// A monotonic counter: cumulative `u64` totals per attribute set, exported as
 /// an OTLP Sum. Cheap to clone; every clone and every `agent.counter(name)` with
 /// the same name records into the same instrument.
@@ -285,37 +317,15 @@ pub struct Counter {
 }
 
 impl Counter {
-    /// Sets the description exported with the instrument (the last one set wins).
-    pub fn with_description(self, description: impl Into<String>) -> Self {
-        self.inner.metadata().description = description.into();
-        self
-    }
-
-    /// Sets the unit (UCUM, such as `s`, `By`, `{request}`).
-    pub fn with_unit(self, unit: impl Into<String>) -> Self {
-        self.inner.metadata().unit = unit.into();
-        self
-    }
-
     /// Adds `n` to the series of `attributes` (in any order; a repeated key
     /// keeps its last value). Takes a short lock and one atomic add; allocates
     /// only the first time an attribute set is seen.
     pub fn add(&self, n: u64, attributes: &[(&'static str, &str)]) {
         self.inner.record(attributes, Op::Add(n));
     }
-
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
 }
 
-impl fmt::Debug for Counter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Counter")
-            .field("name", &self.inner.name)
-            .finish()
-    }
-}
+instrument_handle!(Counter);
 
 /// A gauge: the last `f64` value set per attribute set, exported as an OTLP
 /// Gauge. Cheap to clone, like [`Counter`].
@@ -325,18 +335,6 @@ pub struct Gauge {
 }
 
 impl Gauge {
-    /// Sets the description exported with the instrument (the last one set wins).
-    pub fn with_description(self, description: impl Into<String>) -> Self {
-        self.inner.metadata().description = description.into();
-        self
-    }
-
-    /// Sets the unit (UCUM, such as `s`, `By`, `1`).
-    pub fn with_unit(self, unit: impl Into<String>) -> Self {
-        self.inner.metadata().unit = unit.into();
-        self
-    }
-
     /// Sets the value of the series of `attributes`, as [`Counter::add`] records.
     pub fn set(&self, value: f64, attributes: &[(&'static str, &str)]) {
         self.inner.record(attributes, Op::Set(value));
@@ -347,19 +345,9 @@ impl Gauge {
     pub fn adjust(&self, delta: f64, attributes: &[(&'static str, &str)]) {
         self.inner.record(attributes, Op::AddFloat(delta));
     }
-
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
 }
 
-impl fmt::Debug for Gauge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gauge")
-            .field("name", &self.inner.name)
-            .finish()
-    }
-}
+instrument_handle!(Gauge);
 
 /// An up-down counter: cumulative `i64` totals per attribute set that may go
 /// down (queue depth, connections in use), exported as a non-monotonic OTLP Sum.
@@ -369,35 +357,13 @@ pub struct UpDownCounter {
 }
 
 impl UpDownCounter {
-    /// Sets the description exported with the instrument (the last one set wins).
-    pub fn with_description(self, description: impl Into<String>) -> Self {
-        self.inner.metadata().description = description.into();
-        self
-    }
-
-    /// Sets the unit (UCUM, such as `{connection}`).
-    pub fn with_unit(self, unit: impl Into<String>) -> Self {
-        self.inner.metadata().unit = unit.into();
-        self
-    }
-
     /// Adds `n` (negative to subtract), as [`Counter::add`] records.
     pub fn add(&self, n: i64, attributes: &[(&'static str, &str)]) {
         self.inner.record(attributes, Op::AddSigned(n));
     }
-
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
 }
 
-impl fmt::Debug for UpDownCounter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpDownCounter")
-            .field("name", &self.inner.name)
-            .finish()
-    }
-}
+instrument_handle!(UpDownCounter);
 
 /// A histogram: the distribution of `f64` values per attribute set, as a
 /// base-2 exponential histogram (scale 6, ≤ 0.55 % error at the bucket
@@ -410,37 +376,15 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Sets the description exported with the instrument (the last one set wins).
-    pub fn with_description(self, description: impl Into<String>) -> Self {
-        self.inner.metadata().description = description.into();
-        self
-    }
-
-    /// Sets the unit (UCUM, such as `s`, `By`).
-    pub fn with_unit(self, unit: impl Into<String>) -> Self {
-        self.inner.metadata().unit = unit.into();
-        self
-    }
-
     /// Records `value` into the series of `attributes` (NaN and infinities are
     /// ignored). A short lock; allocates only for a new attribute set or a
     /// value beyond the range the series has seen.
     pub fn record(&self, value: f64, attributes: &[(&'static str, &str)]) {
         self.inner.record(attributes, value);
     }
-
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
 }
 
-impl fmt::Debug for Histogram {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Histogram")
-            .field("name", &self.inner.name)
-            .finish()
-    }
-}
+instrument_handle!(Histogram);
 
 /// One instrument at one moment.
 #[derive(Clone, Debug, PartialEq)]
