@@ -404,16 +404,25 @@ async fn spans_over_every_transport_keep_every_column() {
         let rows: Vec<SpanRow> = read(&c, &TRACES, &service, "Timestamp").await;
         assert_eq!(rows, expected_spans(&service), "{}", t.name());
     }
-    // The lookup table answers the trace's time range (second precision).
-    let (start, end): (u32, u32) = c
-        .client
-        .query("SELECT min(Start), max(End) FROM otel_traces_trace_id_ts WHERE TraceId = ?")
-        .bind(TRACE_HEX)
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(start as u64, T0 / 1_000_000_000);
-    assert_eq!(end as u64, (T0 + 3_000_000_000) / 1_000_000_000);
+    // The lookup table answers the trace's time range (second precision). Its
+    // view is pushed after the source part is visible, so it is polled.
+    let expected = (
+        (T0 / 1_000_000_000) as u32,
+        ((T0 + 3_000_000_000) / 1_000_000_000) as u32,
+    );
+    let lookup = || async {
+        c.client
+            .query("SELECT min(Start), max(End) FROM otel_traces_trace_id_ts WHERE TraceId = ?")
+            .bind(TRACE_HEX)
+            .fetch_one::<(u32, u32)>()
+            .await
+            .expect("select the lookup")
+    };
+    eventually(Duration::from_secs(30), || async {
+        Some(lookup().await).filter(|found| *found == expected)
+    })
+    .await;
+    assert_eq!(lookup().await, expected);
     c.stop().await;
 }
 

@@ -241,13 +241,18 @@ async fn writes_into(fixture: &str, prefix: &str) {
     let filter =
         format!("TraceId = '{TRACE_HEX}' AND SpanName = 'GET /items' AND Duration = 5000000");
     assert_eq!(c.wait_for_rows("otel_traces", &filter, 1).await, 1);
-    let (start, end): (u32, u32) = c
-        .client
-        .query("SELECT toUInt32(min(Start)), toUInt32(max(End)) FROM otel_traces_trace_id_ts WHERE TraceId = ?")
-        .bind(TRACE_HEX)
-        .fetch_one()
-        .await
-        .unwrap();
+    // The view's rows land after the source table's part is visible (ClickHouse
+    // writes the source first, then pushes to views), so the lookup is polled.
+    let (start, end): (u32, u32) = eventually(Duration::from_secs(30), || async {
+        c.client
+            .query("SELECT toUInt32(min(Start)), toUInt32(max(End)) FROM otel_traces_trace_id_ts WHERE TraceId = ? HAVING count() > 0")
+            .bind(TRACE_HEX)
+            .fetch_optional()
+            .await
+            .expect("select the lookup")
+    })
+    .await
+    .unwrap_or((0, 0));
     let t0_secs = (T0 / 1_000_000_000) as u32;
     assert_eq!(
         (start, end),
