@@ -21,7 +21,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
-use testkit::TestCollector;
+use std::time::Duration;
+use testkit::{eventually, TestCollector};
 
 fn traces(service: &str) -> ExportTraceServiceRequest {
     let server = Span {
