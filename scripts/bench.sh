@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Our collector side by side with rotel (from PyPI), each pinned to one core, the
 # load generator, the discard ClickHouse sink and the embedded engine on the other:
-#   scripts/bench.sh                 # 5 alternating rounds of 10 s, then overload
-#   scripts/bench.sh quick           # one 5 s round of ours and rotel (before merging)
+#   scripts/bench.sh                 # both span profiles: 5 alternating rounds of 10 s
+#                                    # each, then overload rounds
+#   scripts/bench.sh basic | rich    # one profile's 5 rounds (ours, rotel) only
+#   scripts/bench.sh quick           # one 5 s round of ours and rotel per profile
 #   scripts/bench.sh -- ARGS...      # `bench compare` with your own arguments
 # Prints every run and a table of medians with the ours / rotel ratios; see BENCHMARKS.md.
 set -euo pipefail
@@ -25,12 +27,19 @@ rotel=$(find "$venv" -path '*site-packages/rotel/rotel-agent' -type f | head -n1
 
 echo "# machine: nproc $(nproc), $(lscpu | sed -n 's/^Model name: *//p' | head -n1); $(uptime)"
 run() { taskset -c 1 "$bin/bench" compare --collector "$bin/collector" --rotel "$rotel" "$@"; }
+# Each profile's results go to their own file (.local/bench/<profile>/results.jsonl).
+profile() { local p=$1; shift; mkdir -p ".local/bench/$p"; run --profile "$p" --work ".local/bench/$p" "$@"; }
 case "$mode" in
-  quick) run --rounds 1 --seconds 5 --scenarios ours,rotel ;;
+  quick)
+    profile basic --rounds 1 --seconds 5 --scenarios ours,rotel
+    profile rich --rounds 1 --seconds 5 --scenarios ours,rotel
+    ;;
+  basic | rich) profile "$mode" --rounds 5 --seconds 10 --scenarios ours,rotel ;;
   full)
-    run --rounds 5 --seconds 10 --scenarios ours,rotel,ours-nofsync,ours-embedded
+    profile basic --rounds 5 --seconds 10 --scenarios ours,rotel,ours-nofsync,ours-embedded
+    profile rich --rounds 5 --seconds 10 --scenarios ours,rotel,ours-nofsync
     run --rounds 3 --seconds 15 --scenarios ours-overload,rotel-overload
     ;;
   --) run "$@" ;;
-  *) echo "usage: scripts/bench.sh [quick | -- bench-compare-args]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [full | basic | rich | quick | -- bench-compare-args]" >&2; exit 2 ;;
 esac

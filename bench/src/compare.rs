@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::load::{LoadReport, Protocol};
+use crate::load::{LoadReport, Protocol, SpanProfile};
 use crate::procfs;
 use crate::sink::Sink;
 
@@ -71,6 +71,8 @@ pub struct CompareArgs {
     pub clients: u32,
     #[arg(long, default_value_t = 512)]
     pub spans: u16,
+    #[arg(long, value_enum, default_value_t = SpanProfile::Basic)]
+    pub profile: SpanProfile,
     #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
     pub protocol: Protocol,
     /// Core the collector under test is pinned to.
@@ -147,11 +149,12 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         None
     };
     println!(
-        "# {} rounds of {} s, {} clients x {} spans/request over {:?}; collector on core {}, load on core {}; nproc {}; load average {}",
+        "# {} rounds of {} s, {} clients x {} {} spans/request over {:?}; collector on core {}, load on core {}; nproc {}; load average {}",
         args.rounds,
         args.seconds,
         args.clients,
         args.spans,
+        args.profile.name(),
         args.protocol,
         args.collector_core,
         args.load_core,
@@ -353,6 +356,7 @@ async fn run_load(args: &CompareArgs, endpoint: &str) -> anyhow::Result<LoadRepo
         .args(["load", "--endpoint", endpoint, "--protocol", protocol])
         .args(["--clients", &args.clients.to_string()])
         .args(["--spans", &args.spans.to_string()])
+        .args(["--profile", args.profile.name()])
         .args(["--seconds", &args.seconds.to_string()])
         .args(["--timeout-ms", &args.timeout_ms.to_string()])
         .stderr(Stdio::inherit())

@@ -2,7 +2,10 @@
 //! and count what the collector acknowledged.
 //!
 //! Requests are built and encoded before the clock starts, so the generator spends its
-//! core on sending, not on protobuf encoding. Only acknowledged spans count (a
+//! core on sending, not on protobuf encoding. Every request sent is distinct: the
+//! collector recognises a repeated request as a client's retry and stores it once,
+//! so each send copies one of a few encoded templates and writes its own request
+//! number into every span id (see [`Template`]). Only acknowledged spans count (a
 //! `partial_success` rejection is subtracted); refusals (RESOURCE_EXHAUSTED,
 //! UNAVAILABLE, HTTP 429/503), timeouts and other errors are counted apart.
 
@@ -25,6 +28,33 @@ pub enum Protocol {
     Http,
 }
 
+/// The span shape sent (`testkit::synthetic::Profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanProfile {
+    /// Server spans of one route, ten short attributes (~500 B of RowBinary each).
+    Basic,
+    /// Semantic-convention traces: HTTP server/client, database, cache and messaging
+    /// spans, a Kubernetes resource, high-cardinality values (~800 B each).
+    Rich,
+}
+
+impl SpanProfile {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanProfile::Basic => "basic",
+            SpanProfile::Rich => "rich",
+        }
+    }
+
+    fn synthetic(self) -> testkit::synthetic::Profile {
+        match self {
+            SpanProfile::Basic => testkit::synthetic::Profile::Basic,
+            SpanProfile::Rich => testkit::synthetic::Profile::Rich,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// `http://127.0.0.1:4317` (gRPC) or `http://127.0.0.1:4318` (HTTP).
@@ -38,6 +68,8 @@ pub struct LoadArgs {
     /// Spans per request.
     #[arg(long, default_value_t = 512)]
     pub spans: u16,
+    #[arg(long, value_enum, default_value_t = SpanProfile::Basic)]
+    pub profile: SpanProfile,
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
     /// A request not answered within this is a timeout.
@@ -76,11 +108,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let mut clients = Vec::new();
     for c in 0..args.clients {
-        let bodies: Vec<Bytes> = (0..args.distinct.max(1))
+        let bodies: Vec<Template> = (0..args.distinct.max(1))
             .map(|n| {
-                testkit::synthetic::traces_request(c, n, args.spans, now)
-                    .encode_to_vec()
-                    .into()
+                let body = args
+                    .profile
+                    .synthetic()
+                    .traces_request(c, n, args.spans, now)
+                    .encode_to_vec();
+                Template::new(body, c, n)
             })
             .collect();
         clients.push((Client::connect(args).await?, bodies));
@@ -99,6 +134,40 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         total.merge(t.await?);
     }
     Ok(total.report(started.elapsed().as_secs_f64()))
+}
+
+/// An encoded request whose span ids can be renumbered: the synthetic span ids are
+/// `(client, request, index)` (`testkit::synthetic::span_id`), so every occurrence of
+/// the request's 6-byte `(client, request)` prefix — span ids and parent span ids —
+/// is found once, and each send rewrites the request number in place: a copy and a
+/// few hundred 3-byte writes, instead of building and encoding a new request.
+struct Template {
+    body: Vec<u8>,
+    /// Offsets of the request number (3 bytes) in the body.
+    request_at: Vec<usize>,
+}
+
+impl Template {
+    fn new(body: Vec<u8>, client: u32, request: u32) -> Template {
+        let prefix = &testkit::synthetic::span_id(client, request, 0)[..6];
+        let request_at = body
+            .windows(prefix.len())
+            .enumerate()
+            .filter(|(_, w)| *w == prefix)
+            .map(|(at, _)| at + 3)
+            .collect();
+        Template { body, request_at }
+    }
+
+    /// The template with request number `n` (mod 2^24) in its span ids.
+    fn instance(&self, n: u32) -> Bytes {
+        let mut body = self.body.clone();
+        let number = &n.to_be_bytes()[1..];
+        for &at in &self.request_at {
+            body[at..at + 3].copy_from_slice(number);
+        }
+        body.into()
+    }
 }
 
 /// One client's counts.
@@ -220,14 +289,14 @@ impl Client {
         })
     }
 
-    async fn drive(mut self, args: &LoadArgs, bodies: &[Bytes], deadline: Instant) -> Tally {
+    async fn drive(mut self, args: &LoadArgs, bodies: &[Template], deadline: Instant) -> Tally {
         let mut tally = Tally::new();
         let timeout = Duration::from_millis(args.timeout_ms);
         let pause = Duration::from_millis(args.pause_ms);
         let spans = u64::from(args.spans);
         let mut n = 0usize;
         while Instant::now() < deadline {
-            let body = bodies[n % bodies.len()].clone();
+            let body = bodies[n % bodies.len()].instance(n as u32);
             n += 1;
             let sent = Instant::now();
             let outcome = match tokio::time::timeout(timeout, self.export(body)).await {
@@ -336,5 +405,52 @@ impl Decoder for ResponseDecoder {
         let r = ExportTraceServiceResponse::decode(src.copy_to_bytes(src.remaining()))
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Some(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use testkit::synthetic::{span_id, Profile};
+
+    fn span_ids(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        ExportTraceServiceRequest::decode(body)
+            .expect("a valid request")
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .map(|s| (s.span_id, s.parent_span_id))
+            .collect()
+    }
+
+    #[test]
+    fn each_instance_carries_its_own_request_number_in_every_span_id() {
+        for profile in [Profile::Basic, Profile::Rich] {
+            let (client, template_number) = (2, 5);
+            let body = profile
+                .traces_request(client, template_number, 64, 1_700_000_000_000_000_000)
+                .encode_to_vec();
+            let template = Template::new(body.clone(), client, template_number);
+            let original = span_ids(&body);
+            for n in [0, 5, 77_777] {
+                let instance = span_ids(&template.instance(n));
+                assert_eq!(instance.len(), original.len());
+                for ((id, parent), (original_id, original_parent)) in instance.iter().zip(&original)
+                {
+                    let index = u16::from_be_bytes([original_id[6], original_id[7]]);
+                    assert_eq!(id[..], span_id(client, n, index)[..], "{profile:?}");
+                    // Parents inside the request move with it; remote parents stay.
+                    let local =
+                        original_parent.starts_with(&span_id(client, template_number, 0)[..6]);
+                    if local {
+                        assert_eq!(parent[..6], span_id(client, n, 0)[..6], "{profile:?}");
+                    } else {
+                        assert_eq!(parent, original_parent, "{profile:?}");
+                    }
+                }
+            }
+        }
     }
 }

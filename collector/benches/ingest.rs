@@ -1,6 +1,7 @@
 //! Per-span cost of what a receiver does to a request before the spool: decoding,
 //! attribute limits, mapping to RowBinary and LZ4 compression, for 512 realistic
-//! spans (`testkit::synthetic`) in protobuf and in JSON.
+//! spans (`testkit::synthetic`) in protobuf and in JSON, and for 512 rich spans (the
+//! `rich` profile: semantic-convention traces with a Kubernetes resource).
 //!
 //! The last case adds what the spool does for deduplication before it writes: the
 //! request's fingerprint and its check-and-insert into the index of recent ones
@@ -22,6 +23,10 @@ const SPANS: u16 = 512;
 
 fn request() -> ExportTraceServiceRequest {
     testkit::synthetic::traces_request(0, 1, SPANS, 1_700_000_000_000_000_000)
+}
+
+fn rich_request() -> ExportTraceServiceRequest {
+    testkit::synthetic::rich_traces_request(0, 1, SPANS, 1_700_000_000_000_000_000)
 }
 
 fn ingest(c: &mut Criterion) {
@@ -70,6 +75,14 @@ fn ingest(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("json decode + map + compress", |b| {
         b.iter(|| decode_for_tests("traces", &json, Encoding::Json, &config).expect("maps"))
+    });
+    g.finish();
+
+    let rich = rich_request().encode_to_vec();
+    let mut g = c.benchmark_group("rich traces");
+    g.throughput(Throughput::Elements(u64::from(SPANS)));
+    g.bench_function("protobuf decode + map + compress", |b| {
+        b.iter(|| decode_for_tests("traces", &rich, Encoding::Protobuf, &config).expect("maps"))
     });
     g.finish();
 }
