@@ -58,10 +58,27 @@ pub fn compress(src: &[u8], out: &mut Vec<u8>) -> usize {
     out.len() - start
 }
 
+// The match finder reads at every position; these loads are its inner loop. Bounds
+// are checked by the callers' loop conditions (positions stay below `n - MF_LIMIT`
+// for 4-byte reads and comparisons stop 8 bytes before `match_end`), so the loads
+// skip the slice checks, which cost about a fifth of the compressor's time.
+
+#[inline(always)]
 fn read_u32(s: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"))
+    debug_assert!(i + 4 <= s.len());
+    // SAFETY: every caller passes i + 4 <= s.len() (see above); unaligned reads of
+    // plain bytes are allowed by `read_unaligned`.
+    u32::from_le(unsafe { s.as_ptr().add(i).cast::<u32>().read_unaligned() })
 }
 
+#[inline(always)]
+fn read_u64(s: &[u8], i: usize) -> u64 {
+    debug_assert!(i + 8 <= s.len());
+    // SAFETY: as in `read_u32`, callers keep i + 8 <= s.len().
+    u64::from_le(unsafe { s.as_ptr().add(i).cast::<u64>().read_unaligned() })
+}
+
+#[inline(always)]
 fn hash(v: u32) -> usize {
     (v.wrapping_mul(2_654_435_761) >> (32 - HASH_BITS)) as usize
 }
@@ -69,9 +86,9 @@ fn hash(v: u32) -> usize {
 /// How many bytes from `a` and `b` (`a` < `b`) are equal, `b` not passing `end`.
 fn common(s: &[u8], mut a: usize, mut b: usize, end: usize) -> usize {
     let from = b;
+    debug_assert!(a < b && end <= s.len());
     while b + 8 <= end {
-        let x = u64::from_le_bytes(s[a..a + 8].try_into().expect("8"))
-            ^ u64::from_le_bytes(s[b..b + 8].try_into().expect("8"));
+        let x = read_u64(s, a) ^ read_u64(s, b);
         if x != 0 {
             return b - from + (x.trailing_zeros() / 8) as usize;
         }
@@ -87,17 +104,23 @@ fn common(s: &[u8], mut a: usize, mut b: usize, end: usize) -> usize {
 
 fn compress_with(src: &[u8], out: &mut Vec<u8>, table: &mut [u32], base: u32) {
     let n = src.len();
+    // The format's worst case (all literals), so the pushes below never reallocate.
+    out.reserve(n + n / 255 + 16);
     let mut anchor = 0;
     if n > MF_LIMIT {
         let limit = n - MF_LIMIT;
         let match_end = n - LAST_LITERALS;
         let mut rep = 0usize;
         let mut i = 0;
+        assert_eq!(table.len(), 1 << HASH_BITS);
         while i < limit {
             let seq = read_u32(src, i);
             let h = hash(seq);
-            let entry = table[h];
-            table[h] = base + i as u32;
+            // SAFETY: `hash` returns HASH_BITS bits, and the table has 1 << HASH_BITS
+            // entries (asserted above).
+            let slot = unsafe { table.get_unchecked_mut(h) };
+            let entry = *slot;
+            *slot = base + i as u32;
             let cand = entry.wrapping_sub(base) as usize;
             let (mut len, mut offset) = (0, 0);
             if entry >= base && cand < i && i - cand <= MAX_OFFSET && read_u32(src, cand) == seq {

@@ -613,6 +613,7 @@ fn write_map(
         write_str(key, out);
         match value {
             Attr::Str(s) => write_str(s, out),
+            Attr::Int(i) => write_str(itoa::Buffer::new().format(i), out),
             other => {
                 text.clear();
                 render(other, rendered, text);
@@ -628,9 +629,7 @@ fn render(value: Attr<'_>, rendered: &[String], out: &mut String) {
         Attr::Absent => {}
         Attr::Str(s) => out.push_str(s),
         Attr::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-        Attr::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Attr::Int(i) => out.push_str(itoa::Buffer::new().format(i)),
         Attr::Double(d) => {
             if d.is_nan() {
                 out.push_str("NaN");

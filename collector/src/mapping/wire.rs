@@ -18,8 +18,26 @@ impl fmt::Display for WireError {
     }
 }
 
+// Errors end the request; keeping their formatting out of line keeps the field
+// reader, which runs for every field of every span, small enough to inline.
+#[cold]
+#[inline(never)]
 fn err<T>(what: impl Into<String>) -> Result<T, WireError> {
     Err(WireError(what.into()))
+}
+
+#[cold]
+#[inline(never)]
+fn not_utf8<T>(field: &str) -> Result<T, WireError> {
+    err(format!(
+        "invalid string value in {field}: data is not UTF-8 encoded"
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_type<T>(field: &str) -> Result<T, WireError> {
+    err(format!("invalid wire type for {field}"))
 }
 
 /// One field's value as it is on the wire.
@@ -32,39 +50,45 @@ pub enum Value<'a> {
 }
 
 impl<'a> Value<'a> {
+    #[inline]
     pub fn bytes(self, field: &str) -> Result<&'a [u8], WireError> {
         match self {
             Value::Bytes(b) => Ok(b),
-            _ => err(format!("invalid wire type for {field}")),
+            _ => wrong_type(field),
         }
     }
 
+    #[inline]
     pub fn str(self, field: &str) -> Result<&'a str, WireError> {
-        std::str::from_utf8(self.bytes(field)?).or_else(|_| {
-            err(format!(
-                "invalid string value in {field}: data is not UTF-8 encoded"
-            ))
-        })
+        let bytes = self.bytes(field)?;
+        // Attribute keys and values are short and nearly always ASCII: a word-at-a-time
+        // ASCII check is cheaper there than the general validation.
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
+        std::str::from_utf8(bytes).or_else(|_| not_utf8(field))
     }
 
+    #[inline]
     pub fn varint(self, field: &str) -> Result<u64, WireError> {
         match self {
             Value::Varint(v) => Ok(v),
-            _ => err(format!("invalid wire type for {field}")),
+            _ => wrong_type(field),
         }
     }
 
     pub fn fixed32(self, field: &str) -> Result<u32, WireError> {
         match self {
             Value::Fixed32(v) => Ok(v),
-            _ => err(format!("invalid wire type for {field}")),
+            _ => wrong_type(field),
         }
     }
 
     pub fn fixed64(self, field: &str) -> Result<u64, WireError> {
         match self {
             Value::Fixed64(v) => Ok(v),
-            _ => err(format!("invalid wire type for {field}")),
+            _ => wrong_type(field),
         }
     }
 }
@@ -80,6 +104,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field, `None` at the end of the message.
+    #[inline]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value<'a>)>, WireError> {
         loop {
             if self.buf.is_empty() {
@@ -109,7 +134,19 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Tags, lengths of attributes and most enum values are one byte.
+        if let Some((&b, rest)) = self.buf.split_first() {
+            if b < 0x80 {
+                self.buf = rest;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some((&b, rest)) = self.buf.split_first() else {
@@ -127,6 +164,7 @@ impl<'a> Fields<'a> {
         err("invalid varint")
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.buf.len() < n {
             return err("buffer underflow");
