@@ -104,7 +104,9 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field, `None` at the end of the message.
-    #[inline]
+    // Always inlined: returned through memory, the result cost a store-forwarding
+    // stall in every caller's loop (a sixth of the attribute reader's time).
+    #[inline(always)]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value<'a>)>, WireError> {
         loop {
             if self.buf.is_empty() {
@@ -134,7 +136,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, WireError> {
         // Tags, lengths of attributes and most enum values are one byte.
         if let Some((&b, rest)) = self.buf.split_first() {
