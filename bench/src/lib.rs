@@ -5,6 +5,7 @@
 //! processes they start.
 
 pub mod compare;
+pub mod disk;
 pub mod engine;
 pub mod load;
 pub mod process;
