@@ -137,15 +137,23 @@ async fn measure_all(
     let client = clickhouse::Client::default().with_url(&engine.url);
     let spans = u64::from(args.requests) * u64::from(args.spans);
 
+    let cpu0 = procfs::cpu_seconds(engine.pid)?;
     let started = Instant::now();
     ingest(args, work, engine, spans).await?;
-    let ingest_seconds = started.elapsed().as_secs_f64();
-    eprintln!("{spans} spans stored through the collector in {ingest_seconds:.1} s");
+    let ingest = measure::Cost {
+        wall_seconds: started.elapsed().as_secs_f64(),
+        engine_cpu_seconds: procfs::cpu_seconds(engine.pid)? - cpu0,
+    };
+    eprintln!(
+        "{spans} spans stored through the collector in {:.1} s",
+        ingest.wall_seconds
+    );
 
     let mut tables: Vec<&str> = vec![TRACES.name, TRACE_ID_TS.name];
     tables.extend(ALL_ROLLUPS.iter().map(|r| r.name));
+    let mut ours_optimize = measure::Cost::default();
     for table in &tables {
-        optimize(engine, OURS, table).await?;
+        ours_optimize = ours_optimize + optimize(engine, OURS, table).await?;
     }
     for sql in upstream_statements(UPSTREAM) {
         engine.query(&sql).await?;
@@ -183,7 +191,8 @@ async fn measure_all(
         nproc: procfs::online_cpus(),
         load_average_start,
         load_average_end: procfs::load_average(),
-        ingest_seconds,
+        ingest,
+        ours_optimize,
         ours: measure::table_sizes(&client, OURS, &tables).await?,
         upstream: measure::table_sizes(&client, UPSTREAM, &tables).await?,
         upstream_tables,
@@ -366,8 +375,9 @@ async fn optimize(engine: &Engine, database: &str, table: &str) -> anyhow::Resul
     .await
 }
 
-/// The variant's table in `disk_variant_<index>`, filled with a copy of our rows and
-/// merged, `rounds` times (the database dropped before each); sizes of the last.
+/// The variant's table in `disk_variant_<index>`, filled with a copy of our rows,
+/// merged and read whole, `rounds` times (the database dropped before each); sizes
+/// of the last.
 async fn measure_variant(
     engine: &Engine,
     client: &clickhouse::Client,
@@ -398,6 +408,13 @@ async fn measure_variant(
             .push(measure::timed(engine, &copy_traces(OURS, &database)).await?);
         run.optimize
             .push(optimize(engine, &database, TRACES.name).await?);
+        // Every column read and decompressed: what a higher level costs queries.
+        let read = format!(
+            "SELECT count() FROM {}.{} WHERE NOT ignore(*)",
+            quote_ident(&database),
+            quote_ident(TRACES.name)
+        );
+        run.read.push(measure::timed(engine, &read).await?);
     }
     let fingerprint = measure::fingerprint(client, &database).await?;
     let ours = measure::fingerprint(client, OURS).await?;
@@ -410,11 +427,12 @@ async fn measure_variant(
         .unwrap_or_default();
     run.columns = measure::column_sizes(client, &database, TRACES.name).await?;
     eprintln!(
-        "variant {}: {} bytes on disk, copy {:.1} CPU s, merge {:.1} CPU s",
+        "variant {}: {} bytes on disk, copy {:.1} CPU s, merge {:.1} CPU s, read {:.1} CPU s",
         v.name,
         run.size.bytes_on_disk,
         run.insert.last().map_or(0.0, |c| c.engine_cpu_seconds),
-        run.optimize.last().map_or(0.0, |c| c.engine_cpu_seconds)
+        run.optimize.last().map_or(0.0, |c| c.engine_cpu_seconds),
+        run.read.last().map_or(0.0, |c| c.engine_cpu_seconds)
     );
     Ok(run)
 }
