@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::measure::{ColumnSize, Cost, Fingerprint, TableSize};
+use crate::compare::median;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DiskReport {
@@ -50,19 +51,6 @@ pub struct VariantRun {
 impl VariantRun {
     fn median_cpu(costs: &[Cost]) -> f64 {
         median(costs.iter().map(|c| c.engine_cpu_seconds).collect())
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
