@@ -7,7 +7,7 @@
 //! table is merged (`OPTIMIZE … FINAL`) and measured from `system.parts` and
 //! `system.parts_columns`. Each `--variant` (a candidate codec or sorting key for
 //! our `otel_traces`) gets its own copy of the rows, with the engine's CPU for the
-//! copy and the merge.
+//! copy, the merge and a full read.
 
 mod measure;
 mod report;
