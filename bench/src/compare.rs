@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Engine;
 use crate::load::{LoadReport, Protocol, SpanProfile};
+use crate::process::{free_ports, pinned, stop, wait_ready, Ready};
 use crate::procfs;
 use crate::sink::Sink;
 
@@ -144,7 +146,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         bail!("--rotel is needed for the rotel scenarios");
     }
     let engine = if args.scenarios.contains(&Scenario::OursEmbedded) {
-        Some(Engine::start(&args, &work).await?)
+        Some(Engine::start(&args.collector, Some(args.load_core), &work).await?)
     } else {
         None
     };
@@ -264,7 +266,12 @@ async fn run_one(
     .spawn()
     .context("starting the collector")?;
     let pid = child.id();
-    let started = wait_ready(&mut child, scenario, grpc, admin).await;
+    let ready = if scenario.is_rotel() {
+        Ready::Port(grpc)
+    } else {
+        Ready::Health(admin)
+    };
+    let started = wait_ready(&mut child, ready).await;
     if let Err(e) = started {
         stop(&mut child).await;
         sink_task.abort();
@@ -293,8 +300,13 @@ async fn run_one(
     let stored_rows = match (scenario, engine) {
         _ if capped.is_some() => None,
         (Scenario::OursEmbedded, Some(e)) => Some(
-            e.wait_rows(&database, load.spans_acknowledged, Duration::from_secs(60))
-                .await?,
+            e.wait_rows(
+                &database,
+                load.spans_acknowledged,
+                Duration::from_secs(60),
+                Duration::from_secs(5),
+            )
+            .await?,
         ),
         _ if scenario.is_overload() => None,
         _ => {
@@ -334,12 +346,6 @@ async fn run_one(
         engine_cpu_seconds,
         load_average,
     })
-}
-
-fn pinned(core: usize, bin: &Path) -> Command {
-    let mut cmd = Command::new("taskset");
-    cmd.arg("-c").arg(core.to_string()).arg(bin);
-    cmd
 }
 
 /// The load generator as its own process (this binary's `load`), on the load core.
@@ -397,38 +403,6 @@ fn killed_at_cap(after: f64) -> LoadReport {
     }
 }
 
-async fn wait_ready(
-    child: &mut Child,
-    scenario: Scenario,
-    grpc: u16,
-    admin: u16,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let http = reqwest::Client::new();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the collector exited at start: {status}");
-        }
-        let ready = if scenario.is_rotel() {
-            tokio::net::TcpStream::connect(("127.0.0.1", grpc))
-                .await
-                .is_ok()
-        } else {
-            http.get(format!("http://127.0.0.1:{admin}/health/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        };
-        if ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the collector did not become ready within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until the sink has received nothing new for `quiet`.
 async fn wait_settled(sink: &Sink, quiet: Duration, max: Duration) {
     let deadline = Instant::now() + max;
@@ -444,117 +418,6 @@ async fn wait_settled(sink: &Sink, quiet: Duration, max: Duration) {
             return;
         }
     }
-}
-
-/// SIGTERM, then SIGKILL after 20 s. Async: the in-process sink must keep answering
-/// the INSERTs a collector sends while it drains.
-async fn stop(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
-    // Bound together so they differ; released just before the collector binds them.
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    let mut ports = [0u16; N];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr()?.port();
-    }
-    Ok(ports)
-}
-
-/// The embedded ClickHouse front, shared by all runs of the embedded scenario.
-struct Engine {
-    child: std::sync::Mutex<Child>,
-    pid: u32,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Engine {
-    async fn start(args: &CompareArgs, work: &Path) -> anyhow::Result<Engine> {
-        let data = work.join("embedded-data");
-        let _ = std::fs::remove_dir_all(&data);
-        let url_file = work.join("embedded-url");
-        let mut child = pinned(args.load_core, &args.collector)
-            .arg("embedded-clickhouse")
-            .env("COLLECTOR__EMBEDDED__DATA_DIR", &data)
-            .env("RUST_LOG", "warn")
-            .stdout(std::fs::File::create(&url_file)?)
-            .stderr(std::fs::File::create(work.join("embedded.log"))?)
-            .spawn()
-            .context("starting the embedded ClickHouse")?;
-        let deadline = Instant::now() + Duration::from_secs(240);
-        let url = loop {
-            let text = std::fs::read_to_string(&url_file).unwrap_or_default();
-            if let Some(line) = text.lines().next().filter(|l| l.starts_with("http")) {
-                break line.trim().to_string();
-            }
-            if child.try_wait()?.is_some() || Instant::now() > deadline {
-                bail!("the embedded ClickHouse did not start (see embedded.log)");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        // The collector process that printed the URL runs the engine as its child.
-        let pid = engine_pid(child.id()).unwrap_or(child.id());
-        Ok(Engine {
-            child: std::sync::Mutex::new(child),
-            pid,
-            url,
-            http: reqwest::Client::new(),
-        })
-    }
-
-    /// Waits until `expected` rows are in `database`, or nothing changed for 5 s.
-    async fn wait_rows(&self, database: &str, expected: u64, max: Duration) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + max;
-        let (mut last, mut since) = (u64::MAX, Instant::now());
-        loop {
-            let text = self
-                .http
-                .post(&self.url)
-                .body(format!("SELECT count() FROM `{database}`.otel_traces"))
-                .send()
-                .await?
-                .text()
-                .await?;
-            let rows: u64 = text.trim().parse().unwrap_or(0);
-            if rows >= expected || Instant::now() > deadline {
-                return Ok(rows);
-            }
-            if rows != last {
-                (last, since) = (rows, Instant::now());
-            } else if since.elapsed() > Duration::from_secs(5) {
-                return Ok(rows);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn stop(self) {
-        let mut child = self.child.into_inner().expect("not poisoned");
-        stop(&mut child).await;
-    }
-}
-
-/// The python child of `collector embedded-clickhouse`, where the engine's CPU goes.
-fn engine_pid(parent: u32) -> Option<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
 }
 
 fn run_line(r: &Run) -> String {
@@ -604,7 +467,7 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

@@ -47,7 +47,7 @@ impl SpanProfile {
         }
     }
 
-    fn synthetic(self) -> testkit::synthetic::Profile {
+    pub fn synthetic(self) -> testkit::synthetic::Profile {
         match self {
             SpanProfile::Basic => testkit::synthetic::Profile::Basic,
             SpanProfile::Rich => testkit::synthetic::Profile::Rich,

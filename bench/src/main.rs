@@ -1,8 +1,9 @@
 //! The collector benchmark: `bench load` (OTLP load generator), `bench sink` (discard
-//! ClickHouse) and `bench compare` (ours and rotel side by side). `scripts/bench.sh`
-//! builds everything and runs the comparison; see BENCHMARKS.md.
+//! ClickHouse), `bench compare` (ours and rotel side by side) and `bench disk` (bytes
+//! per span on disk, ours vs the upstream DDL). `scripts/bench.sh` builds everything
+//! and runs the comparison; see BENCHMARKS.md.
 
-use bench::{compare, load, procfs, sink};
+use bench::{compare, disk, load, procfs, sink};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,6 +29,9 @@ enum Cmd {
     },
     /// Run the collectors side by side and print the comparison table.
     Compare(compare::CompareArgs),
+    /// Store spans through our collector into the embedded ClickHouse, copy them into
+    /// the upstream exporter's tables, and print what each costs on disk.
+    Disk(disk::DiskArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             procfs::pin_self(args.load_core)?;
             runtime(false)?.block_on(compare::run(args))
         }
+        Cmd::Disk(args) => runtime(true)?.block_on(disk::run(args)),
     }
 }
 

@@ -2,7 +2,8 @@
 //! only; the bench tool uses its synthetic data): a real collector on free loopback
 //! ports, writing into its own database of a real ClickHouse (`CLICKHOUSE_URL`, or one
 //! embedded engine shared by the test process); [`dashboards`] runs Grafana
-//! dashboards' SQL; [`synthetic`] generates OTLP load; [`decode_for_tests`] is what a
+//! dashboards' SQL; [`synthetic`] generates OTLP load; [`upstream`] holds the upstream
+//! exporter's DDL; [`decode_for_tests`] is what a
 //! receiver does to a body before the pipeline; [`run_with_subscriber`] gives a test
 //! its own `tracing` subscriber inside a shared test binary.
 
@@ -11,6 +12,7 @@ pub mod dashboards;
 mod decode;
 mod subscriber;
 pub mod synthetic;
+pub mod upstream;
 
 pub use collector::Config as CollectorConfig;
 pub use decode::decode_for_tests;

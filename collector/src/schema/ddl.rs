@@ -287,6 +287,9 @@ mod tests {
             "`Events` Nested(`Timestamp` DateTime64(9), `Name` LowCardinality(String), `Attributes` Map(LowCardinality(String), String)) CODEC(ZSTD(1))"
         ), "{ddl}");
         assert!(ddl.contains("`Timestamp` DateTime64(9) CODEC(Delta(8), ZSTD(1))"));
+        assert!(ddl.contains("`SpanAttributes` Map(LowCardinality(String), String) CODEC(ZSTD(6))"));
+        assert!(ddl.contains("`ScopeName` String CODEC(ZSTD(6))"));
+        assert!(ddl.contains("`TraceId` String CODEC(ZSTD(1))"));
         assert!(ddl.contains("\nPRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))\nORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)"), "{ddl}");
         assert!(ddl.contains("non_replicated_deduplication_window = 1000"));
         assert!(!ddl.contains("TTL"));

@@ -19,10 +19,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use testkit::upstream::{self, CURRENT, OLDER};
 use testkit::{clickhouse_url, eventually, test_config, unique_database, TestCollector};
-
-const CURRENT: &str = include_str!("../fixtures/upstream/current.sql");
-const OLDER: &str = include_str!("../fixtures/upstream/older_e3bd2d1.sql");
 
 /// Seconds of the metric points (T1) and their start.
 const T1: u64 = 1_700_000_100_000_000_000;
@@ -34,15 +32,9 @@ async fn create_fixture(client: &clickhouse::Client, fixture: &str, database: &s
         .execute()
         .await
         .unwrap();
-    let sql: String = fixture
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("{db}", &format!("`{database}`"));
-    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+    for statement in upstream::statements(fixture, database) {
         client
-            .query(statement)
+            .query(&statement)
             .execute()
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
