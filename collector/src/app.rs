@@ -370,13 +370,21 @@ impl Stages for StageHandles {
             out.push_str(&lane.describe());
             out.push('\n');
         }
-        // Our rollups and views a database made by the upstream exporter lacks:
-        // writing goes on, the dashboards reading them stay empty until they exist.
+        // Our rollups and views a database made by the upstream exporter lacks, or
+        // rollups an earlier release made in another shape: writing goes on, the
+        // dashboards reading them stay empty (or fail) until they are right.
         let absent = self.gate.absent_extras();
         if !absent.is_empty() {
             out.push_str(&format!(
-                "absent (create_schema is off): {}\n",
+                "absent (writing goes on): {}\n",
                 absent.join("; ")
+            ));
+        }
+        let outdated = self.gate.outdated_extras();
+        if !outdated.is_empty() {
+            out.push_str(&format!(
+                "outdated (writing goes on): {}\n",
+                outdated.join("; ")
             ));
         }
         (ok, out)
