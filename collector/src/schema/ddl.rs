@@ -341,9 +341,8 @@ mod tests {
             "CREATE MATERIALIZED VIEW IF NOT EXISTS `otel`.`otel_traces_red_1m_mv` TO `otel`.`otel_traces_red_1m` AS SELECT "
         ));
         assert!(sql.contains(" FROM `otel`.`otel_traces` WHERE SpanKind = 'Server' GROUP BY `ServiceName`, `Route`, `ServiceVersion`, `Timestamp`"), "{sql}");
-        assert!(sql.contains(
-            "sumMap(map(multiIf(if(SpanAttributes['http.response.status_code'] != '', "
-        ));
+        assert!(sql
+            .contains("sumMap(map(multiIf(if(SpanAttributes['http.response.status_code'] != '', "));
         assert!(sql.contains(
             ", 1, 1), 'xx'), StatusCode = 'Error', 'error', 'ok'), toUInt64(1))) AS `RequestsByStatusClass`"
         ), "{sql}");
@@ -381,7 +380,10 @@ mod tests {
             .collect();
         assert_eq!(
             removed,
-            ["`otel`.`otel_traces_red_1m_mv`", "`otel`.`otel_traces_red_1h_mv`"]
+            [
+                "`otel`.`otel_traces_red_1m_mv`",
+                "`otel`.`otel_traces_red_1h_mv`"
+            ]
         );
         assert_eq!(all.len() - without.len(), 2);
         assert!(without

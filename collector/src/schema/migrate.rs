@@ -39,8 +39,8 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::ddl::{create_rollup_table_named, rollup_statements, SchemaOptions};
-use super::views::{ColumnRole, Rollup, TRACES_RED_1H, TRACES_RED_1M};
 use super::quote_ident;
+use super::views::{ColumnRole, Rollup, TRACES_RED_1H, TRACES_RED_1M};
 
 /// The dimension earlier releases had.
 pub const OLD_DIMENSION: &str = "StatusClass";
@@ -290,7 +290,9 @@ fn copy(r: &Rollup, opts: &SchemaOptions, staging: &str) -> String {
         } else {
             c.expr.to_string()
         };
-        select.push(format!("{expr} AS {name}"));
+        // No aliases: `sum(Requests) AS Requests` would make the class counts'
+        // `Requests` that sum. The INSERT takes the columns by position.
+        select.push(expr);
         columns.push(name);
     }
     format!(
@@ -401,15 +403,19 @@ mod tests {
 
     #[test]
     fn the_copy_merges_every_column_at_the_tables_own_grain() {
-        let sql = copy(&TRACES_RED_1H, &opts(None), "otel_traces_red_1h__migrating_1");
+        let sql = copy(
+            &TRACES_RED_1H,
+            &opts(None),
+            "otel_traces_red_1h__migrating_1",
+        );
         assert!(sql.starts_with(
             "INSERT INTO `otel`.`otel_traces_red_1h__migrating_1` (`ServiceName`, `Route`, `ServiceVersion`, `Timestamp`, `Requests`, `Errors`, `RequestsByStatusClass`, "
         ), "{sql}");
-        assert!(sql.contains("`Timestamp` AS `Timestamp`, sum(Requests) AS `Requests`"));
-        assert!(sql.contains("sumMap(map(StatusClass, Requests)) AS `RequestsByStatusClass`"));
         assert!(sql.contains(
-            "quantilesDDMergeState(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles) AS `DurationQuantiles`"
-        ));
+            " SELECT `ServiceName`, `Route`, `ServiceVersion`, `Timestamp`, sum(Requests), sum(Errors), \
+             sumMap(map(StatusClass, Requests)), sum(DurationSum), max(DurationMax), \
+             quantilesDDMergeState(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles) FROM "
+        ), "{sql}");
         assert!(sql.ends_with(
             " FROM `otel`.`otel_traces_red_1h` GROUP BY `ServiceName`, `Route`, `ServiceVersion`, `Timestamp` SETTINGS insert_deduplicate = 0"
         ), "{sql}");
@@ -426,7 +432,10 @@ mod tests {
         let exchange = find(
             "EXCHANGE TABLES `otel`.`otel_traces_red_1m_local` AND `otel`.`otel_traces_red_1m_local__migrating_manual` ON CLUSTER `main`",
         );
-        assert!(find("DROP VIEW IF EXISTS `otel`.`otel_traces_red_1h_mv` ON CLUSTER `main` SYNC") < exchange);
+        assert!(
+            find("DROP VIEW IF EXISTS `otel`.`otel_traces_red_1h_mv` ON CLUSTER `main` SYNC")
+                < exchange
+        );
         assert!(find("ReplicatedAggregatingMergeTree(") < exchange);
         assert!(find("FROM `otel`.`otel_traces_red_1h_local` GROUP BY") > exchange);
         assert!(

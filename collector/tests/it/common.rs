@@ -314,3 +314,26 @@ pub mod raw_grpc {
             .map(|r| r.into_inner())
     }
 }
+
+/// Creates `database` and runs a fixture's statements in it (`;`-separated, `--`
+/// comment lines, `{db}` standing for the database).
+pub async fn create_fixture(client: &clickhouse::Client, fixture: &str, database: &str) {
+    client
+        .query(&format!("CREATE DATABASE `{database}`"))
+        .execute()
+        .await
+        .unwrap();
+    let sql: String = fixture
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("{db}", &format!("`{database}`"));
+    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        client
+            .query(statement)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}

@@ -28,27 +28,6 @@ const OLDER: &str = include_str!("../fixtures/upstream/older_e3bd2d1.sql");
 const T1: u64 = 1_700_000_100_000_000_000;
 const T1_SECS: u32 = 1_700_000_100;
 
-async fn create_fixture(client: &clickhouse::Client, fixture: &str, database: &str) {
-    client
-        .query(&format!("CREATE DATABASE `{database}`"))
-        .execute()
-        .await
-        .unwrap();
-    let sql: String = fixture
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("{db}", &format!("`{database}`"));
-    for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        client
-            .query(statement)
-            .execute()
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
-}
-
 fn span() -> Span {
     Span {
         trace_id: TRACE.to_vec(),
