@@ -960,6 +960,32 @@ async fn every_panel_has_data_and_the_rollup_matches_raw_spans() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(rolled, feed.server_spans, "{rollup}");
+        // The status-class counts, as the panel reads them, are the raw spans'.
+        let classes = |sql: String| {
+            let client = c.client.clone();
+            async move {
+                client
+                    .query(&sql)
+                    .fetch_all::<(String, u64)>()
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        };
+        let by_class = classes(format!(
+            "SELECT class, n FROM (SELECT sumMap(RequestsByStatusClass) AS m FROM {rollup}) \
+             ARRAY JOIN mapKeys(m) AS class, mapValues(m) AS n ORDER BY class"
+        ))
+        .await;
+        let raw = classes(
+            "SELECT multiIf(SpanAttributes['http.response.status_code'] != '', \
+                            concat(left(SpanAttributes['http.response.status_code'], 1), 'xx'), \
+                            StatusCode = 'Error', 'error', 'ok') AS class, count() \
+             FROM otel_traces WHERE SpanKind = 'Server' GROUP BY class ORDER BY class"
+                .to_string(),
+        )
+        .await;
+        assert_eq!(by_class, raw, "{rollup}");
+        assert!(raw.len() >= 3, "{raw:?}");
     }
     // At least three of the collector's own exports, so counters have deltas.
     while started.elapsed() < Duration::from_secs(60) {
