@@ -156,7 +156,7 @@ impl SchemaGate {
             let (outdated, failed) = self
                 .migrate(client, opts)
                 .await
-                .map_err(|e| format!("schema probe failed: {e}"))?;
+                .map_err(|e| format!("creating the schema failed: {e}"))?;
             migration_failed = failed;
             let names: Vec<&str> = outdated.iter().map(|r| r.name).collect();
             for sql in create_statements_except(opts, &names) {
