@@ -196,9 +196,7 @@ impl SchemaGate {
             retry_migration,
         })
     }
-}
 
-impl SchemaGate {
     /// Migrates the RED rollups of an earlier shape where the collector can (a
     /// single node); returns those still in it, and why if the migration failed.
     async fn migrate(
