@@ -39,6 +39,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::ddl::{create_rollup_table_named, rollup_statements, SchemaOptions};
+use super::probe::columns_of;
 use super::quote_ident;
 use super::views::{ColumnRole, Rollup, TRACES_RED_1H, TRACES_RED_1M};
 
@@ -350,12 +351,11 @@ async fn column_names(
     opts: &SchemaOptions,
     table: &str,
 ) -> Result<Vec<String>, clickhouse::error::Error> {
-    client
-        .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
-        .bind(&opts.database)
-        .bind(table)
-        .fetch_all()
-        .await
+    Ok(columns_of(client, &opts.database, table)
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect())
 }
 
 async fn execute(client: &clickhouse::Client, sql: &str) -> Result<(), MigrationError> {

@@ -62,8 +62,8 @@ pub struct ProbeReport {
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
-struct ColumnInfo {
-    name: String,
+pub(super) struct ColumnInfo {
+    pub(super) name: String,
     #[serde(rename = "type")]
     ty: String,
 }
@@ -126,7 +126,7 @@ pub async fn probe_report(
     Ok(report)
 }
 
-async fn columns_of(
+pub(super) async fn columns_of(
     client: &clickhouse::Client,
     database: &str,
     table: &str,

@@ -172,6 +172,33 @@ async fn classes(
         .collect()
 }
 
+/// Both rollups, read in the old shape.
+async fn both_old(client: &clickhouse::Client) -> BTreeMap<&'static str, BTreeMap<Key, Red>> {
+    let mut out = BTreeMap::new();
+    for table in ROLLUPS {
+        out.insert(table, old_red(client, table).await);
+    }
+    out
+}
+
+/// Both rollups, read in the current shape.
+async fn both_new(client: &clickhouse::Client) -> BTreeMap<&'static str, BTreeMap<Key, Red>> {
+    let mut out = BTreeMap::new();
+    for table in ROLLUPS {
+        out.insert(table, new_red(client, table).await);
+    }
+    out
+}
+
+fn single_node(database: &str) -> SchemaOptions {
+    SchemaOptions {
+        database: database.into(),
+        ttl_days: 0,
+        cluster: None,
+        dedup_window: 1000,
+    }
+}
+
 /// The p99 of every key, all its sketches merged.
 async fn p99s(client: &clickhouse::Client, table: &str) -> BTreeMap<Key, f64> {
     let rows: Vec<(String, String, String, u32, f64)> = client
@@ -274,10 +301,9 @@ fn new_spans(now: u64) -> (Vec<Span>, BTreeMap<String, u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_rollups_are_migrated_with_their_history_and_a_restart_changes_nothing() {
     let (database, client) = old_database("red_migration").await;
-    let mut before = BTreeMap::new();
+    let before = both_old(&client).await;
     let mut p99_before = BTreeMap::new();
     for table in ROLLUPS {
-        before.insert(table, old_red(&client, table).await);
         p99_before.insert(table, merged_p99(&client, table).await);
     }
     let rows = |t: &str| before[t].values().map(|r| r.requests).sum::<u64>();
@@ -349,18 +375,10 @@ async fn old_rollups_are_migrated_with_their_history_and_a_restart_changes_nothi
     c.stop().await;
 
     // A second start finds the current shape: nothing is rebuilt or swapped.
-    let after: BTreeMap<&str, _> = {
-        let mut m = BTreeMap::new();
-        for table in ROLLUPS {
-            m.insert(table, new_red(&client, table).await);
-        }
-        m
-    };
+    let after = both_new(&client).await;
     let c = TestCollector::start_with(test_config(&database)).await;
     assert_eq!(red_tables(&client, &database).await, tables);
-    for table in ROLLUPS {
-        assert_eq!(new_red(&client, table).await, after[table], "{table}");
-    }
+    assert_eq!(both_new(&client).await, after);
     c.stop().await;
 }
 
@@ -371,17 +389,8 @@ async fn old_rollups_are_migrated_with_their_history_and_a_restart_changes_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_migration_completes_on_the_next_start() {
     let (database, client) = old_database("red_interrupted").await;
-    let mut before = BTreeMap::new();
-    for table in ROLLUPS {
-        before.insert(table, old_red(&client, table).await);
-    }
-    let opts = SchemaOptions {
-        database: database.clone(),
-        ttl_days: 0,
-        cluster: None,
-        dedup_window: 1000,
-    };
-    let statements: Vec<String> = manual_statements(&opts)
+    let before = both_old(&client).await;
+    let statements: Vec<String> = manual_statements(&single_node(&database))
         .into_iter()
         .filter(|s| !s.starts_with("--") && !s.starts_with("SELECT"))
         .collect();
@@ -420,9 +429,7 @@ async fn an_interrupted_migration_completes_on_the_next_start() {
 
     let c = TestCollector::start_with(test_config(&database)).await;
     expect_new_layout(&red_tables(&client, &database).await);
-    for table in ROLLUPS {
-        assert_eq!(new_red(&client, table).await, before[table], "{table}");
-    }
+    assert_eq!(both_new(&client).await, before);
     c.stop().await;
 }
 
@@ -476,13 +483,7 @@ async fn without_create_schema_the_old_shape_is_reported_and_migrated_by_hand() 
 
     let expected = old_red(&client, "otel_traces_red_1m").await;
     assert_eq!(expected.len(), old_1m.len() + 1);
-    let opts = SchemaOptions {
-        database: database.clone(),
-        ttl_days: 0,
-        cluster: None,
-        dedup_window: 1000,
-    };
-    for sql in manual_statements(&opts)
+    for sql in manual_statements(&single_node(&database))
         .iter()
         .filter(|s| !s.starts_with("--"))
     {
