@@ -264,6 +264,22 @@ fn expect_new_layout(tables: &[(String, String, String)]) {
     }
 }
 
+/// Sends [`new_spans`] as `service`; returns how many, and how many per class.
+async fn send_new_spans(c: &TestCollector, service: &str) -> (u64, BTreeMap<String, u64>) {
+    let (spans, classes) = new_spans(now_ns());
+    let sent = spans.len() as u64;
+    let (status, _, _) = post(
+        &c.http_endpoint(),
+        "/v1/traces",
+        "application/x-protobuf",
+        traces_request(service, spans).encode_to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200);
+    (sent, classes)
+}
+
 /// Server spans of a service the old rows do not have, one per status class.
 fn new_spans(now: u64) -> (Vec<Span>, BTreeMap<String, u64>) {
     let mut spans = Vec::new();
@@ -345,17 +361,7 @@ async fn old_rollups_are_migrated_with_their_history_and_a_restart_changes_nothi
     );
 
     // The views were made again: new spans reach both new tables.
-    let (spans, sent_classes) = new_spans(now_ns());
-    let sent = spans.len() as u64;
-    let (status, _, _) = post(
-        &c.http_endpoint(),
-        "/v1/traces",
-        "application/x-protobuf",
-        traces_request("after-migration", spans).encode_to_vec(),
-        false,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (sent, sent_classes) = send_new_spans(&c, "after-migration").await;
     for table in ROLLUPS {
         let by_class = eventually(Duration::from_secs(30), || async {
             let rows = classes(&client, table, "WHERE ServiceName = 'after-migration'").await;
@@ -453,17 +459,7 @@ async fn without_create_schema_the_old_shape_is_reported_and_migrated_by_hand() 
     }
     assert!(body.contains("docs/upgrading.md"), "{body}");
 
-    let (spans, _) = new_spans(now_ns());
-    let sent = spans.len() as u64;
-    let (status, _, _) = post(
-        &c.http_endpoint(),
-        "/v1/traces",
-        "application/x-protobuf",
-        traces_request("while-old", spans).encode_to_vec(),
-        false,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (sent, _) = send_new_spans(&c, "while-old").await;
     assert_eq!(
         c.wait_for_rows("otel_traces", "ServiceName = 'while-old'", sent)
             .await,
