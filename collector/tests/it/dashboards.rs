@@ -1368,13 +1368,24 @@ async fn bench_overview(
     rounds: u64,
     label: &str,
 ) {
+    // Only spans are generated: the panels over the agent's metrics stay empty.
+    let reads = |p: &&testkit::dashboards::Panel, table: &str| {
+        p.targets.iter().any(|t| t.raw_sql.contains(table))
+    };
+    let metric_panels: Vec<&str> = overview
+        .panels
+        .iter()
+        .filter(|p| !reads(p, "otel_traces"))
+        .map(|p| p.title.as_str())
+        .collect();
     // Best of `rounds` per panel: the first round also warms caches.
     let mut best: BTreeMap<String, Duration> = BTreeMap::new();
     for _ in 0..rounds {
         let run = run_dashboard(client, overview, &RunOptions::new(range))
             .await
             .unwrap();
-        assert!(run.problems(&[]).is_empty(), "{:#?}", run.problems(&[]));
+        let problems = run.problems(&metric_panels);
+        assert!(problems.is_empty(), "{problems:#?}");
         for p in &run.panels {
             let r = p.result.as_ref().unwrap();
             let took = r.server_elapsed.unwrap_or(r.elapsed);
@@ -1410,11 +1421,11 @@ async fn bench_overview(
     let shown: Vec<&str> = overview
         .panels
         .iter()
-        .filter(|p| !p.row.starts_with("Drill-down"))
+        .filter(|p| !p.row.starts_with("Drill-down") && reads(p, "otel_traces_red_"))
         .map(|p| p.title.as_str())
         .collect();
     println!(
-        "every panel shown by default ({} queries, all on rollups): {:.1} ms",
+        "every RED rollup panel shown by default ({} queries): {:.1} ms",
         shown.len(),
         ms(shown.iter().map(|t| best[*t]).sum())
     );
