@@ -1255,8 +1255,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// side on the same data. Not a test of speed (nothing is asserted about it):
 ///
 /// ```text
-/// BENCH_SPANS=6000000 BENCH_DAYS=7 cargo test --release -p collector --test dashboards \
-///     -- --ignored --nocapture overview_query_time
+/// BENCH_SPANS=6000000 BENCH_DAYS=7 cargo test --release -p collector --test it \
+///     dashboards::overview_query_time -- --ignored --nocapture
 /// ```
 ///
 /// A third of the generated spans are SERVER spans (5 routes, 2 versions, 3
@@ -1467,8 +1467,8 @@ const DEPENDENCY_TWINS: [(&str, &str); 3] = [
 /// same generated CLIENT spans (databases, caches, downstream services, a share
 /// with an exception event). Same knobs as the overview benchmark:
 /// ```sh
-/// BENCH_SPANS=6000000 BENCH_DAYS=1 cargo test -p collector --test dashboards \
-///     -- --ignored --nocapture dependency_query_time
+/// BENCH_SPANS=6000000 BENCH_DAYS=1 cargo test -p collector --test it \
+///     dashboards::dependency_query_time -- --ignored --nocapture
 /// ```
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: generates millions of spans; run with --ignored --nocapture"]
