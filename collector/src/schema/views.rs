@@ -122,9 +122,9 @@ macro_rules! status_class {
 ///   `quantilesDDMerge(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles)` (any levels).
 ///
 /// The status class was a dimension until this shape (see
-/// [`migrate`](super::migrate)), which split every key and minute into up to six
-/// rows, each with its own sketch: a latency panel merged up to six sketches
-/// where one carries the same answer, and merging sketches is what a latency
+/// [`migrate`](super::migrate)), which split every key and minute into a row per
+/// status class seen, each with its own sketch: a latency panel merged several
+/// sketches where one carries the same answer, and merging sketches is what a latency
 /// query over a rollup costs. The class is a breakdown of the count only, so it is
 /// now an aggregate. A map rather than one column per class: it merges like the
 /// other sums (`sumMap` adds per key, in background merges and in queries), a
@@ -133,8 +133,7 @@ macro_rules! status_class {
 /// `ARRAY JOIN mapKeys(c) AS status, mapValues(c) AS n` over `sumMap(…) AS c`,
 /// where fixed columns would need a literal list of classes in every panel. Its
 /// keys are `String`: the engine refuses a `LowCardinality` key for `sumMap`
-/// (whose result is `Map(String, UInt64)`), and the handful of distinct keys
-/// costs nothing after ZSTD.
+/// (whose result is `Map(String, UInt64)`).
 pub const TRACES_RED_1M: Rollup = Rollup {
     name: "otel_traces_red_1m",
     view: "otel_traces_red_1m_mv",
