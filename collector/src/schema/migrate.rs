@@ -22,7 +22,9 @@
 //! begins again with a new staging table (4 drops the partial one). A crash between
 //! the exchange and the drop leaves the old rows under a staging name, which 4
 //! drops. Several collectors starting at once each build their own copy of the same
-//! frozen rows, and only a complete copy is swapped in.
+//! frozen rows, and only a complete copy is swapped in; one that drops the views
+//! after another has made them again costs the rollups what the other writes until
+//! it makes them again itself.
 //!
 //! The collector's writers wait while this runs (the schema gate is pending), so
 //! the spans they hold reach the views once those exist. Spans another process
