@@ -25,6 +25,16 @@ use crate::ui;
 /// (more when the spool can hold more batches: see [`schema::needed_window`]).
 const DEDUP_WINDOW: u32 = 1000;
 
+/// The schema layout this configuration asks for.
+pub fn schema_options(config: &Config) -> schema::SchemaOptions {
+    let needed_window =
+        schema::needed_window(config.spool.max_disk_bytes, config.batching.max_bytes);
+    let dedup_window = u32::try_from(needed_window)
+        .unwrap_or(u32::MAX)
+        .max(DEDUP_WINDOW);
+    ch::schema_options(&config.clickhouse, dedup_window)
+}
+
 /// A running collector.
 pub struct Collector {
     pub grpc_addr: SocketAddr,
@@ -74,12 +84,9 @@ impl Collector {
         let gate = SchemaGate::new();
         let needed_window =
             schema::needed_window(config.spool.max_disk_bytes, config.batching.max_bytes);
-        let dedup_window = u32::try_from(needed_window)
-            .unwrap_or(u32::MAX)
-            .max(DEDUP_WINDOW);
         let schema_task = gate.clone().run(
             client.clone(),
-            ch::schema_options(&config.clickhouse, dedup_window),
+            schema_options(&config),
             config.clickhouse.create_schema,
         );
         let (dedup_report_tx, dedup_report) = watch::channel(None);
@@ -370,13 +377,21 @@ impl Stages for StageHandles {
             out.push_str(&lane.describe());
             out.push('\n');
         }
-        // Our rollups and views a database made by the upstream exporter lacks:
-        // writing goes on, the dashboards reading them stay empty until they exist.
+        // Our rollups and views a database made by the upstream exporter lacks, or
+        // rollups an earlier release made in another shape: writing goes on, the
+        // dashboards reading them stay empty (or fail) until they are right.
         let absent = self.gate.absent_extras();
         if !absent.is_empty() {
             out.push_str(&format!(
-                "absent (create_schema is off): {}\n",
+                "absent (writing goes on): {}\n",
                 absent.join("; ")
+            ));
+        }
+        let outdated = self.gate.outdated_extras();
+        if !outdated.is_empty() {
+            out.push_str(&format!(
+                "outdated (writing goes on): {}\n",
+                outdated.join("; ")
             ));
         }
         (ok, out)

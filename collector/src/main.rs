@@ -46,6 +46,10 @@ enum Command {
         #[arg(long)]
         install_only: bool,
     },
+    /// Print the statements that move RED rollups made by an earlier release to
+    /// their current shape, for this configuration's database (and cluster); see
+    /// docs/upgrading.md.
+    MigrationSql,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -76,6 +80,18 @@ async fn main() -> anyhow::Result<()> {
     }
     collector::telemetry::init_logging(&config.log.level);
 
+    if let Some(Command::MigrationSql) = cli.command {
+        for sql in
+            collector::schema::migrate::manual_statements(&collector::app::schema_options(&config))
+        {
+            if sql.starts_with("--") {
+                println!("\n{sql}");
+            } else {
+                println!("{sql};");
+            }
+        }
+        return Ok(());
+    }
     if let Some(Command::EmbeddedClickhouse { install_only }) = cli.command {
         if install_only {
             collector::embedded::install(&config.embedded).await?;

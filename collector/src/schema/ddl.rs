@@ -69,6 +69,14 @@ pub const LOCAL_SUFFIX: &str = "_local";
 
 /// Every statement that sets the schema up, in order; each is idempotent.
 pub fn create_statements(opts: &SchemaOptions) -> Vec<String> {
+    create_statements_except(opts, &[])
+}
+
+/// [`create_statements`] without the views of the rollups named in `outdated`
+/// (tables of an earlier shape, see [`migrate`](super::migrate)) nor of the
+/// rollups fed from them: a view must never run between tables of two shapes,
+/// where it would write rows missing what the other shape keeps.
+pub fn create_statements_except(opts: &SchemaOptions, outdated: &[&str]) -> Vec<String> {
     let mut out = vec![format!(
         "CREATE DATABASE IF NOT EXISTS {}{}",
         quote_ident(&opts.database),
@@ -82,7 +90,12 @@ pub fn create_statements(opts: &SchemaOptions) -> Vec<String> {
     }
     out.push(create_trace_id_view(opts));
     for rollup in ALL_ROLLUPS {
-        out.extend(rollup_statements(rollup, opts));
+        let mut statements = rollup_statements(rollup, opts);
+        if outdated.contains(&rollup.name) || outdated.contains(&rollup.source) {
+            // The view is the last statement.
+            statements.pop();
+        }
+        out.extend(statements);
     }
     out
 }
@@ -109,6 +122,11 @@ pub fn rollup_ttl_days(rollup: &Rollup, opts: &SchemaOptions) -> u32 {
 }
 
 fn create_rollup_table(r: &Rollup, opts: &SchemaOptions) -> String {
+    create_rollup_table_named(r, opts, &opts.storage_name(r.name))
+}
+
+/// The rollup's table (on a cluster: its local table) under another name.
+pub(super) fn create_rollup_table_named(r: &Rollup, opts: &SchemaOptions, table: &str) -> String {
     let order_by: Vec<&str> = r.dimensions().map(|d| d.column.name).collect();
     let ttl_days = rollup_ttl_days(r, opts);
     let ttl = if ttl_days > 0 {
@@ -121,7 +139,7 @@ fn create_rollup_table(r: &Rollup, opts: &SchemaOptions) -> String {
     // is dropped here too.
     format!(
         "CREATE TABLE IF NOT EXISTS {}{} (\n    {}\n)\nENGINE = {}\nPARTITION BY {}\nORDER BY ({}){ttl}\nSETTINGS {}",
-        opts.qualified(&opts.storage_name(r.name)),
+        opts.qualified(table),
         opts.on_cluster(),
         column_definitions(&r.table_columns(), &[]).join(",\n    "),
         opts.engine("AggregatingMergeTree"),
@@ -305,8 +323,13 @@ mod tests {
         assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS `otel`.`otel_traces_red_1m` ("));
         assert!(ddl.contains("ENGINE = AggregatingMergeTree"), "{ddl}");
         assert!(
-            ddl.contains("ORDER BY (ServiceName, Route, ServiceVersion, StatusClass, Timestamp)")
+            ddl.contains("ORDER BY (ServiceName, Route, ServiceVersion, Timestamp)"),
+            "{ddl}"
         );
+        assert!(!ddl.contains("`StatusClass`"), "{ddl}");
+        assert!(ddl.contains(
+            "`RequestsByStatusClass` SimpleAggregateFunction(sumMap, Map(String, UInt64)) CODEC(ZSTD(1))"
+        ));
         assert!(ddl.contains("TTL Timestamp + toIntervalDay(120)"), "{ddl}");
         assert!(ddl.contains(
             "`DurationQuantiles` AggregateFunction(quantilesDD(0.01, 0.5, 0.95, 0.99, 0.999), UInt64) CODEC(ZSTD(1))"
@@ -320,7 +343,12 @@ mod tests {
         assert!(sql.starts_with(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS `otel`.`otel_traces_red_1m_mv` TO `otel`.`otel_traces_red_1m` AS SELECT "
         ));
-        assert!(sql.contains(" FROM `otel`.`otel_traces` WHERE SpanKind = 'Server' GROUP BY `ServiceName`, `Route`, `ServiceVersion`, `StatusClass`, `Timestamp`"), "{sql}");
+        assert!(sql.contains(" FROM `otel`.`otel_traces` WHERE SpanKind = 'Server' GROUP BY `ServiceName`, `Route`, `ServiceVersion`, `Timestamp`"), "{sql}");
+        assert!(sql
+            .contains("sumMap(map(multiIf(if(SpanAttributes['http.response.status_code'] != '', "));
+        assert!(sql.contains(
+            ", 1, 1), 'xx'), StatusCode = 'Error', 'error', 'ok'), toUInt64(1))) AS `RequestsByStatusClass`"
+        ), "{sql}");
         assert!(sql.contains("toStartOfMinute(Timestamp) AS `Timestamp`"));
         let hourly = create_rollup_view(&TRACES_RED_1H, &opts());
         assert!(
@@ -328,6 +356,7 @@ mod tests {
             "{hourly}"
         );
         assert!(hourly.contains("quantilesDDMergeState(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles) AS `DurationQuantiles`"));
+        assert!(hourly.contains("sumMap(RequestsByStatusClass) AS `RequestsByStatusClass`"));
         assert!(create_rollup_table(
             &TRACES_RED_1H,
             &SchemaOptions {
@@ -336,6 +365,33 @@ mod tests {
             }
         )
         .contains("TTL Timestamp + toIntervalDay(480)"));
+    }
+
+    #[test]
+    fn outdated_rollups_keep_their_tables_but_lose_their_views_and_their_readers_views() {
+        let all = create_statements(&opts());
+        let without = create_statements_except(&opts(), &[TRACES_RED_1M.name]);
+        let views = |sql: &[String]| -> Vec<String> {
+            sql.iter()
+                .filter(|s| s.starts_with("CREATE MATERIALIZED VIEW"))
+                .map(|s| s.split_whitespace().nth(6).unwrap().to_string())
+                .collect()
+        };
+        let removed: Vec<String> = views(&all)
+            .into_iter()
+            .filter(|v| !views(&without).contains(v))
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                "`otel`.`otel_traces_red_1m_mv`",
+                "`otel`.`otel_traces_red_1h_mv`"
+            ]
+        );
+        assert_eq!(all.len() - without.len(), 2);
+        assert!(without
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS `otel`.`otel_traces_red_1h` (")));
     }
 
     #[test]

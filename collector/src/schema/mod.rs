@@ -10,13 +10,17 @@ pub mod cast;
 mod cluster;
 mod ddl;
 mod dedup_probe;
+pub mod migrate;
 mod probe;
 pub mod rowbinary;
 mod tables;
 mod views;
 
 pub use cluster::insert_settings;
-pub use ddl::{create_statements, rollup_statements, rollup_ttl_days, SchemaOptions, LOCAL_SUFFIX};
+pub use ddl::{
+    create_statements, create_statements_except, rollup_statements, rollup_ttl_days, SchemaOptions,
+    LOCAL_SUFFIX,
+};
 pub use dedup_probe::{
     deduplicated_tables, needed_window, probe_dedup_windows, DedupWindowProblem,
 };

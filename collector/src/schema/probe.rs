@@ -8,14 +8,17 @@
 //! `SimpleAggregateFunction(f, T)` for `T`, and `DateTime64(9)` for `DateTime` or the
 //! reverse; the last needs the rows re-encoded ([`TableCast`]), which the probe
 //! plans. A rollup whose table exists must match (its view runs inside every INSERT
-//! into its source); one that is absent altogether, or a missing view, is only
-//! reported: it leaves a dashboard empty but never blocks writing.
+//! into its source); one that is absent altogether, a missing view, or a RED
+//! rollup of an earlier release's shape (filled by that release's view, see
+//! [`migrate`](super::migrate)) is only reported: it leaves a dashboard empty or
+//! wrong but never blocks writing.
 
 use std::fmt;
 
 use serde::Deserialize;
 
 use super::cast::TableCast;
+use super::migrate::{is_old_shape, Outdated};
 use super::{Column, TableId, ALL_ROLLUPS, ALL_TABLES, TRACE_ID_TS, TRACE_ID_TS_VIEW};
 
 /// What is wrong with one table.
@@ -52,13 +55,15 @@ pub struct ProbeReport {
     pub problems: Vec<SchemaProblem>,
     /// Our extras (rollups, views) that are absent: reported, never blocking.
     pub absent_extras: Vec<SchemaProblem>,
+    /// Our rollups in an earlier release's shape: reported, never blocking.
+    pub outdated: Vec<Outdated>,
     /// Tables whose rows must be re-encoded for the server's time columns.
     pub casts: Vec<(TableId, TableCast)>,
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
-struct ColumnInfo {
-    name: String,
+pub(super) struct ColumnInfo {
+    pub(super) name: String,
     #[serde(rename = "type")]
     ty: String,
 }
@@ -109,6 +114,10 @@ pub async fn probe_report(
             report.absent_extras.push(absent_table(r.name));
             continue;
         }
+        if is_old_shape(found.iter().map(|c| c.name.as_str())) {
+            report.outdated.push(Outdated { table: r.name });
+            continue;
+        }
         if let (Some(p), _) = compare(r.name, &r.table_columns(), &found) {
             report.problems.push(p);
         }
@@ -117,7 +126,7 @@ pub async fn probe_report(
     Ok(report)
 }
 
-async fn columns_of(
+pub(super) async fn columns_of(
     client: &clickhouse::Client,
     database: &str,
     table: &str,

@@ -96,16 +96,44 @@ macro_rules! http_status {
     };
 }
 
+/// A SERVER span's status class (see [`TRACES_RED_1M`]).
+macro_rules! status_class {
+    () => {
+        concat!(
+            "multiIf(",
+            http_status!(),
+            " != '', concat(substring(",
+            http_status!(),
+            ", 1, 1), 'xx'), StatusCode = 'Error', 'error', 'ok')"
+        )
+    };
+}
+
 /// Rate, errors and duration (RED) of SERVER spans per minute, service, service
-/// version, route and status class.
+/// version and route: one row, so one duration sketch, per key and minute.
 ///
 /// - `Route` is `http.route` (the route template), else the span name.
-/// - `StatusClass` is `2xx`…`5xx` from the HTTP status code; spans without one are
-///   `error` when their status is Error, else `ok`.
 /// - `Errors` counts spans whose status is Error or whose HTTP status is 5xx.
+/// - `RequestsByStatusClass` counts the requests per status class: `2xx`…`5xx`
+///   from the HTTP status code; spans without one are `error` when their status
+///   is Error, else `ok`. Read it with `sumMap(RequestsByStatusClass)`.
 /// - `Duration*` are nanoseconds; `DurationQuantiles` is a DDSketch state
 ///   ([`DURATION_RELATIVE_ACCURACY`]): read it with
 ///   `quantilesDDMerge(0.01, 0.5, 0.95, 0.99, 0.999)(DurationQuantiles)` (any levels).
+///
+/// The status class was a dimension until this shape (see
+/// [`migrate`](super::migrate)), which split every key and minute into a row per
+/// status class seen, each with its own sketch: a latency panel merged several
+/// sketches where one carries the same answer, and merging sketches is what a latency
+/// query over a rollup costs. The class is a breakdown of the count only, so it is
+/// now an aggregate. A map rather than one column per class: it merges like the
+/// other sums (`sumMap` adds per key, in background merges and in queries), a
+/// class nobody listed (`1xx`, a malformed code) is kept rather than dropped, and
+/// Grafana turns it into one series per class with
+/// `ARRAY JOIN mapKeys(c) AS status, mapValues(c) AS n` over `sumMap(…) AS c`,
+/// where fixed columns would need a literal list of classes in every panel. Its
+/// keys are `String`: the engine refuses a `LowCardinality` key for `sumMap`
+/// (whose result is `Map(String, UInt64)`).
 pub const TRACES_RED_1M: Rollup = Rollup {
     name: "otel_traces_red_1m",
     view: "otel_traces_red_1m_mv",
@@ -123,17 +151,6 @@ pub const TRACES_RED_1M: Rollup = Rollup {
             "LowCardinality(String)",
             "ResourceAttributes['service.version']",
         ),
-        dimension(
-            "StatusClass",
-            "LowCardinality(String)",
-            concat!(
-                "multiIf(",
-                http_status!(),
-                " != '', concat(substring(",
-                http_status!(),
-                ", 1, 1), 'xx'), StatusCode = 'Error', 'error', 'ok')"
-            ),
-        ),
         dimension("Timestamp", "DateTime", "toStartOfMinute(Timestamp)"),
         aggregate(
             "Requests",
@@ -148,6 +165,11 @@ pub const TRACES_RED_1M: Rollup = Rollup {
                 http_status!(),
                 ") >= 500))"
             ),
+        ),
+        aggregate(
+            "RequestsByStatusClass",
+            "SimpleAggregateFunction(sumMap, Map(String, UInt64))",
+            concat!("sumMap(map(", status_class!(), ", toUInt64(1)))"),
         ),
         aggregate(
             "DurationSum",
@@ -181,7 +203,6 @@ pub const TRACES_RED_1H: Rollup = Rollup {
         dimension("ServiceName", "LowCardinality(String)", "ServiceName"),
         dimension("Route", "LowCardinality(String)", "Route"),
         dimension("ServiceVersion", "LowCardinality(String)", "ServiceVersion"),
-        dimension("StatusClass", "LowCardinality(String)", "StatusClass"),
         dimension("Timestamp", "DateTime", "toStartOfHour(Timestamp)"),
         aggregate(
             "Requests",
@@ -192,6 +213,11 @@ pub const TRACES_RED_1H: Rollup = Rollup {
             "Errors",
             "SimpleAggregateFunction(sum, UInt64)",
             "sum(Errors)",
+        ),
+        aggregate(
+            "RequestsByStatusClass",
+            "SimpleAggregateFunction(sumMap, Map(String, UInt64))",
+            "sumMap(RequestsByStatusClass)",
         ),
         aggregate(
             "DurationSum",

@@ -314,3 +314,20 @@ pub mod raw_grpc {
             .map(|r| r.into_inner())
     }
 }
+
+/// Creates `database` and runs a fixture's statements in it (`;`-separated, `--`
+/// comment lines, `{db}` standing for the database).
+pub async fn create_fixture(client: &clickhouse::Client, fixture: &str, database: &str) {
+    client
+        .query(&format!("CREATE DATABASE `{database}`"))
+        .execute()
+        .await
+        .unwrap();
+    for statement in testkit::upstream::statements(fixture, database) {
+        client
+            .query(&statement)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}

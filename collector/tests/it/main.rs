@@ -26,6 +26,7 @@ mod crash_loop;
 mod dashboards_safety;
 mod dedup_window;
 mod poison;
+mod red_migration;
 mod retrying_load;
 mod scale_out;
 mod slow_clients;

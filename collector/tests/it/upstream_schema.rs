@@ -19,27 +19,12 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use testkit::upstream::{self, CURRENT, OLDER};
+use testkit::upstream::{CURRENT, OLDER};
 use testkit::{clickhouse_url, eventually, test_config, unique_database, TestCollector};
 
 /// Seconds of the metric points (T1) and their start.
 const T1: u64 = 1_700_000_100_000_000_000;
 const T1_SECS: u32 = 1_700_000_100;
-
-async fn create_fixture(client: &clickhouse::Client, fixture: &str, database: &str) {
-    client
-        .query(&format!("CREATE DATABASE `{database}`"))
-        .execute()
-        .await
-        .unwrap();
-    for statement in upstream::statements(fixture, database) {
-        client
-            .query(&statement)
-            .execute()
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
-}
 
 fn span() -> Span {
     Span {

@@ -10,7 +10,11 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::schema::cast::TableCast;
-use crate::schema::{create_statements, probe_report, SchemaOptions, TableId};
+use crate::schema::migrate::{self, MigrationError};
+use crate::schema::{create_statements_except, probe_report, Rollup, SchemaOptions, TableId};
+
+/// How long a failed migration of the RED rollups waits before the next attempt.
+const MIGRATION_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaState {
@@ -30,6 +34,10 @@ pub struct SchemaGate {
 struct Found {
     casts: HashMap<TableId, Arc<TableCast>>,
     absent_extras: Vec<String>,
+    /// Rollups of an earlier release's shape, and why they still are.
+    outdated_extras: Vec<String>,
+    /// The migration failed: try it again later.
+    retry_migration: bool,
 }
 
 impl SchemaGate {
@@ -56,6 +64,16 @@ impl SchemaGate {
             .unwrap_or_default()
     }
 
+    /// Our rollups in an earlier release's shape (migrated at start on a single node
+    /// with `create_schema`; else, or while that fails, reported here and in the
+    /// log, never blocking).
+    pub fn outdated_extras(&self) -> Vec<String> {
+        self.found
+            .read()
+            .map(|f| f.outdated_extras.clone())
+            .unwrap_or_default()
+    }
+
     pub fn state(&self) -> SchemaState {
         self.state.borrow().clone()
     }
@@ -78,7 +96,7 @@ impl SchemaGate {
     pub async fn run(self, client: clickhouse::Client, opts: SchemaOptions, create: bool) {
         let mut delay = Duration::from_millis(200);
         loop {
-            match check(&client, &opts, create).await {
+            match self.check(&client, &opts, create).await {
                 Ok(found) => {
                     if !found.absent_extras.is_empty()
                         && found.absent_extras != self.absent_extras()
@@ -88,6 +106,15 @@ impl SchemaGate {
                             "ClickHouse schema: writing, but our extras are absent (create them, or turn create_schema on)"
                         );
                     }
+                    if !found.outdated_extras.is_empty()
+                        && found.outdated_extras != self.outdated_extras()
+                    {
+                        tracing::warn!(
+                            outdated = %found.outdated_extras.join("; "),
+                            "ClickHouse schema: writing, but rollups have an earlier release's shape"
+                        );
+                    }
+                    let retry_migration = found.retry_migration;
                     if let Ok(mut f) = self.found.write() {
                         *f = found;
                     }
@@ -96,7 +123,14 @@ impl SchemaGate {
                     }
                     self.state.send_replace(SchemaState::Ready);
                     delay = Duration::from_millis(200);
-                    self.recheck.notified().await;
+                    if retry_migration {
+                        tokio::select! {
+                            _ = tokio::time::sleep(MIGRATION_RETRY) => {}
+                            _ = self.recheck.notified() => {}
+                        }
+                    } else {
+                        self.recheck.notified().await;
+                    }
                 }
                 Err(why) => {
                     tracing::warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "ClickHouse schema not ready");
@@ -110,32 +144,47 @@ impl SchemaGate {
             }
         }
     }
-}
 
-impl Default for SchemaGate {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-async fn check(
-    client: &clickhouse::Client,
-    opts: &SchemaOptions,
-    create: bool,
-) -> Result<Found, String> {
-    if create {
-        for sql in create_statements(opts) {
-            client
-                .query(&sql)
-                .execute()
+    async fn check(
+        &self,
+        client: &clickhouse::Client,
+        opts: &SchemaOptions,
+        create: bool,
+    ) -> Result<Found, String> {
+        let mut migration_failed = None;
+        if create {
+            let (outdated, failed) = self
+                .migrate(client, opts)
                 .await
                 .map_err(|e| format!("creating the schema failed: {e}"))?;
+            migration_failed = failed;
+            let names: Vec<&str> = outdated.iter().map(|r| r.name).collect();
+            for sql in create_statements_except(opts, &names) {
+                client
+                    .query(&sql)
+                    .execute()
+                    .await
+                    .map_err(|e| format!("creating the schema failed: {e}"))?;
+            }
         }
-    }
-    let report = probe_report(client, &opts.database)
-        .await
-        .map_err(|e| format!("schema probe failed: {e}"))?;
-    if report.problems.is_empty() {
+        let report = probe_report(client, &opts.database)
+            .await
+            .map_err(|e| format!("schema probe failed: {e}"))?;
+        if !report.problems.is_empty() {
+            return Err(report
+                .problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        let mut outdated_extras: Vec<String> =
+            report.outdated.iter().map(|o| o.to_string()).collect();
+        let retry_migration = migration_failed.is_some();
+        if let Some(e) = migration_failed {
+            tracing::warn!(error = %e, retry_in_s = MIGRATION_RETRY.as_secs(), "migrating the RED rollups failed");
+            outdated_extras.push(migration_failure(&e));
+        }
         Ok(Found {
             casts: report
                 .casts
@@ -143,13 +192,56 @@ async fn check(
                 .map(|(t, c)| (t, Arc::new(c)))
                 .collect(),
             absent_extras: report.absent_extras.iter().map(|p| p.to_string()).collect(),
+            outdated_extras,
+            retry_migration,
         })
-    } else {
-        Err(report
-            .problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("; "))
+    }
+
+    /// Migrates the RED rollups of an earlier shape where the collector can (a
+    /// single node); returns those still in it, and why if the migration failed.
+    async fn migrate(
+        &self,
+        client: &clickhouse::Client,
+        opts: &SchemaOptions,
+    ) -> Result<(Vec<&'static Rollup>, Option<MigrationError>), clickhouse::error::Error> {
+        let outdated = migrate::outdated(client, opts).await?;
+        if opts.cluster.is_some() {
+            return Ok((outdated, None));
+        }
+        if !outdated.is_empty() {
+            // Writers wait: the spans they hold then reach the new views.
+            self.state.send_replace(SchemaState::Pending(
+                "migrating the RED rollups to their current shape".into(),
+            ));
+        }
+        let failed = match migrate::migrate(client, opts).await {
+            Ok(done) => {
+                for m in done {
+                    tracing::info!(
+                        table = m.table,
+                        rows_before = m.rows_before,
+                        rows_after = m.rows_after,
+                        requests = m.requests,
+                        "migrated a RED rollup to its current shape"
+                    );
+                }
+                None
+            }
+            Err(e) => Some(e),
+        };
+        Ok((migrate::outdated(client, opts).await?, failed))
+    }
+}
+
+fn migration_failure(e: &MigrationError) -> String {
+    format!(
+        "migrating the RED rollups failed (tried again every {} s): {e}",
+        MIGRATION_RETRY.as_secs()
+    )
+}
+
+impl Default for SchemaGate {
+    fn default() -> Self {
+        Self::new()
     }
 }
