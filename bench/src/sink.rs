@@ -164,9 +164,13 @@ fn statement(sink: &Sink, sql: &str, format: &str) -> Response {
         }
         return StatusCode::OK.into_response();
     }
+    // The views that exist, or (the RED migration's look for staging tables) the
+    // tables whose name starts with a prefix: only what was created here.
+    let views = sql.contains("'MaterializedView'");
+    let prefix = literal_after(sql, "startsWith(name, ");
     if starts_with_keyword(sql, "SELECT")
         && sql.contains("system.tables")
-        && sql.contains("'MaterializedView'")
+        && (views || prefix.is_some())
     {
         let Some(db) = literal_after(sql, "database = ") else {
             return error(
@@ -175,23 +179,21 @@ fn statement(sink: &Sink, sql: &str, format: &str) -> Response {
                 "the discard sink answers system.tables only by database",
             );
         };
-        let views: Vec<String> = sink
-            .state
-            .lock()
-            .expect("not poisoned")
-            .views
+        let state = sink.state.lock().expect("not poisoned");
+        let names: Vec<String> = if views { &state.views } else { &state.created }
             .iter()
-            .filter(|(d, _)| *d == db)
-            .map(|(_, v)| v.clone())
+            .filter(|(d, name)| *d == db && prefix.as_ref().is_none_or(|p| name.starts_with(p)))
+            .map(|(_, name)| name.clone())
             .collect();
+        drop(state);
         let mut out = Vec::new();
         if explicit_format(sql).unwrap_or(format) == "RowBinaryWithNamesAndTypes" {
             varint(1, &mut out);
             string("name", &mut out);
             string("String", &mut out);
         }
-        for v in &views {
-            string(v, &mut out);
+        for name in &names {
+            string(name, &mut out);
         }
         return binary(out);
     }
