@@ -221,9 +221,27 @@ const USER_AGENTS: &[&str] = &[
     "shop-ios/5.3.1 (iPhone15,2; iOS 18.1)",
 ];
 
+/// What a span of a rich trace is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Server,
+    Internal,
+    Db,
+    Cache,
+    Client,
+    Producer,
+}
+
 /// The spans of one trace, in order: the root SERVER span, then its children.
-const TRACE_SHAPE: [&str; 8] = [
-    "server", "internal", "db", "db", "cache", "client", "producer", "cache",
+const TRACE_SHAPE: [Shape; 8] = [
+    Shape::Server,
+    Shape::Internal,
+    Shape::Db,
+    Shape::Db,
+    Shape::Cache,
+    Shape::Client,
+    Shape::Producer,
+    Shape::Cache,
 ];
 
 /// A request of `spans` spans of one service instance as an OpenTelemetry SDK
@@ -278,7 +296,7 @@ pub fn rich_traces_request(
     let mut root = [0u8; 8];
     for i in 0..spans {
         let shape = TRACE_SHAPE[usize::from(i) % TRACE_SHAPE.len()];
-        if shape == "server" {
+        if shape == Shape::Server {
             trace_id[..8].copy_from_slice(&mix.next().to_be_bytes());
             trace_id[8..].copy_from_slice(&mix.next().to_be_bytes());
             root = span_id(client, request, i);
@@ -286,17 +304,17 @@ pub fn rich_traces_request(
         let start = now_nanos + u64::from(i) * 150_000;
         let failed = mix.below(50) == 0;
         let (scope, span) = match shape {
-            "server" => (0, rich_server_span(&mut mix, failed)),
-            "internal" => (0, rich_internal_span(&mut mix)),
-            "db" => (1, rich_db_span(&mut mix)),
-            "cache" => (2, rich_cache_span(&mut mix)),
-            "client" => (0, rich_client_span(&mut mix, failed)),
-            _ => (3, rich_producer_span(&mut mix)),
+            Shape::Server => (0, rich_server_span(&mut mix, failed)),
+            Shape::Internal => (0, rich_internal_span(&mut mix)),
+            Shape::Db => (1, rich_db_span(&mut mix)),
+            Shape::Cache => (2, rich_cache_span(&mut mix)),
+            Shape::Client => (0, rich_client_span(&mut mix, failed)),
+            Shape::Producer => (3, rich_producer_span(&mut mix)),
         };
         let mut span = Span {
             trace_id: trace_id.to_vec(),
             span_id: span_id(client, request, i).to_vec(),
-            parent_span_id: if shape == "server" {
+            parent_span_id: if shape == Shape::Server {
                 // Most requests come from a gateway that traces too.
                 if mix.below(4) == 0 {
                     Vec::new()
@@ -310,7 +328,7 @@ pub fn rich_traces_request(
             end_time_unix_nano: start + 200_000 + mix.below(40_000_000),
             ..span
         };
-        if failed && shape != "internal" {
+        if failed && shape != Shape::Internal {
             span.status = Some(Status {
                 code: status::StatusCode::Error as i32,
                 message: "upstream request failed".into(),
