@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::load::{LoadReport, Protocol, SpanProfile};
-use crate::process::{free_ports, pinned, stop, wait_ready, Ready};
+use crate::process::{collector_args, free_ports, pinned, stop, wait_ready, Ready};
 use crate::procfs;
 use crate::sink::Sink;
 
@@ -232,17 +232,15 @@ async fn run_one(
             (Scenario::OursEmbedded, Some(e)) => e.url.clone(),
             _ => sink_url.clone(),
         };
-        cmd.args(["--clickhouse-url", &url])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--ui-addr", ""])
-            .args(["--set", &format!("spool.dir={}", spool.display())])
-            .args(["--set", &format!("clickhouse.database={database}")])
-            .args([
-                "--drain-secs",
-                if scenario.is_overload() { "1" } else { "10" },
-            ]);
+        let drain_secs = if scenario.is_overload() { 1 } else { 10 };
+        collector_args(
+            &mut cmd,
+            &url,
+            [grpc, http, admin],
+            &spool,
+            &database,
+            drain_secs,
+        );
         let sync = if scenario == Scenario::OursNofsync {
             "none"
         } else {

@@ -29,8 +29,7 @@ pub enum Protocol {
 }
 
 /// The span shape sent (`testkit::synthetic::Profile`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SpanProfile {
     /// Server spans of one route, ten short attributes (~500 B of RowBinary each).
     Basic,

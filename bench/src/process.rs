@@ -8,6 +8,26 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 /// `bin` under `taskset -c core`.
+/// Our collector's command line: the ClickHouse it writes to and its database, its
+/// three listeners on loopback (the web UI off), its spool and its drain time.
+pub fn collector_args<'c>(
+    cmd: &'c mut Command,
+    clickhouse_url: &str,
+    [grpc, http, admin]: [u16; 3],
+    spool: &Path,
+    database: &str,
+    drain_secs: u64,
+) -> &'c mut Command {
+    cmd.args(["--clickhouse-url", clickhouse_url])
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--ui-addr", ""])
+        .args(["--set", &format!("spool.dir={}", spool.display())])
+        .args(["--set", &format!("clickhouse.database={database}")])
+        .args(["--drain-secs", &drain_secs.to_string()])
+}
+
 pub fn pinned(core: usize, bin: &Path) -> Command {
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg(core.to_string()).arg(bin);

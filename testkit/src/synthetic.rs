@@ -171,6 +171,13 @@ pub fn traces_request(
     }
 }
 
+/// SplitMix64's finalizer: a bijection of u64 whose outputs look random.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A deterministic stream of pseudo-random numbers (SplitMix64): the same request
 /// every run, values that look random to a compressor.
 struct Mix(u64);
@@ -178,10 +185,7 @@ struct Mix(u64);
 impl Mix {
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix64(self.0)
     }
 
     fn below(&mut self, n: u64) -> u64 {

@@ -29,7 +29,7 @@ use prost::Message;
 
 use crate::engine::Engine;
 use crate::load::SpanProfile;
-use crate::process::{free_ports, stop, wait_ready, Ready};
+use crate::process::{collector_args, free_ports, stop, wait_ready, Ready};
 use crate::procfs;
 pub use report::{DiskReport, VariantRun};
 pub use variant::Variant;
@@ -97,6 +97,10 @@ pub struct DiskArgs {
 pub async fn run(args: DiskArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work)?;
     let work = std::fs::canonicalize(&args.work)?;
+    // A mistyped variant fails now, not after the ingest.
+    for v in &args.variants {
+        v.statements(OURS)?;
+    }
     let load_average_start = procfs::load_average();
     let engine = Engine::start(&args.collector, args.engine_core, &work).await?;
     let result = measure_all(&args, &work, &engine, load_average_start).await;
@@ -156,11 +160,14 @@ async fn measure_all(
         copy.wall_seconds
     );
 
+    let ours_fingerprint = measure::fingerprint(&client, OURS).await?;
     let mut variants = Vec::new();
     if !args.variants.is_empty() {
         let all = std::iter::once(Variant::baseline()).chain(args.variants.iter().cloned());
         for (i, v) in all.enumerate() {
-            variants.push(measure_variant(engine, &client, &v, i, args.rounds).await?);
+            variants.push(
+                measure_variant(engine, &client, &v, i, args.rounds, &ours_fingerprint).await?,
+            );
         }
     }
 
@@ -179,7 +186,7 @@ async fn measure_all(
         upstream_tables,
         ours_columns: measure::column_sizes(&client, OURS, TRACES.name).await?,
         upstream_columns: measure::column_sizes(&client, UPSTREAM, TRACES.name).await?,
-        ours_fingerprint: measure::fingerprint(&client, OURS).await?,
+        ours_fingerprint,
         upstream_fingerprint: measure::fingerprint(&client, UPSTREAM).await?,
         copy,
         variants,
@@ -193,20 +200,19 @@ async fn ingest(args: &DiskArgs, work: &Path, engine: &Engine, spans: u64) -> an
     let spool = work.join("spool");
     let _ = std::fs::remove_dir_all(&spool);
     let log = std::fs::File::create(work.join("collector.log"))?;
-    let mut child = Command::new(&args.collector)
-        .args(["--clickhouse-url", &engine.url])
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--ui-addr", ""])
-        .args(["--set", &format!("spool.dir={}", spool.display())])
-        .args(["--set", &format!("clickhouse.database={OURS}")])
-        .args(["--drain-secs", "120"])
-        .env("RUST_LOG", "warn")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the collector")?;
+    let mut child = collector_args(
+        &mut Command::new(&args.collector),
+        &engine.url,
+        [grpc, http, admin],
+        &spool,
+        OURS,
+        120,
+    )
+    .env("RUST_LOG", "warn")
+    .stdout(log.try_clone()?)
+    .stderr(log)
+    .spawn()
+    .context("starting the collector")?;
     let sent = async {
         wait_ready(&mut child, Ready::Health(admin)).await?;
         send(args, &format!("http://127.0.0.1:{http}/v1/traces")).await?;
@@ -270,7 +276,7 @@ fn scramble_ids(request: &mut ExportTraceServiceRequest) {
     fn scramble(id: &mut [u8]) {
         for half in id.chunks_exact_mut(8) {
             let v = u64::from_be_bytes(half.try_into().expect("8 bytes"));
-            half.copy_from_slice(&mix64(v).to_be_bytes());
+            half.copy_from_slice(&testkit::synthetic::mix64(v).to_be_bytes());
         }
     }
     for span in request
@@ -285,14 +291,8 @@ fn scramble_ids(request: &mut ExportTraceServiceRequest) {
     }
 }
 
-/// SplitMix64's finalizer: a bijection of u64 whose outputs look random.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    let body = bytes::Bytes::from(body);
     for attempt in 0..600 {
         let response = http
             .post(url)
@@ -316,7 +316,7 @@ async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Resul
             _ => bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
         }
     }
-    bail!("the collector kept refusing a request for a minute")
+    bail!("the collector kept refusing a request for ten minutes")
 }
 
 /// The upstream exporter's DDL for `database`, the database included.
@@ -365,6 +365,7 @@ async fn measure_variant(
     v: &Variant,
     index: usize,
     rounds: u32,
+    ours: &measure::Fingerprint,
 ) -> anyhow::Result<VariantRun> {
     let database = format!("disk_variant_{index}");
     let mut run = VariantRun {
@@ -397,9 +398,7 @@ async fn measure_variant(
         );
         run.read.push(measure::timed(engine, &read).await?);
     }
-    let fingerprint = measure::fingerprint(client, &database).await?;
-    let ours = measure::fingerprint(client, OURS).await?;
-    if fingerprint != ours {
+    if measure::fingerprint(client, &database).await? != *ours {
         bail!("variant {} holds other rows than ours", v.name);
     }
     run.size = measure::table_sizes(client, &database, &[TRACES.name])

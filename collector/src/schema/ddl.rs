@@ -90,12 +90,10 @@ pub fn create_statements_except(opts: &SchemaOptions, outdated: &[&str]) -> Vec<
     }
     out.push(create_trace_id_view(opts));
     for rollup in ALL_ROLLUPS {
-        let mut statements = rollup_statements(rollup, opts);
-        if outdated.contains(&rollup.name) || outdated.contains(&rollup.source) {
-            // The view is the last statement.
-            statements.pop();
+        out.extend(rollup_table_statements(rollup, opts));
+        if !(outdated.contains(&rollup.name) || outdated.contains(&rollup.source)) {
+            out.push(create_rollup_view(rollup, opts));
         }
-        out.extend(statements);
     }
     out
 }
@@ -103,6 +101,13 @@ pub fn create_statements_except(opts: &SchemaOptions, outdated: &[&str]) -> Vec<
 /// The statements of one rollup: its table (and Distributed table on a cluster),
 /// then the view filling it.
 pub fn rollup_statements(rollup: &Rollup, opts: &SchemaOptions) -> Vec<String> {
+    let mut out = rollup_table_statements(rollup, opts);
+    out.push(create_rollup_view(rollup, opts));
+    out
+}
+
+/// The rollup's table (and on a cluster its Distributed table), without the view.
+fn rollup_table_statements(rollup: &Rollup, opts: &SchemaOptions) -> Vec<String> {
     let mut out = vec![create_rollup_table(rollup, opts)];
     if opts.cluster.is_some() {
         out.push(super::cluster::create_distributed(
@@ -111,7 +116,6 @@ pub fn rollup_statements(rollup: &Rollup, opts: &SchemaOptions) -> Vec<String> {
             opts,
         ));
     }
-    out.push(create_rollup_view(rollup, opts));
     out
 }
 

@@ -71,8 +71,6 @@ pub enum MigrationError {
         original: u64,
         copied: u64,
     },
-    #[error("on a cluster the RED rollups are migrated by hand (collector migration-sql)")]
-    Cluster,
 }
 
 /// A rollup table whose shape is the earlier one.
@@ -124,25 +122,21 @@ pub async fn outdated(
     Ok(out)
 }
 
-/// Migrates every RED table of the old shape (single node only), then drops the
-/// staging tables an interrupted run left. Nothing to do is quick: one look at
-/// `system.columns` and `system.tables`.
+/// Migrates the RED tables `old` (those [`outdated`] found in the old shape; single
+/// node only: a cluster is migrated by hand), then drops the staging tables an
+/// interrupted run left. Nothing to do is quick: one look at `system.tables`.
 pub async fn migrate(
     client: &clickhouse::Client,
     opts: &SchemaOptions,
+    old: &[&'static Rollup],
 ) -> Result<Vec<Migrated>, MigrationError> {
-    if opts.cluster.is_some() {
-        return Err(MigrationError::Cluster);
-    }
-    let old = outdated(client, opts)
-        .await
-        .map_err(step("reading the RED rollups' columns"))?;
+    debug_assert!(opts.cluster.is_none(), "a cluster is migrated by hand");
     let mut done = Vec::new();
     if !old.is_empty() {
         for sql in drop_views(opts) {
             execute(client, &sql).await?;
         }
-        for r in old {
+        for &r in old {
             done.push(migrate_table(client, opts, r).await?);
         }
     }
@@ -167,7 +161,7 @@ async fn migrate_table(
     r: &'static Rollup,
 ) -> Result<Migrated, MigrationError> {
     let staging = format!("{}{STAGING}{:08x}", r.name, rand::random::<u32>());
-    execute(client, &create_staging(r, opts, &staging)).await?;
+    execute(client, &create_rollup_table_named(r, opts, &staging)).await?;
     execute(client, &copy(r, opts, &staging)).await?;
     let (rows_before, original) = totals(client, opts, r.name).await?;
     let (rows_after, copied) = totals(client, opts, &staging).await?;
@@ -215,7 +209,7 @@ pub fn manual_statements(opts: &SchemaOptions) -> Vec<String> {
             "-- {}. {table}, only if it has the column {OLD_DIMENSION}: a copy in the new shape",
             i + 2
         ));
-        out.push(create_staging(r, opts, &staging));
+        out.push(create_rollup_table_named(r, opts, &staging));
         if cluster {
             out.push(format!(
                 "-- on ONE replica of EACH shard (the copy replicates to the others; wait for \
@@ -244,11 +238,7 @@ pub fn manual_statements(opts: &SchemaOptions) -> Vec<String> {
     ));
     for r in RED_ROLLUPS {
         if cluster {
-            out.push(format!(
-                "DROP TABLE IF EXISTS {}{} SYNC",
-                opts.qualified(r.name),
-                opts.on_cluster()
-            ));
+            out.push(drop_table(opts, r.name));
         }
         out.extend(rollup_statements(r, opts));
     }
@@ -268,10 +258,6 @@ fn drop_views(opts: &SchemaOptions) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn create_staging(r: &Rollup, opts: &SchemaOptions, staging: &str) -> String {
-    create_rollup_table_named(r, opts, staging)
 }
 
 /// `INSERT … SELECT` of the old rows grouped by the new key. Each column is merged
@@ -401,6 +387,9 @@ mod tests {
         assert!(!is_old_shape(old.iter().copied()));
         old.push(OLD_DIMENSION);
         assert!(is_old_shape(old.iter().copied()));
+        // `copy` builds both tables' copies from the hourly rollup's column list.
+        let names = |r: &Rollup| r.columns.iter().map(|c| c.column.name).collect::<Vec<_>>();
+        assert_eq!(names(&TRACES_RED_1M), names(&TRACES_RED_1H));
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl SchemaGate {
                 "migrating the RED rollups to their current shape".into(),
             ));
         }
-        let failed = match migrate::migrate(client, opts).await {
+        let failed = match migrate::migrate(client, opts, &outdated).await {
             Ok(done) => {
                 for m in done {
                     tracing::info!(
@@ -229,7 +229,12 @@ impl SchemaGate {
             }
             Err(e) => Some(e),
         };
-        Ok((migrate::outdated(client, opts).await?, failed))
+        // A migration that succeeded leaves no table in the old shape.
+        let still = match failed {
+            Some(_) => migrate::outdated(client, opts).await?,
+            None => Vec::new(),
+        };
+        Ok((still, failed))
     }
 }
 
